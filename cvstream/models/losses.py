@@ -1,0 +1,43 @@
+"""Loss terms of SPEC section 4, as pure functions of tensors."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def normalized_softmax_ce(cosines: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
+    """L_c: -log softmax(W_norm f / T)[y], averaged over the batch."""
+    return F.cross_entropy(cosines / temperature, rows)
+
+
+def hardest_negative_triplet(
+    anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, labels: torch.Tensor, margin: float
+) -> torch.Tensor:
+    """L_m: triplet loss, anchor f_t(x), positive f_{t-1}(x), negative the nearest old embedding of another class.
+
+    `negatives[j]` is the old-generation embedding of batch sample j. Vectorised: one
+    distance matrix, no loop over the batch. Anchors whose batch holds no other class are
+    left out of the mean.
+    """
+    d_pos = (anchor - positive).norm(dim=1)
+    distances = torch.cdist(anchor, negatives)
+    same = labels[:, None] == labels[None, :]
+    distances = distances.masked_fill(same, float("inf"))
+    d_neg, _ = distances.min(dim=1)
+    valid = torch.isfinite(d_neg)
+    if not bool(valid.any()):
+        return anchor.sum() * 0.0
+    return F.relu(d_pos[valid] - d_neg[valid] + margin).mean()
+
+
+def class_mean_loss(embeddings: torch.Tensor, means: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """L_d: ||f_t(x) - E_c||^2 for samples of old classes (mask), summed and divided by the batch size.
+
+    Dividing by the batch, not by the old samples, keeps the term's weight proportional to
+    how much of the batch is old, like every other term's per-sample average.
+    """
+    if not bool(mask.any()):
+        return embeddings.sum() * 0.0
+    squared = ((embeddings - means) ** 2).sum(dim=1)
+    return (squared * mask).sum() / len(embeddings)

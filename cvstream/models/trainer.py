@@ -1,0 +1,172 @@
+"""The trainer of one session, and the embedding of items by a generation.
+
+Short on purpose: shuffle, augment, forward, ask the method for its loss terms, step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from cvstream.errors import UserError
+from cvstream.models.methods.base import Batch, Method, TrainContext
+
+
+class TrainingDiverged(UserError):
+    """A loss term became NaN or infinite."""
+
+
+@dataclass
+class TrainStats:
+    steps: int = 0
+    samples: int = 0
+    backbone_forwards: int = 0  # current model's forwards plus the previous generation's
+    seconds: float = 0.0
+    last_terms: dict[str, float] = field(default_factory=dict)
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float in [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random crop with reflection padding and (optionally) horizontal flip, per sample, seeded."""
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    out = padded[batch, channels, rows, cols]
+    if flip:
+        flips = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        out = torch.where(flips[:, None, None, None], out.flip(3), out)
+    return out
+
+
+def learning_rate(epoch: float, *, lr: float, warmup_epochs: int, warmup_factor: float, period: int, mult: int, min_ratio: float) -> float:
+    """Warm-up at lr * warmup_factor, then cosine annealing with warm restarts (T_0 = period, T_mult = mult)."""
+    if epoch < warmup_epochs:
+        return lr * warmup_factor
+    e = epoch - warmup_epochs
+    length = float(period)
+    while e >= length:
+        e -= length
+        length *= mult
+    eta_min = lr * min_ratio
+    return eta_min + (lr - eta_min) * (1 + math.cos(math.pi * e / length)) / 2
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_session(
+    *,
+    model: torch.nn.Module,
+    method: Method,
+    images: torch.Tensor,
+    sample_ids: np.ndarray,
+    class_ids: np.ndarray,
+    context: TrainContext,
+    spec,
+    generator: torch.Generator,
+    augment_images: bool,
+    flip: bool,
+    on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> TrainStats:
+    """Train `model` in place on `sample_ids` (indices into `images`, uint8 on the device)."""
+    stats = TrainStats()
+    n = len(sample_ids)
+    if spec.epochs == 0 or n < 2:
+        return stats
+    device = images.device
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0, weight_decay=spec.weight_decay
+    )
+    ids = torch.as_tensor(sample_ids, dtype=torch.long, device=device)
+    classes = torch.as_tensor(class_ids, dtype=torch.long, device=device)
+    rows = model.rows_of(classes)
+    batch_size = min(spec.batch_size, n)
+    steps_per_epoch = n // batch_size  # drop the ragged tail: every step sees a full batch
+    total = steps_per_epoch * spec.epochs
+    model.train()
+    started = time.perf_counter()
+    previous_embed = context.previous_embed
+    if previous_embed is not None:
+        def counted(x: torch.Tensor) -> torch.Tensor:
+            stats.backbone_forwards += len(x)
+            with torch.no_grad(), _autocast(device, spec.amp):
+                return previous_embed(x).float()
+
+        context = TrainContext(
+            session=context.session, previous_embed=counted, class_means=context.class_means, old_rows=context.old_rows
+        )
+    for epoch in range(spec.epochs):
+        order = torch.randperm(n, generator=generator).to(device)
+        for i in range(steps_per_epoch):
+            lr = learning_rate(
+                epoch + i / steps_per_epoch, lr=spec.lr, warmup_epochs=spec.warmup_epochs, warmup_factor=spec.warmup_factor,
+                period=spec.restart_period, mult=spec.restart_mult, min_ratio=spec.min_lr_ratio,
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            pick = order[i * batch_size : (i + 1) * batch_size]
+            x = to_input(images[ids[pick]])
+            if augment_images:
+                x = augment(x, generator, flip=flip)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, spec.amp):
+                embeddings = model(x)
+                batch = Batch(inputs=x, rows=rows[pick], class_ids=classes[pick], embeddings=embeddings)
+                terms = method.loss(model, batch, context)
+            stats.backbone_forwards += len(pick)
+            loss = sum(terms.values())
+            values = {name: float(value.detach()) for name, value in terms.items()}
+            bad = [name for name, value in values.items() if not math.isfinite(value)]
+            if bad:
+                raise TrainingDiverged(
+                    f"session {context.session}, step {stats.steps + 1}: loss term {bad[0]!r} is {values[bad[0]]}; "
+                    f"lower training.lr (now {spec.lr}) or the term's weight"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            stats.steps += 1
+            stats.samples += len(pick)
+            stats.last_terms = values
+            if on_step is not None:
+                on_step(stats.steps, total, values)
+    model.eval()
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, images: torch.Tensor, sample_ids: np.ndarray, *, batch_size: int, amp: bool) -> np.ndarray:
+    """Embeddings (float32, L2-normalised, contiguous) of `sample_ids` by `model` in eval mode."""
+    model.eval()
+    device = images.device
+    out = np.empty((len(sample_ids), model.embedding_dim), dtype=np.float32)
+    ids = torch.as_tensor(np.asarray(sample_ids), dtype=torch.long, device=device)
+    for start in range(0, len(ids), batch_size):
+        x = to_input(images[ids[start : start + batch_size]])
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            f = model(x)
+        f = torch.nn.functional.normalize(f.float(), dim=1)
+        out[start : start + len(f)] = f.cpu().numpy()
+    return out

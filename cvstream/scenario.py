@@ -1,0 +1,293 @@
+"""The typed scenario: one YAML file, validated before anything runs.
+
+Sections that name a component (dataset, stream, method) are checked against that
+component's own parameter model, looked up in its registry, so adding a method or a
+data set never touches this file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from cvstream.errors import ScenarioError
+from cvstream.registry import Params, Registry
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component(BaseModel):
+    """A named component with its validated parameters (`{name: cvs, alpha: 10}`)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    name: str
+    params: Params
+
+    def to_dict(self, key: str) -> dict[str, Any]:
+        return {key: self.name, **self.params.model_dump(mode="json")}
+
+
+class ModelSpec(_Section):
+    backbone: str = "convnet"
+    embedding_dim: int = Field(128, ge=2, le=8192)
+    width: int = Field(32, ge=4, le=1024, description="base channel count of the backbone")
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from cvstream.models.backbones import BACKBONES
+
+        if value not in BACKBONES:
+            raise ValueError(BACKBONES.unknown_message(value))
+        return value
+
+
+class TrainingSpec(_Section):
+    epochs: int = Field(5, ge=0, le=100_000)
+    batch_size: int = Field(64, ge=2, le=65_536)
+    lr: float = Field(0.03, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    warmup_epochs: int = Field(1, ge=0, description="epochs at lr * warmup_factor before cosine")
+    warmup_factor: float = Field(0.1, gt=0, le=1)
+    restart_period: int = Field(1, ge=1, description="T_0 of cosine annealing with warm restarts, in epochs")
+    restart_mult: int = Field(2, ge=1, description="T_mult")
+    min_lr_ratio: float = Field(0.01, ge=0, le=1, description="eta_min = lr * min_lr_ratio")
+    augment: bool | None = Field(None, description="random crop and flip; None: the data set decides")
+    eval_batch_size: int = Field(512, ge=1)
+    amp: bool = Field(True, description="mixed precision on CUDA; ignored on CPU")
+
+
+class ReplaySpec(_Section):
+    size: int = Field(2000, ge=0)
+    selection: Literal["herding", "random"] = "herding"
+
+
+class GallerySpec(_Section):
+    index: Literal["flat"] = "flat"
+
+
+class BackfillSpec(_Section):
+    policy: Literal["none"] = "none"
+
+
+class EvaluationSpec(_Section):
+    recall_at: list[int] = Field(default_factory=lambda: [1, 2, 4, 10])
+    map_at_r: bool = True
+
+    @field_validator("recall_at")
+    @classmethod
+    def _positive_sorted(cls, value: list[int]) -> list[int]:
+        if not value or any(k < 1 for k in value):
+            raise ValueError("must be a non-empty list of positive integers")
+        return sorted(set(value))
+
+
+class OutputSpec(_Section):
+    dir: str = Field("runs", description="runs go to <dir>/<scenario name>/<run id>/ unless --out is given")
+
+
+_COMPONENT_KEYS = {"dataset": "name", "stream": "setup", "method": "name"}
+
+
+class Scenario(_Section):
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    seed: int = Field(0, ge=0, lt=2**63)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dataset: Component
+    stream: Component
+    model: ModelSpec = ModelSpec()
+    training: TrainingSpec = TrainingSpec()
+    method: Component
+    replay: ReplaySpec = ReplaySpec()
+    gallery: GallerySpec = GallerySpec()
+    backfill: BackfillSpec = BackfillSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    output: OutputSpec = OutputSpec()
+    _source: str = PrivateAttr("scenario")
+
+    @property
+    def source(self) -> str:
+        """The file (or 'scenario') this came from, for error messages."""
+        return self._source
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "Scenario":
+        path = Path(path)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ScenarioError("file not found", source=source) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ScenarioError(f"cannot read the file ({exc})", source=source) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ScenarioError(f"{where}not valid YAML ({problem})", source=source) from None
+        return cls.from_dict(data, source=source, overrides=overrides)
+
+    @classmethod
+    def from_dict(
+        cls, data: Any, *, source: str = "scenario", overrides: list[str] | tuple[str, ...] = ()
+    ) -> "Scenario":
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ScenarioError(f"the top level must be a mapping of keys, got {type(data).__name__}", source=source)
+        data = json.loads(json.dumps(data, default=str))  # a deep copy we may edit
+        for item in overrides:
+            apply_override(data, item, source=source)
+        fields = dict(data)
+        for key, discriminator in _COMPONENT_KEYS.items():
+            if key not in fields:
+                raise ScenarioError(f"missing section; it needs at least {{{discriminator}: ...}}", source=source, key_path=key)
+            fields[key] = _component(key, discriminator, fields[key], source=source)
+        try:
+            scenario = cls.model_validate(fields)
+        except ValidationError as exc:
+            raise _scenario_error(exc, source=source, model=cls) from None
+        scenario._source = source
+        return scenario
+
+    # -- views -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in type(self).model_fields:
+            value = getattr(self, key)
+            if isinstance(value, Component):
+                out[key] = value.to_dict(_COMPONENT_KEYS[key])
+            elif isinstance(value, BaseModel):
+                out[key] = value.model_dump(mode="json")
+            else:
+                out[key] = value
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def digest(self) -> str:
+        """A hash of the resolved scenario: two runs with the same digest simulate the same thing."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _registry_for(key: str) -> Registry:
+    if key == "dataset":
+        from cvstream.sessions.datasets import DATASETS
+
+        return DATASETS
+    if key == "stream":
+        from cvstream.sessions.streams import SETUPS
+
+        return SETUPS
+    from cvstream.models.methods import METHODS
+
+    return METHODS
+
+
+def _component(key: str, discriminator: str, raw: Any, *, source: str) -> Component:
+    if isinstance(raw, str):
+        raw = {discriminator: raw}
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"must be a mapping with a {discriminator!r} key, got {raw!r}", source=source, key_path=key)
+    raw = dict(raw)
+    name = raw.pop(discriminator, None)
+    registry = _registry_for(key)
+    if name is None:
+        raise ScenarioError(f"missing; allowed: {', '.join(registry.names())}", source=source, key_path=f"{key}.{discriminator}")
+    if not isinstance(name, str) or name not in registry:
+        raise ScenarioError(registry.unknown_message(name), source=source, key_path=f"{key}.{discriminator}")
+    params_cls = registry.get(name).Params
+    try:
+        params = params_cls.model_validate(raw)
+    except ValidationError as exc:
+        raise _scenario_error(exc, source=source, model=params_cls, prefix=(key,)) from None
+    return Component(name=name, params=params)
+
+
+def _scenario_error(exc: ValidationError, *, source: str, model: type[BaseModel], prefix: tuple = ()) -> ScenarioError:
+    """Turn pydantic's report into one paragraph that names the key path and what is allowed."""
+    lines = []
+    first_path = None
+    for err in exc.errors():
+        loc = prefix + tuple(err["loc"])
+        path = _format_loc(loc)
+        first_path = first_path or path
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, tuple(err["loc"])[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            lines.append(f"{path}: unknown key{hint}; allowed keys: {', '.join(allowed)}")
+        elif err["type"] == "missing":
+            lines.append(f"{path}: required key is missing")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{path}: {err['msg']}{shown}")
+    return ScenarioError("; ".join(lines), source=source, key_path=first_path)
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields else []
+
+
+def apply_override(data: dict, item: str, *, source: str = "--set") -> None:
+    """Apply `key.path=value` to a raw scenario mapping; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ScenarioError(f"--set {item!r}: expected key.path=value", source=source)
+    path, _, text = item.partition("=")
+    keys = [k for k in path.strip().split(".")]
+    if not all(keys):
+        raise ScenarioError(f"--set {item!r}: empty key in the path", source=source)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = data
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        elif isinstance(child, str) and key in _COMPONENT_KEYS:
+            child = node[key] = {_COMPONENT_KEYS[key]: child}
+        elif not isinstance(child, dict):
+            raise ScenarioError(
+                f"--set {item!r}: {'.'.join(keys[: depth + 1])} is not a mapping", source=source
+            )
+        node = child
+    node[keys[-1]] = value

@@ -1,0 +1,32 @@
+"""Data sets and streams: labels in, sessions out (pure, seeded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cvstream.errors import ScenarioError
+from cvstream.sessions import paths
+from cvstream.sessions.datasets import DATASETS, DatasetSource, LabelSet
+from cvstream.sessions.streams import SETUPS, Session, Stream
+
+
+def open_dataset(scenario, *, data_root: str | Path | None = None, cache_dir: str | Path | None = None) -> DatasetSource:
+    source_cls = DATASETS.get(scenario.dataset.name)
+    return source_cls(
+        scenario.dataset.params,
+        data_root=paths.data_root(data_root),
+        cache_dir=Path(cache_dir) if cache_dir else paths.cache_dir(),
+        seed=scenario.seed,
+    )
+
+
+def build_stream(scenario, label_set: LabelSet, *, source: str | None = None) -> Stream:
+    setup = SETUPS.get(scenario.stream.name)(scenario.stream.params)
+    try:
+        return setup.build(label_set, scenario.seed)
+    except ScenarioError as exc:
+        exc.source = exc.source or source
+        raise
+
+
+__all__ = ["DATASETS", "SETUPS", "DatasetSource", "LabelSet", "Session", "Stream", "open_dataset", "build_stream", "paths"]

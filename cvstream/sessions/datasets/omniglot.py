@@ -1,0 +1,99 @@
+"""Omniglot (Lake et al. 2015): 1,623 handwritten characters, 20 drawings each.
+
+Reads `images_background.npz` and `images_evaluation.npz` (bool arrays, True is
+background); ink becomes bright on a dark ground, downsampled once to `image_size`
+and cached as uint8 in the cache directory.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from cvstream.errors import DataError
+from cvstream.registry import Params
+from cvstream.sessions.datasets import DATASETS, DatasetSource, LabelSet
+from cvstream.sessions.paths import resolve
+
+_FILES = {"background": "images_background.npz", "evaluation": "images_evaluation.npz"}
+_BACKGROUND_CLASSES = 964
+
+
+class OmniglotParams(Params):
+    root: str = "omniglot"
+    image_size: int = Field(32, ge=8, le=105)
+    subset: Literal["all", "background", "evaluation"] = "all"
+
+
+@DATASETS.register("omniglot")
+class OmniglotSource(DatasetSource):
+    Params = OmniglotParams
+    augment_by_default = False  # glyphs: a flip or crop changes the character
+    flip_ok = False
+
+    @property
+    def folder(self) -> Path:
+        return resolve(self.params.root, self.data_root)
+
+    def _parts(self) -> list[str]:
+        return list(_FILES) if self.params.subset == "all" else [self.params.subset]
+
+    def check(self) -> None:
+        for part in self._parts():
+            path = self.folder / _FILES[part]
+            if not path.is_file():
+                raise DataError(
+                    f"omniglot: {path} not found; put images_background.npz and images_evaluation.npz "
+                    f"in {self.folder} (dataset.root resolves against --data-root, $CVSTREAM_DATA, ~/.cache/cvstream)"
+                )
+
+    def _load(self, part: str, key: str) -> np.ndarray:
+        path = self.folder / _FILES[part]
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return archive[key]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            raise DataError(f"omniglot: cannot read {key!r} from {path}: {exc}") from None
+
+    def label_set(self) -> LabelSet:
+        self.check()
+        labels = []
+        for part in self._parts():
+            raw = self._load(part, "labels").astype(np.int64)
+            offset = _BACKGROUND_CLASSES if part == "evaluation" else 0
+            labels.append(raw.reshape(-1) + offset)
+        labels = np.concatenate(labels)
+        first = int(labels.min())
+        labels = labels - first  # class ids are 0..C-1 within the chosen subset
+        names = tuple(f"char{first + c:04d}" for c in range(int(labels.max()) + 1))
+        return LabelSet(labels=labels, class_names=names)
+
+    def images(self) -> np.ndarray:
+        size = self.params.image_size
+        cache = self.cache_dir / f"omniglot-{self.params.subset}-{size}.npy"
+        if cache.is_file():
+            return np.load(cache, mmap_mode="r")
+        self.check()
+        chunks = []
+        for part in self._parts():
+            raw = self._load(part, "images")
+            if raw.ndim != 4 or raw.shape[1] != 20:
+                raise DataError(f"omniglot: {self.folder / _FILES[part]} holds images of shape {raw.shape}, expected (chars, 20, H, W)")
+            flat = raw.reshape(-1, 1, raw.shape[2], raw.shape[3])
+            for start in range(0, len(flat), 4096):
+                ink = torch.from_numpy(~flat[start : start + 4096]).float()
+                small = F.interpolate(ink, size=(size, size), mode="area") if size != ink.shape[-1] else ink
+                chunks.append((small * 255).round().to(torch.uint8).numpy())
+        images = np.concatenate(chunks)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}.npy")
+        np.save(tmp, images)
+        os.replace(tmp, cache)
+        return np.load(cache, mmap_mode="r")

@@ -1,0 +1,274 @@
+"""The engine: the only place that knows the order of things.
+
+scenario -> stream -> (per session) train -> deploy -> index -> replay -> backfill ->
+evaluate -> write. Events sit on a queue ordered by the simulated clock; each handler
+is a short method that takes what it needs and returns an `Outcome`. Hooks see every
+event before and after it is handled; writing files and showing progress are hooks.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cvstream.errors import UserError
+from cvstream.gallery import Gallery, ReplayBuffer
+from cvstream.models import build_method, build_model
+from cvstream.models.methods.base import TrainContext
+from cvstream.models.trainer import embed, train_session
+from cvstream.sessions import build_stream, open_dataset
+from cvstream.sessions.rng import numpy_rng, torch_generator, torch_seed
+from cvstream.simulator import events as ev
+from cvstream.simulator.evaluate import evaluate_queries
+from cvstream.simulator.hooks import Hook, Recorder
+from cvstream.simulator.run import RunResult, new_run_dir
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was asked for, but no CUDA device is available (use device: auto or cpu)")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+class Simulator:
+    """Replays one scenario. `Simulator(scenario).run()` returns a `RunResult`."""
+
+    def __init__(
+        self,
+        scenario,
+        *,
+        out_dir: str | Path | None = None,
+        data_root: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        hooks: tuple[Hook, ...] | list[Hook] = (),
+        progress: bool = False,
+        write: bool = True,
+    ):
+        from cvstream.simulator.outputs_hook import ParquetWriter
+        from cvstream.simulator.progress import ProgressHook
+
+        self.scenario = scenario
+        self.device = resolve_device(scenario.device)
+        self.source = open_dataset(scenario, data_root=data_root, cache_dir=cache_dir)
+        self.label_set = self.source.label_set()
+        self.stream = build_stream(scenario, self.label_set, source=scenario.source)
+        self.run_dir, self.run_id = new_run_dir(scenario, out_dir) if write else (None, "in-memory")
+        self.recorder = Recorder()
+        self.hooks: list[Hook] = [self.recorder]
+        if write:
+            self.hooks.append(ParquetWriter())
+        if progress:
+            self.hooks.append(ProgressHook())
+        self.hooks.extend(hooks)
+        self.method = build_method(scenario)
+        self.started_at: datetime | None = None
+        self.status = "created"
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        self._setup()
+        self.status = "running"
+        for hook in self.hooks:
+            hook.before_run(self)
+        queue: list = []
+        counter = itertools.count()
+
+        def schedule(event: ev.Event) -> None:
+            heapq.heappush(queue, (event.time, next(counter), event))
+
+        self._schedule = schedule
+        if len(self.stream):
+            schedule(ev.SessionStart(0))
+        try:
+            while queue:
+                _, _, event = heapq.heappop(queue)
+                for hook in self.hooks:
+                    hook.before_event(self, event)
+                started = datetime.now(timezone.utc)
+                clock = time.perf_counter()
+                outcome = self._handlers[event.kind](event)
+                outcome.seconds = outcome.seconds or time.perf_counter() - clock
+                outcome.detail = {**(outcome.detail or {}), "started_at": started.isoformat()}
+                for hook in self.hooks:
+                    hook.after_event(self, event, outcome)
+        except KeyboardInterrupt:
+            self._finish("interrupted")
+            raise
+        except BaseException:
+            self._finish("failed")
+            raise
+        self._finish("completed")
+        return self.result()
+
+    def _finish(self, status: str) -> None:
+        self.status = status
+        for hook in self.hooks:
+            hook.after_run(self, status)
+
+    def result(self) -> RunResult:
+        return self.recorder.result(self)
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        self.started_at = datetime.now(timezone.utc)
+        s = self.scenario
+        images = np.ascontiguousarray(self.source.images())
+        self.images = torch.from_numpy(images).to(self.device)
+        self.model = build_model(s, in_channels=images.shape[1]).to(self.device)
+        self.previous_model: torch.nn.Module | None = None
+        self.generation = -1  # no generation deployed yet
+        self.gallery = Gallery(s.model.embedding_dim, index=s.gallery.index)
+        self.replay = ReplayBuffer(s.replay.size, s.replay.selection)
+        self.train_generator = torch_generator(s.seed, "batching")
+        self.replay_rng = numpy_rng(s.seed, "replay")
+        augment = s.training.augment
+        self.augment = self.source.augment_by_default if augment is None else augment
+        self._fresh: tuple[np.ndarray, np.ndarray] | None = None
+        self._handlers = {
+            "session_start": self._session_start,
+            "train": self._train,
+            "deploy": self._deploy,
+            "index": self._index,
+            "replay": self._update_replay,
+            "backfill": self._backfill,
+            "evaluate": self._evaluate,
+            "session_end": self._session_end,
+        }
+
+    def labels_of(self, sample_ids: np.ndarray) -> np.ndarray:
+        return self.label_set.labels[sample_ids]
+
+    # -- handlers ------------------------------------------------------------------------
+
+    def _session_start(self, event: ev.SessionStart) -> ev.Outcome:
+        t = event.session
+        for phase in (ev.Train, ev.Deploy, ev.Index, ev.UpdateReplay, ev.Backfill, ev.Evaluate, ev.SessionEnd):
+            self._schedule(phase(t))
+        session = self.stream[t]
+        return ev.Outcome(
+            generation=self.generation,
+            detail={"new_classes": len(session.new_classes), "train_samples": len(session.train_ids), "queries": len(session.query_ids)},
+        )
+
+    def _train(self, event: ev.Train) -> ev.Outcome:
+        t = event.session
+        s = self.scenario
+        session = self.stream[t]
+        replay_ids = self.replay.sample_ids() if "replay" in self.method.needs else np.empty(0, np.int64)
+        ids = self.method.training_ids(session_ids=session.train_ids, replay_ids=replay_ids)
+        classes = self.labels_of(ids)
+        needs = self.method.needs
+        keep_previous = "previous_model" in needs and self.generation >= 0
+        # The previous generation, frozen before the classifier grows: only it and the current model live.
+        self.previous_model = copy.deepcopy(self.model).eval().requires_grad_(False) if keep_previous else None
+        self.model.add_classes(
+            np.concatenate([session.new_classes, np.unique(classes)]), torch_generator(s.seed, "classifier_rows", t)
+        )
+        context = TrainContext(session=t)
+        if self.previous_model is not None:
+            context.previous_embed = self.previous_model
+        if "class_means" in needs and len(self.gallery):
+            rows_classes = self.model.class_ids.cpu().numpy()
+            means, has = self.gallery.class_means(rows_classes)
+            old = has & (self.stream.home_of(rows_classes) < t) if rows_classes.size else has
+            context.class_means = torch.from_numpy(means).to(self.device)
+            context.old_rows = torch.from_numpy(old).to(self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch_seed(s.seed, "train", t))  # anything that still reads the global RNG
+            stats = train_session(
+                model=self.model,
+                method=self.method,
+                images=self.images,
+                sample_ids=ids,
+                class_ids=classes,
+                context=context,
+                spec=s.training,
+                generator=self.train_generator,
+                augment_images=self.augment,
+                flip=self.source.flip_ok,
+                on_step=lambda step, total, terms: [h.on_train_step(self, step, total, terms) for h in self.hooks],
+            )
+        trained = stats.steps > 0 or self.generation < 0
+        self._next_generation = t if trained else self.generation
+        return ev.Outcome(
+            generation=self._next_generation,
+            seconds=stats.seconds,
+            backbone_forwards=stats.backbone_forwards,
+            items=stats.samples,
+            cost_phase="train",
+            detail={"steps": stats.steps, "training_samples": int(len(ids)), "replay_samples": int(len(replay_ids)), "loss": stats.last_terms},
+        )
+
+    def _deploy(self, event: ev.Deploy) -> ev.Outcome:
+        previous = self.generation
+        self.generation = self._next_generation
+        if not ("previous_model" in self.method.needs):
+            self.previous_model = None
+        return ev.Outcome(generation=self.generation, detail={"replaced": previous})
+
+    def _index(self, event: ev.Index) -> ev.Outcome:
+        session = self.stream[event.session]
+        s = self.scenario
+        clock = time.perf_counter()
+        ids = session.gallery_ids
+        vectors = embed(self.model, self.images, ids, batch_size=s.training.eval_batch_size, amp=s.training.amp)
+        self.gallery.add(vectors, sample_ids=ids, class_ids=self.labels_of(ids), session=event.session, generation=self.generation)
+        self._fresh = (ids, vectors)
+        return ev.Outcome(
+            generation=self.generation, seconds=time.perf_counter() - clock, backbone_forwards=len(ids), items=len(ids),
+            cost_phase="index", detail={"gallery_size": len(self.gallery)},
+        )
+
+    def _update_replay(self, event: ev.UpdateReplay) -> ev.Outcome:
+        session = self.stream[event.session]
+        if "replay" not in self.method.needs or self.replay.size == 0:
+            return ev.Outcome(generation=self.generation, detail={"buffer": 0})
+        gallery_ids, vectors = self._fresh
+        train_mask = np.isin(gallery_ids, session.train_ids)
+        ids, vecs = gallery_ids[train_mask], vectors[train_mask]
+        labels = self.labels_of(ids)
+        arrivals = {int(c): (ids[labels == c], vecs[labels == c]) for c in np.unique(labels)}
+        seen = len(set(self.replay.per_class()) | set(arrivals))
+        self.replay.update(arrivals, classes_seen=seen, rng=self.replay_rng)
+        return ev.Outcome(generation=self.generation, detail={"buffer": len(self.replay), "classes": seen})
+
+    def _backfill(self, event: ev.Backfill) -> ev.Outcome:
+        # Policy `none`: the gallery stays mixed and no stored vector changes.
+        return ev.Outcome(generation=self.generation, cost_phase="backfill", detail={"policy": self.scenario.backfill.policy})
+
+    def _evaluate(self, event: ev.Evaluate) -> ev.Outcome:
+        t = event.session
+        s = self.scenario
+        session = self.stream[t]
+        clock = time.perf_counter()
+        queries = session.query_ids
+        vectors = embed(self.model, self.images, queries, batch_size=s.training.eval_batch_size, amp=s.training.amp)
+        query_classes = self.labels_of(queries)
+        home = self.stream.home_of(query_classes)
+        subsets = {"old": home < t, "new": home == t, "all": np.ones(len(queries), dtype=bool)}
+        rows = evaluate_queries(
+            vectors, query_classes, self.gallery, subsets=subsets, recall_at=s.evaluation.recall_at, map_at_r=s.evaluation.map_at_r
+        )
+        for row in rows:
+            row.update(session=t, query_generation=self.generation, gallery_view="mixed")
+        return ev.Outcome(
+            generation=self.generation, seconds=time.perf_counter() - clock, backbone_forwards=len(queries), items=len(queries),
+            cost_phase="evaluate", metrics=rows,
+        )
+
+    def _session_end(self, event: ev.SessionEnd) -> ev.Outcome:
+        if event.session + 1 < len(self.stream):
+            self._schedule(ev.SessionStart(event.session + 1))
+        self._fresh = None
+        return ev.Outcome(generation=self.generation, detail={"gallery_size": len(self.gallery), "replay": len(self.replay)})

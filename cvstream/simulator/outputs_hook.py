@@ -1,0 +1,31 @@
+"""The hook that writes a run's files as it goes: every completed session is on disk."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from cvstream.simulator.hooks import Hook
+from cvstream.simulator.outputs import write_json, write_parquet
+from cvstream.simulator.run import run_info
+
+
+class ParquetWriter(Hook):
+    def before_run(self, sim) -> None:
+        write_json(sim.run_dir / "run.json", run_info(sim, status="running"))
+        write_parquet(sim.run_dir / "stream.parquet", sim.stream.to_frame())
+
+    def after_event(self, sim, event, outcome) -> None:
+        if event.kind != "session_end":
+            return
+        for name in ("metrics", "costs", "events"):
+            write_parquet(sim.run_dir / f"{name}.parquet", sim.recorder.table(name))
+        write_parquet(sim.run_dir / "gallery.parquet", sim.gallery.metadata())
+        info = run_info(sim, status="running")
+        info["completed_sessions"] = event.session + 1
+        write_json(sim.run_dir / "run.json", info)
+
+    def after_run(self, sim, status: str) -> None:
+        info = run_info(sim, status=status)
+        info["ended_at"] = datetime.now(timezone.utc).isoformat()
+        info["completed_sessions"] = int(sim.recorder.table("events").query("kind == 'session_end'").shape[0])
+        write_json(sim.run_dir / "run.json", info)
