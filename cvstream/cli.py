@@ -61,12 +61,11 @@ def _load(args):
 
 
 def _validate(args, console: Console) -> int:
-    from cvstream.sessions import build_stream, open_dataset
+    from cvstream.sessions import build_stream, load_labels, open_dataset
 
     scenario = _load(args)
     source = open_dataset(scenario, data_root=args.data_root)
-    source.check()
-    label_set = source.label_set()
+    label_set = load_labels(scenario, source)
     stream = build_stream(scenario, label_set, source=scenario.source)
     train = sum(len(s.train_ids) for s in stream)
     console.print(

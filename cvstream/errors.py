@@ -24,4 +24,8 @@ class ScenarioError(UserError):
 
 
 class DataError(UserError):
-    """A data set that is missing, truncated or inconsistent."""
+    """A data set that is missing, truncated or inconsistent; `key_path` names the scenario key to fix."""
+
+    def __init__(self, message: str, *, key_path: str = "dataset"):
+        super().__init__(message)
+        self.key_path = key_path

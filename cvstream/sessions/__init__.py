@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cvstream.errors import ScenarioError
+from cvstream.errors import DataError, ScenarioError
 from cvstream.sessions import paths
 from cvstream.sessions.datasets import DATASETS, DatasetSource, LabelSet
 from cvstream.sessions.streams import SETUPS, Session, Stream
@@ -20,6 +20,15 @@ def open_dataset(scenario, *, data_root: str | Path | None = None, cache_dir: st
     )
 
 
+def load_labels(scenario, source: DatasetSource) -> LabelSet:
+    """Check the data set's files and read its labels; a data problem names the scenario file and key."""
+    try:
+        source.check()
+        return source.label_set()
+    except DataError as exc:
+        raise ScenarioError(str(exc), source=scenario.source, key_path=exc.key_path) from None
+
+
 def build_stream(scenario, label_set: LabelSet, *, source: str | None = None) -> Stream:
     setup = SETUPS.get(scenario.stream.name)(scenario.stream.params)
     try:
@@ -29,4 +38,4 @@ def build_stream(scenario, label_set: LabelSet, *, source: str | None = None) ->
         raise
 
 
-__all__ = ["DATASETS", "SETUPS", "DatasetSource", "LabelSet", "Session", "Stream", "open_dataset", "build_stream", "paths"]
+__all__ = ["DATASETS", "SETUPS", "DatasetSource", "LabelSet", "Session", "Stream", "open_dataset", "load_labels", "build_stream", "paths"]

@@ -23,7 +23,7 @@ from cvstream.gallery import Gallery, ReplayBuffer
 from cvstream.models import build_method, build_model
 from cvstream.models.methods.base import TrainContext
 from cvstream.models.trainer import embed, train_session
-from cvstream.sessions import build_stream, open_dataset
+from cvstream.sessions import build_stream, load_labels, open_dataset
 from cvstream.sessions.rng import numpy_rng, torch_generator, torch_seed
 from cvstream.simulator import events as ev
 from cvstream.simulator.evaluate import evaluate_queries
@@ -59,7 +59,7 @@ class Simulator:
         self.scenario = scenario
         self.device = resolve_device(scenario.device)
         self.source = open_dataset(scenario, data_root=data_root, cache_dir=cache_dir)
-        self.label_set = self.source.label_set()
+        self.label_set = load_labels(scenario, self.source)
         self.stream = build_stream(scenario, self.label_set, source=scenario.source)
         self.run_dir, self.run_id = new_run_dir(scenario, out_dir) if write else (None, "in-memory")
         self.recorder = Recorder()
@@ -123,7 +123,7 @@ class Simulator:
     def _setup(self) -> None:
         self.started_at = datetime.now(timezone.utc)
         s = self.scenario
-        images = np.ascontiguousarray(self.source.images())
+        images = np.array(self.source.images())  # a writable copy: the source may be a read-only memory map
         self.images = torch.from_numpy(images).to(self.device)
         self.model = build_model(s, in_channels=images.shape[1]).to(self.device)
         self.previous_model: torch.nn.Module | None = None

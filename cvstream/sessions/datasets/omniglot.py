@@ -51,7 +51,8 @@ class OmniglotSource(DatasetSource):
             if not path.is_file():
                 raise DataError(
                     f"omniglot: {path} not found; put images_background.npz and images_evaluation.npz "
-                    f"in {self.folder} (dataset.root resolves against --data-root, $CVSTREAM_DATA, ~/.cache/cvstream)"
+                    f"in {self.folder} (dataset.root resolves against --data-root, $CVSTREAM_DATA, ~/.cache/cvstream)",
+                    key_path="dataset.root",
                 )
 
     def _load(self, part: str, key: str) -> np.ndarray:

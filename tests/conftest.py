@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny synthetic scenario, the real data root, an isolated cache."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "name": "tiny",
+    "seed": 3,
+    "device": "cpu",
+    "dataset": {"name": "synthetic", "classes": 12, "samples_per_class": 20, "image_size": 16, "channels": 3},
+    "stream": {"setup": "disjoint", "sessions": 3, "initial_classes": 4, "classes_per_session": 4, "query_fraction": 0.25},
+    "model": {"backbone": "convnet", "embedding_dim": 16, "width": 4},
+    "training": {"epochs": 1, "batch_size": 16, "lr": 0.03, "eval_batch_size": 64},
+    "method": {"name": "cvs"},
+    "replay": {"size": 24, "selection": "herding"},
+}
+
+
+def tiny_dict(**sections) -> dict:
+    """The tiny scenario as a dict; keyword arguments replace or update whole sections."""
+    data = copy.deepcopy(TINY)
+    for key, value in sections.items():
+        current = data.get(key)
+        same_component = isinstance(current, dict) and all(
+            value.get(k, current.get(k)) == current.get(k) for k in ("name", "setup") if isinstance(value, dict)
+        )
+        if isinstance(value, dict) and isinstance(current, dict) and same_component:
+            current.update(value)
+        else:
+            data[key] = value
+    return data
+
+
+def tiny_scenario(**sections):
+    from cvstream.scenario import Scenario
+
+    return Scenario.from_dict(tiny_dict(**sections), source="tiny")
+
+
+def real_data_root() -> Path | None:
+    env = os.environ.get("CVSTREAM_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "data")
+    for path in candidates:
+        if path.is_dir():
+            return path
+    return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Derived files (decoded data sets) go to one cache per test session, never to the user's."""
+    if "CVSTREAM_CACHE" not in os.environ:
+        os.environ["CVSTREAM_CACHE"] = str(tmp_path_factory.mktemp("cvstream-cache"))
+    yield
+
+
+@pytest.fixture
+def data_root() -> Path:
+    root = real_data_root()
+    if root is None:
+        pytest.skip("no real data root: set CVSTREAM_DATA or provide ../shared/data")
+    return root

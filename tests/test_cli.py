@@ -1,0 +1,70 @@
+"""Bad input through the command line: exit status 2, one message naming file and key, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import tiny_dict
+from cvstream.cli import main
+
+
+def _write(tmp_path, data, name="s.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (tiny_dict(training={"epochz": 1}), "training.epochz"),
+        (tiny_dict(training={"lr": "fast"}), "training.lr"),
+        (tiny_dict(stream={"setup": "disjoint", "sessions": 3, "initial_classes": 10, "classes_per_session": 10}), "stream.initial_classes"),
+        (tiny_dict(dataset={"name": "omniglot", "root": "no-such-folder"}), "no-such-folder"),
+    ],
+    ids=["unknown-key", "wrong-type", "impossible-stream", "missing-data-root"],
+)
+def test_bad_scenarios_exit_2_with_a_message(tmp_path, capsys, command, data, expected):
+    if data["dataset"]["name"] == "omniglot":
+        data["dataset"] = {"name": "omniglot", "root": "no-such-folder"}
+    path = _write(tmp_path, data)
+    args = [command, str(path), "--data-root", str(tmp_path)]
+    if command == "run":
+        args += ["--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err.replace("\n", "")
+    assert expected in err.replace("\n", "")
+    assert "Traceback" not in err
+
+
+def test_impossible_stream_says_how_many_classes_exist(tmp_path, capsys):
+    path = _write(tmp_path, tiny_dict(stream={"setup": "disjoint", "sessions": 5, "initial_classes": 4, "classes_per_session": 4}))
+    assert main(["validate", str(path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "needs 20 classes, the data set has 12" in err
+
+
+def test_validate_accepts_a_good_file(tmp_path, capsys):
+    path = _write(tmp_path, tiny_dict())
+    assert main(["validate", str(path)]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+def test_console_script_exits_2_without_traceback(tmp_path):
+    path = _write(tmp_path, tiny_dict(model={"backbone": "convnett"}))
+    done = subprocess.run([sys.executable, "-m", "cvstream.cli", "validate", str(path)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "model.backbone" in done.stderr and "did you mean 'convnet'" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr
+
+
+def test_override_from_the_command_line_is_validated(tmp_path, capsys):
+    path = _write(tmp_path, tiny_dict())
+    assert main(["validate", str(path), "--set", "training.epochs=-1"]) == 2
+    assert "training.epochs" in capsys.readouterr().err

@@ -1,0 +1,76 @@
+"""The typed scenario: valid files load, bad ones name the file and the key path."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import REPO, tiny_dict
+from cvstream.errors import ScenarioError
+from cvstream.scenario import Scenario
+
+
+def test_demo_scenario_loads_with_paper_defaults():
+    scenario = Scenario.from_yaml(REPO / "experiments" / "demo.yaml")
+    assert scenario.method.name == "cvs"
+    assert scenario.method.params.alpha == 10 and scenario.method.params.beta == 1
+    assert scenario.method.params.margin == 0.1 and scenario.method.params.temperature == 0.05
+    assert scenario.stream.name == "disjoint"
+    assert scenario.source.endswith("demo.yaml")
+
+
+def test_round_trip_through_yaml_keeps_the_digest(tmp_path):
+    scenario = Scenario.from_dict(tiny_dict())
+    path = tmp_path / "s.yaml"
+    path.write_text(scenario.to_yaml())
+    again = Scenario.from_yaml(path)
+    assert again.digest() == scenario.digest()
+    assert again.to_dict() == scenario.to_dict()
+
+
+def test_override_sets_nested_keys_with_yaml_types():
+    scenario = Scenario.from_dict(tiny_dict(), overrides=["training.epochs=7", "method.alpha=2.5", "evaluation.recall_at=[1,5]"])
+    assert scenario.training.epochs == 7
+    assert scenario.method.params.alpha == 2.5
+    assert scenario.evaluation.recall_at == [1, 5]
+
+
+def test_override_can_switch_a_component_by_name():
+    scenario = Scenario.from_dict(tiny_dict(method={"name": "cvs"}), overrides=["method=finetune"])
+    assert scenario.method.name == "finetune"
+
+
+@pytest.mark.parametrize(
+    "data, key_path, words",
+    [
+        (tiny_dict(training={"epoch": 3}), "training.epoch", "did you mean 'epochs'"),
+        (tiny_dict(training={"batch_size": "large"}), "training.batch_size", "integer"),
+        (tiny_dict(method={"name": "cvs", "alpha": -1}), "method.alpha", "greater than or equal"),
+        (tiny_dict(method={"name": "cvss"}), "method.name", "did you mean 'cvs'"),
+        (tiny_dict(method={"name": "cvs", "alpah": 1}), "method.alpah", "did you mean 'alpha'"),
+        (tiny_dict(stream={"setup": "disjoint", "sessions": 0}), "stream.sessions", "greater than"),
+        (tiny_dict(device="gpu"), "device", "'auto', 'cpu' or 'cuda'"),
+        ({**tiny_dict(), "extra_section": 1}, "extra_section", "unknown key"),
+    ],
+)
+def test_bad_values_name_the_key_path(data, key_path, words):
+    with pytest.raises(ScenarioError) as info:
+        Scenario.from_dict(data, source="bad.yaml")
+    text = str(info.value)
+    assert text.startswith("bad.yaml: ")
+    assert key_path in text
+    assert words in text
+
+
+def test_missing_component_section_is_named():
+    data = tiny_dict()
+    del data["stream"]
+    with pytest.raises(ScenarioError, match=r"bad.yaml: stream: missing section"):
+        Scenario.from_dict(data, source="bad.yaml")
+
+
+def test_broken_yaml_names_the_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nstream: {setup: disjoint\n")
+    with pytest.raises(ScenarioError) as info:
+        Scenario.from_yaml(path)
+    assert str(path) in str(info.value) and "line" in str(info.value)
