@@ -65,11 +65,14 @@ class TrainingSpec(_Section):
     augment: bool | None = Field(None, description="random crop and flip; None: the data set decides")
     eval_batch_size: int = Field(512, ge=1)
     amp: bool = Field(True, description="mixed precision on CUDA; ignored on CPU")
+    validation_fraction: float = Field(
+        0.0, ge=0, lt=1, description="share of each class's training samples held out to keep the epoch with the best R@1 (0: off)"
+    )
 
 
 class ReplaySpec(_Section):
     size: int = Field(2000, ge=0)
-    selection: Literal["herding", "random"] = "herding"
+    selection: Literal["herding", "random", "reservoir", "class-balanced"] = "herding"
 
 
 class GallerySpec(_Section):

@@ -1,4 +1,10 @@
-"""The replay buffer: a bounded, per-class balanced store of past samples and their stored embeddings."""
+"""The replay buffer: a bounded store of past samples and their stored embeddings.
+
+Selections: `herding` (iCaRL) and `random` keep `size // classes_seen` exemplars per
+class; `class-balanced` spends the whole budget, per-class counts differing by at most
+one; `reservoir` keeps a uniform sample of every training arrival so far (Vitter's
+algorithm R), so class counts follow the stream, not a quota.
+"""
 
 from __future__ import annotations
 
@@ -27,26 +33,51 @@ def herding(vectors: np.ndarray, m: int) -> np.ndarray:
     return np.asarray(chosen, dtype=np.int64)
 
 
+def _random(vectors: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.permutation(len(vectors))[: min(m, len(vectors))].astype(np.int64)
+
+
+# Per-class selections: (vectors of one class, how many, rng) -> indices in priority order.
 SELECTIONS = {
     "herding": lambda vectors, m, rng: herding(vectors, m),
-    "random": lambda vectors, m, rng: rng.permutation(len(vectors))[: min(m, len(vectors))].astype(np.int64),
+    "random": _random,
+    "class-balanced": _random,
 }
+ALL_SELECTIONS = (*SELECTIONS, "reservoir")
+
+
+def balanced_quotas(available: dict[int, int], size: int) -> dict[int, int]:
+    """Split `size` over classes as evenly as their sample counts allow (water-filling), every slot used if possible."""
+    quotas = {c: 0 for c in available}
+    left = size
+    open_classes = sorted(c for c in available if available[c] > 0)
+    while left > 0 and open_classes:
+        share, extra = divmod(left, len(open_classes))
+        for i, c in enumerate(open_classes):
+            give = min(share + (1 if i < extra else 0), available[c] - quotas[c])
+            quotas[c] += give
+            left -= give
+        open_classes = [c for c in open_classes if quotas[c] < available[c]]
+        if share == 0:
+            break
+    return quotas
 
 
 class ReplayBuffer:
     """Per class: sample ids in priority order and their stored embeddings.
 
-    Rebalanced every session to `size // classes_seen` exemplars per class; the order is a
-    priority, so shrinking a class keeps its best exemplars.
+    Rebalanced every session; the order within a class is a priority, so shrinking a
+    class keeps its best exemplars.
     """
 
     def __init__(self, size: int, selection: str = "herding"):
-        if selection not in SELECTIONS:
+        if selection not in ALL_SELECTIONS:
             raise ValueError(f"unknown replay selection {selection!r}")
         self.size = size
         self.selection = selection
         self._ids: dict[int, np.ndarray] = {}
         self._vectors: dict[int, np.ndarray] = {}
+        self._arrivals_seen = 0  # reservoir: training arrivals offered so far
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._ids.values())
@@ -60,23 +91,58 @@ class ReplayBuffer:
         return {c: len(v) for c, v in sorted(self._ids.items())}
 
     def update(self, arrivals: dict[int, tuple[np.ndarray, np.ndarray]], *, classes_seen: int, rng: np.random.Generator) -> None:
-        """Merge this session's arrivals (class -> (sample ids, vectors)) and rebalance every class."""
+        """Merge this session's arrivals (class -> (sample ids, vectors)) and rebalance."""
         if self.size == 0:
             return
-        quota = max(self.size // max(classes_seen, 1), 0)
+        if self.selection == "reservoir":
+            self._reservoir(arrivals, rng)
+            return
+        merged = {}
         for c in sorted(set(self._ids) | set(arrivals)):
             ids = self._ids.get(c, np.empty(0, np.int64))
             vecs = self._vectors.get(c)
-            if c in arrivals:
+            fresh = c in arrivals
+            if fresh:
                 new_ids, new_vecs = arrivals[c]
                 ids = np.concatenate([ids, np.asarray(new_ids, np.int64)])
                 vecs = new_vecs if vecs is None else np.vstack([vecs, new_vecs])
-                keep = SELECTIONS[self.selection](vecs, quota, rng)
-            else:
-                keep = np.arange(min(quota, len(ids)))
-            if len(keep) == 0:
-                self._ids.pop(c, None)
-                self._vectors.pop(c, None)
+            merged[c] = (ids, vecs, fresh)
+        if self.selection == "class-balanced":
+            quotas = balanced_quotas({c: len(ids) for c, (ids, _, _) in merged.items()}, self.size)
+        else:
+            quota = max(self.size // max(classes_seen, 1), 0)
+            quotas = {c: quota for c in merged}
+        for c, (ids, vecs, fresh) in merged.items():
+            keep = SELECTIONS[self.selection](vecs, quotas[c], rng) if fresh else np.arange(min(quotas[c], len(ids)))
+            self._store(c, ids[keep], vecs[keep])
+
+    def _reservoir(self, arrivals: dict[int, tuple[np.ndarray, np.ndarray]], rng: np.random.Generator) -> None:
+        slots_ids = [(c, i) for c in sorted(self._ids) for i in range(len(self._ids[c]))]
+        slot_sample = [int(self._ids[c][i]) for c, i in slots_ids]
+        slot_class = [c for c, _ in slots_ids]
+        slot_vec = [self._vectors[c][i] for c, i in slots_ids]
+        incoming = [(c, int(s), v) for c in sorted(arrivals) for s, v in zip(*arrivals[c])]
+        for k in rng.permutation(len(incoming)):  # arrivals come in a random order within the session
+            c, sample, vector = incoming[k]
+            self._arrivals_seen += 1
+            if len(slot_sample) < self.size:
+                slot_sample.append(sample), slot_class.append(c), slot_vec.append(vector)
                 continue
-            self._ids[c] = ids[keep]
-            self._vectors[c] = np.ascontiguousarray(vecs[keep], dtype=np.float32)
+            j = int(rng.integers(0, self._arrivals_seen))
+            if j < self.size:
+                slot_sample[j], slot_class[j], slot_vec[j] = sample, c, vector
+        classes = np.asarray(slot_class, dtype=np.int64)
+        samples = np.asarray(slot_sample, dtype=np.int64)
+        self._ids.clear()
+        self._vectors.clear()
+        for c in np.unique(classes):
+            members = np.flatnonzero(classes == c)
+            self._store(int(c), samples[members], np.stack([slot_vec[i] for i in members]))
+
+    def _store(self, c: int, ids: np.ndarray, vecs: np.ndarray) -> None:
+        if len(ids) == 0:
+            self._ids.pop(c, None)
+            self._vectors.pop(c, None)
+            return
+        self._ids[c] = ids
+        self._vectors[c] = np.ascontiguousarray(vecs, dtype=np.float32)

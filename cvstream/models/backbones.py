@@ -26,6 +26,8 @@ class ConvNet(nn.Module):
     Small enough to train on a 2-core CPU in minutes at 32x32.
     """
 
+    input_kind = "images"
+
     def __init__(self, *, in_channels: int, width: int = 32):
         super().__init__()
         self.features = nn.Sequential(
@@ -37,6 +39,89 @@ class ConvNet(nn.Module):
             nn.Flatten(),
         )
         self.out_dim = 8 * width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class _BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convs and a shortcut (1x1 conv where the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+@BACKBONES.register("resnet18-cifar")
+class ResNet18Cifar(nn.Module):
+    """ResNet-18 in its CIFAR form: 3x3 stride-1 stem, no max-pool; widths w, 2w, 4w, 8w (w = 64 in the papers)."""
+
+    input_kind = "images"
+
+    def __init__(self, *, in_channels: int, width: int = 64):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        c_in = width
+        for stage, c_out in enumerate((width, 2 * width, 4 * width, 8 * width)):
+            stride = 1 if stage == 0 else 2
+            layers += [_BasicBlock(c_in, c_out, stride), _BasicBlock(c_out, c_out, 1)]
+            c_in = c_out
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.out_dim = 8 * width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+@BACKBONES.register("resnet18")
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 (ImageNet form: 7x7 stride-2 stem, max-pool), randomly initialised.
+
+    Its widths are fixed (64..512); `model.width` does not apply. No pretrained weights are downloaded.
+    """
+
+    input_kind = "images"
+
+    def __init__(self, *, in_channels: int, width: int = 64):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        net = resnet18(weights=None)
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        net.fc = nn.Identity()
+        self.net = net
+        self.out_dim = 512
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@BACKBONES.register("mlp")
+class MLP(nn.Module):
+    """Two hidden layers (8w units each, BN, ReLU) over precomputed feature vectors (N, D)."""
+
+    input_kind = "vectors"
+
+    def __init__(self, *, in_channels: int, width: int = 32):
+        super().__init__()
+        hidden = 8 * width
+        self.features = nn.Sequential(
+            nn.Linear(in_channels, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+        )
+        self.out_dim = hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

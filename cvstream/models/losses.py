@@ -41,3 +41,23 @@ def class_mean_loss(embeddings: torch.Tensor, means: torch.Tensor, mask: torch.T
         return embeddings.sum() * 0.0
     squared = ((embeddings - means) ** 2).sum(dim=1)
     return (squared * mask).sum() / len(embeddings)
+
+
+def old_classifier_ce(embeddings: torch.Tensor, old_weight: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
+    """BCT influence loss: normalised-softmax CE of f_t(x) through the frozen old classifier rows."""
+    logits = embeddings @ F.normalize(old_weight, dim=1).t() / temperature
+    return F.cross_entropy(logits, rows)
+
+
+def embedding_distance(new: torch.Tensor, old: torch.Tensor, hinge: float = 0.0) -> torch.Tensor:
+    """||f_t(x) - f_{t-1}(x)||^2 per sample, averaged; with `hinge` > 0 only the part of the distance above it counts."""
+    if hinge > 0:
+        return F.relu((new - old).norm(dim=1) - hinge).pow(2).mean()
+    return ((new - old) ** 2).sum(dim=1).mean()
+
+
+def distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """LwF: KL(softmax(teacher/T) || softmax(student/T)) * T^2, averaged over the batch."""
+    log_student = F.log_softmax(student_logits / temperature, dim=1)
+    teacher = F.softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(log_student, teacher, reduction="batchmean") * temperature**2

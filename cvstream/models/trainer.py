@@ -6,6 +6,7 @@ Short on purpose: shuffle, augment, forward, ask the method for its loss terms, 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,11 +30,21 @@ class TrainStats:
     backbone_forwards: int = 0  # current model's forwards plus the previous generation's
     seconds: float = 0.0
     last_terms: dict[str, float] = field(default_factory=dict)
+    validation: list[float] = field(default_factory=list)  # score after each epoch, if validated
+    best_epoch: int | None = None  # the epoch whose weights were kept
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float in [-1, 1]."""
+    """uint8 images (B, C, H, W) -> float in [-1, 1]; float inputs (feature vectors) pass unscaled."""
+    if images.is_floating_point():
+        return images.float()
     return images.float().div_(127.5).sub_(1.0)
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    if x.device.type == "cuda" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool = True) -> torch.Tensor:
@@ -85,8 +96,12 @@ def train_session(
     augment_images: bool,
     flip: bool,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+    validate: Callable[[torch.nn.Module], float] | None = None,
 ) -> TrainStats:
-    """Train `model` in place on `sample_ids` (indices into `images`, uint8 on the device)."""
+    """Train `model` in place on `sample_ids` (indices into `images`, on the device).
+
+    With `validate` (model in eval mode -> score), the weights of the best-scoring epoch are kept.
+    """
     stats = TrainStats()
     n = len(sample_ids)
     if spec.epochs == 0 or n < 2:
@@ -110,9 +125,8 @@ def train_session(
             with torch.no_grad(), _autocast(device, spec.amp):
                 return previous_embed(x).float()
 
-        context = TrainContext(
-            session=context.session, previous_embed=counted, class_means=context.class_means, old_rows=context.old_rows
-        )
+        context = dataclasses.replace(context, previous_embed=counted)
+    method.begin_session(model, context)
     for epoch in range(spec.epochs):
         order = torch.randperm(n, generator=generator).to(device)
         for i in range(steps_per_epoch):
@@ -124,10 +138,9 @@ def train_session(
                 group["lr"] = lr
             pick = order[i * batch_size : (i + 1) * batch_size]
             x = to_input(images[ids[pick]])
-            if augment_images:
+            if augment_images and x.dim() == 4:
                 x = augment(x, generator, flip=flip)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = _channels_last(x)
             with _autocast(device, spec.amp):
                 embeddings = model(x)
                 batch = Batch(inputs=x, rows=rows[pick], class_ids=classes[pick], embeddings=embeddings)
@@ -149,6 +162,15 @@ def train_session(
             stats.last_terms = values
             if on_step is not None:
                 on_step(stats.steps, total, values)
+        if validate is not None:
+            model.eval()
+            stats.validation.append(float(validate(model)))
+            model.train()
+            if stats.best_epoch is None or stats.validation[-1] > stats.validation[stats.best_epoch]:
+                stats.best_epoch = epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if validate is not None and stats.best_epoch != spec.epochs - 1:
+        model.load_state_dict(best_state)
     model.eval()
     stats.seconds = time.perf_counter() - started
     return stats
@@ -162,9 +184,7 @@ def embed(model: torch.nn.Module, images: torch.Tensor, sample_ids: np.ndarray, 
     out = np.empty((len(sample_ids), model.embedding_dim), dtype=np.float32)
     ids = torch.as_tensor(np.asarray(sample_ids), dtype=torch.long, device=device)
     for start in range(0, len(ids), batch_size):
-        x = to_input(images[ids[start : start + batch_size]])
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = _channels_last(to_input(images[ids[start : start + batch_size]]))
         with _autocast(device, amp):
             f = model(x)
         f = torch.nn.functional.normalize(f.float(), dim=1)

@@ -11,14 +11,21 @@ from pydantic import Field
 
 from cvstream.registry import Params, Registry
 
+# What a method may ask the engine for; the engine computes and hands over only these.
+NEEDS = frozenset({"previous_model", "previous_embeddings", "replay", "class_means", "seen_data"})
+
 
 class MethodParams(Params):
     temperature: float = Field(0.05, gt=0, description="T of the normalised-softmax cross-entropy")
 
 
+class ReplayParams(MethodParams):
+    replay: bool = Field(True, description="also train on the replay buffer (the same buffer cvs uses, for a fair comparison)")
+
+
 @dataclass
 class Batch:
-    inputs: torch.Tensor  # float images on the device, already augmented
+    inputs: torch.Tensor  # float inputs on the device, already augmented
     rows: torch.Tensor  # classifier row of each sample
     class_ids: torch.Tensor  # original class ids
     embeddings: torch.Tensor  # f_t(x), L2-normalised, with gradient
@@ -30,6 +37,12 @@ class TrainContext:
 
     session: int
     previous_embed: Callable[[torch.Tensor], torch.Tensor] | None = None  # f_{t-1}, frozen, counted
+    # Previous generation's classifier, aligned with the current rows: its normalised row, and whether it had one.
+    previous_weight: torch.Tensor | None = None
+    previous_known: torch.Tensor | None = None
+    # f_{t-1} of every training sample of the session (no augmentation), and each sample's current row.
+    previous_embeddings: torch.Tensor | None = None
+    training_rows: torch.Tensor | None = None
     class_means: torch.Tensor | None = None  # (classifier rows, dim): E_c per row, zeros where unknown
     old_rows: torch.Tensor | None = None  # bool per row: class has a home session < t and a mean
 
@@ -37,17 +50,26 @@ class TrainContext:
 class Method:
     name: ClassVar[str]
     Params: ClassVar[type[MethodParams]] = MethodParams
-    # Any of "previous_model", "replay", "class_means".
+    # A subset of NEEDS.
     needs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: MethodParams):
         self.params = params
+        if getattr(params, "replay", True) is False:
+            self.needs = type(self).needs - {"replay"}
 
-    def training_ids(self, *, session_ids: np.ndarray, replay_ids: np.ndarray) -> np.ndarray:
+    @classmethod
+    def check(cls, scenario) -> None:
+        """Raise ScenarioError if the scenario cannot give this method what it needs."""
+
+    def training_ids(self, *, session_ids: np.ndarray, replay_ids: np.ndarray, seen_ids: np.ndarray | None = None) -> np.ndarray:
         """The samples this session trains on: the arrivals, plus the replay buffer if the method uses one."""
         if "replay" in self.needs and len(replay_ids):
             return np.concatenate([session_ids, replay_ids])
         return session_ids
+
+    def begin_session(self, model: torch.nn.Module, context: TrainContext) -> None:
+        """Called once before the first step of a session, to derive per-session state from the context."""
 
     def loss(self, model: torch.nn.Module, batch: Batch, context: TrainContext) -> dict[str, torch.Tensor]:
         """Named, already weighted loss terms; the trainer sums them."""

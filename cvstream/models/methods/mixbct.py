@@ -1,0 +1,73 @@
+"""mixbct (Lin et al., 2023): the classifier is trained on a mix of new and old embeddings.
+
+A share `mix_ratio` (30%) of each batch's embeddings is replaced by the old generation's
+embeddings of the same images, taken only from "credible" samples: those whose old
+embedding lies within the `credible_fraction` (90%) nearest to its class's old mean.
+Class means and radii come from the old embeddings of the session's training samples
+(no augmentation); the batch's old embeddings are of the augmented images.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from cvstream.errors import ScenarioError
+from cvstream.models.losses import normalized_softmax_ce
+from cvstream.models.methods.base import METHODS, Method, ReplayParams
+
+
+class MixBCTParams(ReplayParams):
+    mix_ratio: float = Field(0.3, gt=0, le=1, description="share of a batch's embeddings replaced by old ones")
+    credible_fraction: float = Field(0.9, gt=0, le=1, description="share of each class, nearest its old mean, that may be mixed")
+
+
+@METHODS.register("mixbct")
+class MixBCT(Method):
+    Params = MixBCTParams
+    needs = frozenset({"previous_model", "previous_embeddings", "replay"})
+
+    def __init__(self, params: MixBCTParams):
+        super().__init__(params)
+        self._centres: torch.Tensor | None = None
+        self._radius: torch.Tensor | None = None
+
+    @classmethod
+    def check(cls, scenario) -> None:
+        p = scenario.method.params
+        if round(p.mix_ratio * scenario.training.batch_size) < 1:
+            raise ScenarioError(
+                f"mix_ratio {p.mix_ratio} of a batch of {scenario.training.batch_size} mixes no embedding; "
+                "raise method.mix_ratio or training.batch_size",
+                source=scenario.source,
+                key_path="method.mix_ratio",
+            )
+
+    def begin_session(self, model, context):
+        self._centres = self._radius = None
+        if context.previous_embeddings is None:
+            return
+        old, rows = context.previous_embeddings, context.training_rows
+        n_rows = model.num_classes
+        sums = torch.zeros(n_rows, old.shape[1], device=old.device).index_add_(0, rows, old)
+        counts = torch.bincount(rows, minlength=n_rows)
+        centres = sums / counts.clamp(min=1)[:, None]
+        distance = (old - centres[rows]).norm(dim=1)
+        radius = torch.full((n_rows,), -1.0, device=old.device)  # -1: no credible sample
+        for row in torch.unique(rows).tolist():  # once per session, over classes, not samples
+            radius[row] = torch.quantile(distance[rows == row], self.params.credible_fraction)
+        self._centres, self._radius = centres, radius
+
+    def loss(self, model, batch, context):
+        p = self.params
+        embeddings = batch.embeddings
+        terms = {}
+        if self._centres is not None and context.previous_embed is not None:
+            old = context.previous_embed(batch.inputs)
+            credible = (old - self._centres[batch.rows]).norm(dim=1) <= self._radius[batch.rows]
+            quota = max(1, round(p.mix_ratio * len(old)))
+            # The batch is already shuffled, so its first credible samples are a random choice.
+            replace = credible & (torch.cumsum(credible.long(), 0) <= quota)
+            embeddings = torch.where(replace[:, None], old, embeddings)
+        terms["ce"] = normalized_softmax_ce(model.cosine(embeddings), batch.rows, p.temperature)
+        return terms

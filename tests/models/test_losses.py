@@ -1,0 +1,113 @@
+"""Each loss term on a tiny hand-computed case: its value and the direction of its gradient."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cvstream.models.losses import (
+    class_mean_loss,
+    distillation,
+    embedding_distance,
+    hardest_negative_triplet,
+    normalized_softmax_ce,
+    old_classifier_ce,
+)
+
+
+def t(rows):
+    return torch.tensor(rows, dtype=torch.float64, requires_grad=True)
+
+
+def test_normalized_softmax_ce_value_and_gradient():
+    cosines = t([[1.0, 0.0]])
+    loss = normalized_softmax_ce(cosines, torch.tensor([0]), temperature=0.5)
+    # logits (2, 0): -log(e^2 / (e^2 + 1))
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-2)))
+    loss.backward()
+    assert cosines.grad[0, 0] < 0 < cosines.grad[0, 1]  # raising the true class's cosine lowers the loss
+
+
+def _triplet_case():
+    labels = torch.tensor([0, 1, 1])
+    anchor = t([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    old = torch.tensor([[0.8, 0.6], [0.0, 1.0], [0.6, 0.8]], dtype=torch.float64)
+    return anchor, old, labels
+
+
+def test_hardest_negative_triplet_hand_case():
+    anchor, old, labels = _triplet_case()
+    loss = hardest_negative_triplet(anchor, old, old, labels, margin=0.3)
+    # anchor 0: d_pos = sqrt(0.4); nearest other-class old vector is (0.6, 0.8) at sqrt(0.8)
+    # anchor 1: d_pos = 0; nearest other-class old vector (0.8, 0.6) at sqrt(0.8): hinge inactive
+    # anchor 2: d_pos = 0; nearest other-class old vector (0.8, 0.6) at sqrt(0.08)
+    expected = (max(math.sqrt(0.4) - math.sqrt(0.8) + 0.3, 0) + 0 + max(-math.sqrt(0.08) + 0.3, 0)) / 3
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    # Moving anchor 0 toward its positive lowers the loss.
+    toward_positive = old[0] - anchor.detach()[0]
+    assert float(-anchor.grad[0] @ toward_positive) > 0
+    assert torch.all(anchor.grad[1] == 0)  # inactive hinge: no gradient
+
+
+def test_hardest_negative_triplet_matches_a_per_sample_loop():
+    g = torch.Generator().manual_seed(0)
+    anchor = torch.nn.functional.normalize(torch.randn(40, 8, generator=g), dim=1)
+    old = torch.nn.functional.normalize(torch.randn(40, 8, generator=g), dim=1)
+    labels = torch.randint(0, 5, (40,), generator=g)
+    losses = []
+    for i in range(len(anchor)):
+        d_pos = (anchor[i] - old[i]).norm()
+        d_neg = min((anchor[i] - old[j]).norm() for j in range(len(anchor)) if labels[j] != labels[i])
+        losses.append(torch.relu(d_pos - d_neg + 0.1))
+    expected = torch.stack(losses).mean()
+    assert hardest_negative_triplet(anchor, old, old, labels, margin=0.1).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_hardest_negative_triplet_single_class_batch_is_zero_not_nan():
+    anchor, old, _ = _triplet_case()
+    loss = hardest_negative_triplet(anchor, old, old, torch.tensor([2, 2, 2]), margin=0.1)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(anchor.grad).all()
+
+
+def test_class_mean_loss_counts_old_samples_over_the_batch():
+    f = t([[1.0, 0.0], [0.0, 1.0]])
+    means = torch.tensor([[0.0, 0.0], [0.0, 0.5]], dtype=torch.float64)
+    loss = class_mean_loss(f, means, torch.tensor([False, True]))
+    assert loss.item() == pytest.approx(0.25 / 2)
+    loss.backward()
+    assert f.grad[1, 1] > 0 and torch.all(f.grad[0] == 0)  # pulls sample 1 down toward its mean only
+
+
+def test_old_classifier_ce_uses_normalised_frozen_rows():
+    f = t([[1.0, 0.0]])
+    old_weight = torch.tensor([[2.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
+    loss = old_classifier_ce(f, old_weight, torch.tensor([0]), temperature=1.0)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)))
+    loss.backward()
+    assert f.grad[0, 1] > 0  # leaning toward the wrong old row raises the loss
+
+
+def test_embedding_distance_plain_and_hinged():
+    new = t([[1.0, 0.0]])
+    old = torch.tensor([[0.6, 0.8]], dtype=torch.float64)
+    assert embedding_distance(new, old).item() == pytest.approx(0.8)
+    assert embedding_distance(new, old, hinge=0.2).item() == pytest.approx((math.sqrt(0.8) - 0.2) ** 2)
+    assert embedding_distance(new, old, hinge=1.0).item() == 0.0
+    embedding_distance(new, old).backward()
+    assert float(-new.grad[0] @ (old[0] - new.detach()[0])) > 0  # the step moves f_t toward f_{t-1}
+
+
+def test_distillation_hand_case():
+    student = t([[2 * math.log(3), 0.0]])
+    teacher = torch.tensor([[0.0, 0.0]], dtype=torch.float64)
+    loss = distillation(student, teacher, temperature=2.0)
+    # softmax(student / 2) = (3/4, 1/4), teacher (1/2, 1/2): KL = 0.5 ln(4/3), times T^2 = 4
+    assert loss.item() == pytest.approx(4 * 0.5 * math.log(4 / 3))
+    loss.backward()
+    assert student.grad[0, 0] > 0  # the over-confident logit is pushed down
+    assert distillation(teacher, teacher, temperature=2.0).item() == pytest.approx(0.0)
