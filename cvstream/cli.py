@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a scenario file, its data and its stream, without running")
     scenario_args(validate)
+
+    stream = sub.add_parser("stream", help="describe a scenario's stream per session and write it to stream.parquet")
+    scenario_args(stream)
+    stream.add_argument("--out", default=None, help="folder for stream.parquet (default <output.dir>/<scenario name>)")
     return parser
 
 
@@ -45,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args, console)
         if args.command == "run":
             return _run(args, console)
+        if args.command == "stream":
+            return _stream(args, console)
     except UserError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_USER_ERROR
@@ -72,6 +78,33 @@ def _validate(args, console: Console) -> int:
         f"{scenario.source}: valid. {len(stream)} sessions, {len(stream.home_session)} classes, {train} training arrivals, "
         f"method {scenario.method.name}, data set {scenario.dataset.name} ({label_set.num_classes} classes)."
     )
+    return 0
+
+
+def _stream(args, console: Console) -> int:
+    from cvstream.sessions import build_stream, load_labels, open_dataset
+    from cvstream.simulator.outputs import write_parquet
+
+    scenario = _load(args)
+    label_set = load_labels(scenario, open_dataset(scenario, data_root=args.data_root))
+    stream = build_stream(scenario, label_set, source=scenario.source, data_root=args.data_root)
+    summary = stream.summary()
+    table = Table(title=f"{scenario.name}: {scenario.stream.name} stream of {scenario.dataset.name}")
+    headers = {"session": "session", "new_classes": "new classes", "old_classes_present": "old present",
+               "future_classes_present": "future present", "train_samples": "training samples",
+               "off_home_share": "off-home share", "queries": "queries"}
+    for header in headers.values():
+        table.add_column(header, justify="right")
+    for row in summary.itertuples(index=False):
+        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+    out = Path(args.out) if args.out else Path(scenario.output.dir) / scenario.name
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_parquet(out / "stream.parquet", stream.to_frame())
+    except OSError as exc:
+        raise UserError(f"cannot write {out / 'stream.parquet'}: {exc}") from None
+    console.print(f"{sum(len(s.train_ids) for s in stream)} training arrivals, {len(stream.home_session)} classes -> {out / 'stream.parquet'}")
     return 0
 
 

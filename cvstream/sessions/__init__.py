@@ -29,13 +29,17 @@ def load_labels(scenario, source: DatasetSource) -> LabelSet:
         raise ScenarioError(str(exc), source=scenario.source, key_path=exc.key_path) from None
 
 
-def build_stream(scenario, label_set: LabelSet, *, source: str | None = None) -> Stream:
-    setup = SETUPS.get(scenario.stream.name)(scenario.stream.params)
+def build_stream(scenario, label_set: LabelSet, *, source: str | None = None, data_root: str | Path | None = None) -> Stream:
+    """The scenario's stream; JSON collections resolve under the data root, stream files next to the scenario file."""
+    base_dir = Path(source).parent if source and Path(source).is_file() else None
+    setup = SETUPS.get(scenario.stream.name)(scenario.stream.params, data_root=paths.data_root(data_root), base_dir=base_dir)
     try:
         return setup.build(label_set, scenario.seed)
     except ScenarioError as exc:
         exc.source = exc.source or source
         raise
+    except DataError as exc:  # a collection or stream file the scenario names
+        raise ScenarioError(str(exc), source=source, key_path=exc.key_path) from None
 
 
 __all__ = ["DATASETS", "SETUPS", "DatasetSource", "LabelSet", "Session", "Stream", "open_dataset", "load_labels", "build_stream", "paths"]

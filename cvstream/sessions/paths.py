@@ -26,3 +26,17 @@ def cache_dir() -> Path:
 def resolve(root: str, base: Path) -> Path:
     path = Path(root).expanduser()
     return path if path.is_absolute() else base / path
+
+
+def inside(relative: str, base: Path, *, what: str, key_path: str | None = None) -> Path:
+    """`relative` resolved under `base`; refuses a path that leaves it (`..`, absolute elsewhere, links out)."""
+    from cvstream.errors import DataError, ScenarioError
+
+    path = Path(relative).expanduser()
+    path = path if path.is_absolute() else base / path
+    try:
+        path.resolve().relative_to(base.resolve())
+    except ValueError:
+        message = f"{what} {relative!r} leaves {base}; it must name something inside it"
+        raise (ScenarioError(message, key_path=key_path) if key_path else DataError(message)) from None
+    return path

@@ -1,29 +1,37 @@
 """Streams: labels in, sessions out. Pure functions of (labels, parameters, seed).
 
 A `Stream` is a plain sequence of `Session`s (len, indexing, slicing, iteration). Class
-ids are always the data set's original ids.
+ids are always the data set's original ids. The setups live in `cvstream.sessions.setups`,
+one module per family; this module holds what they share.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Iterator, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from cvstream.errors import ScenarioError
+from cvstream.errors import DataError, ScenarioError
 from cvstream.registry import Params, Registry
 from cvstream.sessions.datasets import LabelSet
 from cvstream.sessions.rng import numpy_rng
+
+ROLES = ("train", "gallery", "query")
+
+
+def _stream_file_error(message: str) -> DataError:
+    return DataError(message, key_path="stream.path")
 
 
 @dataclass(frozen=True)
 class Session:
     index: int
-    new_classes: np.ndarray  # classes whose home session is this one
+    new_classes: np.ndarray  # classes whose home session is this one, sorted
     train_ids: np.ndarray  # samples that arrive for training
     gallery_ids: np.ndarray  # samples added to the gallery (by default the training arrivals)
     query_ids: np.ndarray  # held-out samples evaluated after this session
@@ -36,6 +44,10 @@ class Stream(Sequence):
         self.sessions = list(sessions)
         self.labels = labels
         self.home_session = dict(home_session)
+        size = max([int(labels.max()) + 1 if len(labels) else 0, *[c + 1 for c in self.home_session]])
+        self.home_array = np.full(size, -1, dtype=np.int64)  # -1: the class is not in the stream
+        if self.home_session:
+            self.home_array[np.fromiter(self.home_session, np.int64)] = np.fromiter(self.home_session.values(), np.int64)
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -49,26 +61,115 @@ class Stream(Sequence):
         return iter(self.sessions)
 
     def classes_seen(self, t: int) -> np.ndarray:
-        return np.array(sorted(c for c, h in self.home_session.items() if h <= t), dtype=np.int64)
+        return np.flatnonzero((self.home_array >= 0) & (self.home_array <= t)).astype(np.int64)
 
     def home_of(self, class_ids: np.ndarray) -> np.ndarray:
-        return np.array([self.home_session[int(c)] for c in class_ids], dtype=np.int64)
+        return self.home_array[np.asarray(class_ids, dtype=np.int64)]
+
+    # -- as a table --------------------------------------------------------------------------
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per (sample, role): a training arrival that is also a gallery item has two rows."""
+        """One row per (sample, role): a training arrival that is also a gallery item has two rows.
+
+        A query row appears at the first session that evaluates it; `home_session` is the class's.
+        """
         frames = []
-        queried: set[int] = set()
+        queried = np.zeros(len(self.labels), dtype=bool)
         for s in self.sessions:
-            new_queries = np.array([q for q in s.query_ids if int(q) not in queried], dtype=np.int64)
-            queried.update(int(q) for q in new_queries)
+            new_queries = s.query_ids[~queried[s.query_ids]]
+            queried[new_queries] = True
             for role, ids in (("train", s.train_ids), ("gallery", s.gallery_ids), ("query", new_queries)):
+                classes = self.labels[ids].astype(np.int64)
                 frames.append(
                     pd.DataFrame(
-                        {"sample_id": ids.astype(np.int64), "class_id": self.labels[ids].astype(np.int64),
-                         "session": np.full(len(ids), s.index, dtype=np.int64), "role": role}
+                        {"sample_id": ids.astype(np.int64), "class_id": classes,
+                         "session": np.full(len(ids), s.index, dtype=np.int64), "role": role,
+                         "home_session": self.home_array[classes]}
                     )
                 )
         return pd.concat(frames, ignore_index=True)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, *, labels: np.ndarray | None = None, source: str = "stream") -> "Stream":
+        """The inverse of `to_frame`; with `labels` (the data set's), every row's class is checked against it."""
+        required = {"sample_id", "class_id", "session", "role", "home_session"}
+        missing = required - set(frame.columns)
+        if missing:
+            raise _stream_file_error(f"{source}: missing columns {sorted(missing)}; a stream table has {sorted(required)}")
+        bad_roles = sorted(set(frame["role"].unique()) - set(ROLES) - {"val"})
+        if bad_roles:
+            raise _stream_file_error(f"{source}: unknown roles {bad_roles}; allowed: {', '.join(ROLES)}")
+        try:
+            sample = frame["sample_id"].to_numpy(np.int64)
+            klass = frame["class_id"].to_numpy(np.int64)
+            session = frame["session"].to_numpy(np.int64)
+            home = frame["home_session"].to_numpy(np.int64)
+        except (TypeError, ValueError) as exc:
+            raise _stream_file_error(f"{source}: sample_id, class_id, session and home_session must be integers ({exc})") from None
+        role = frame["role"].to_numpy()
+        if len(frame) and min(sample.min(), klass.min(), session.min(), home.min()) < 0:
+            raise _stream_file_error(f"{source}: negative sample, class or session ids")
+        if labels is None:
+            labels = np.full(int(sample.max()) + 1 if len(sample) else 0, -1, dtype=np.int64)
+            labels[sample] = klass
+        elif len(sample):
+            if sample.max() >= len(labels):
+                raise _stream_file_error(f"{source}: sample id {int(sample.max())} is not in the data set ({len(labels)} samples)")
+            wrong = np.flatnonzero(labels[sample] != klass)
+            if len(wrong):
+                i = wrong[0]
+                raise _stream_file_error(
+                    f"{source}: sample {int(sample[i])} has class {int(labels[sample[i]])} in the data set, "
+                    f"{int(klass[i])} in the stream ({len(wrong)} rows disagree): is this the stream of another data set?"
+                )
+        home_session: dict[int, int] = {}
+        for c, h in zip(*np.unique(np.stack([klass, home]), axis=1)):
+            if home_session.setdefault(int(c), int(h)) != int(h):
+                raise _stream_file_error(f"{source}: class {int(c)} has two home sessions")
+        n_sessions = int(max(session.max(initial=-1), home.max(initial=-1))) + 1
+        by_home = np.array(sorted(home_session.items()), dtype=np.int64).reshape(-1, 2)
+        is_query = role == "query"
+        query_sample, query_session = sample[is_query], session[is_query]
+        sessions = []
+        for t in range(n_sessions):
+            here = session == t
+            train_ids = np.sort(sample[here & (role == "train")])
+            gallery_ids = np.sort(sample[here & (role == "gallery")])
+            query_ids = np.sort(query_sample[query_session <= t])  # a query set only grows
+            new_classes = np.sort(by_home[by_home[:, 1] == t, 0])
+            sessions.append(Session(index=t, new_classes=new_classes, train_ids=train_ids, gallery_ids=gallery_ids, query_ids=query_ids))
+        return cls(sessions, labels=labels, home_session=home_session)
+
+    @classmethod
+    def read_parquet(cls, path: str | Path, *, labels: np.ndarray | None = None) -> "Stream":
+        path = Path(path)
+        if not path.is_file():
+            raise _stream_file_error(f"stream file {path} not found")
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
+            raise _stream_file_error(f"cannot read the stream file {path}: {exc}") from None
+        return cls.from_frame(frame, labels=labels, source=str(path))
+
+    def summary(self) -> pd.DataFrame:
+        """Per session: new classes, old and future classes present, training samples, off-home share."""
+        rows = []
+        for s in self.sessions:
+            home = self.home_array[self.labels[s.train_ids]]
+            present = np.unique(self.labels[s.train_ids])
+            present_home = self.home_array[present]
+            rows.append(
+                {
+                    "session": s.index,
+                    "new_classes": len(s.new_classes),
+                    "old_classes_present": int((present_home < s.index).sum()),
+                    "future_classes_present": int((present_home > s.index).sum()),
+                    "train_samples": len(s.train_ids),
+                    "off_home_share": float((home != s.index).mean()) if len(home) else 0.0,
+                    "queries": len(s.query_ids),
+                }
+            )
+        return pd.DataFrame(rows)
 
 
 class StreamParams(Params):
@@ -81,20 +182,24 @@ class StreamParams(Params):
 
 
 class StreamSetup:
+    """A named way to cut a labelled data set into sessions."""
+
     name: ClassVar[str]
-    Params: ClassVar[type[StreamParams]]
+    Params: ClassVar[type[Params]]
 
-    def __init__(self, params: StreamParams):
+    def __init__(self, params: Params, *, data_root: Path | None = None, base_dir: Path | None = None):
         self.params = params
-
-    def classes_needed(self) -> int:
-        raise NotImplementedError
+        self.data_root = data_root  # where collections of samples resolve (explicit streams)
+        self.base_dir = base_dir  # the scenario file's folder, where stream files resolve
 
     def build(self, label_set: LabelSet, seed: int) -> Stream:
         raise NotImplementedError
 
 
 SETUPS: Registry[StreamSetup] = Registry("stream setup")
+
+
+# -- helpers every setup uses ---------------------------------------------------------------
 
 
 def class_order(params: StreamParams, label_set: LabelSet, needed: int, seed: int) -> np.ndarray:
@@ -116,30 +221,96 @@ def class_order(params: StreamParams, label_set: LabelSet, needed: int, seed: in
     return numpy_rng(seed, "class_order").permutation(available)[:needed].astype(np.int64)
 
 
-def split_queries(params: StreamParams, label_set: LabelSet, classes: np.ndarray, seed: int) -> tuple[dict, dict]:
-    """Per class: (training arrivals, held-out queries). Queries are never trained on nor indexed."""
+@dataclass(frozen=True)
+class Pools:
+    """Per stream class (in class order): its training pool and its held-out queries.
+
+    `train_ids` is grouped by class, in a seeded random order within each class, so that
+    "the first k of a class" is a random draw of k; `train_start[i]:train_start[i+1]` is class i.
+    """
+
+    classes: np.ndarray
+    train_ids: np.ndarray
+    train_start: np.ndarray
+    query_ids: np.ndarray
+    query_start: np.ndarray
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return np.diff(self.train_start)
+
+    def class_index(self) -> np.ndarray:
+        """For each entry of train_ids, the position of its class in `classes`."""
+        return np.repeat(np.arange(len(self.classes)), self.train_counts)
+
+    def rank(self) -> np.ndarray:
+        """For each entry of train_ids, its position within its class (0 = first drawn)."""
+        return np.arange(len(self.train_ids)) - np.repeat(self.train_start[:-1], self.train_counts)
+
+    def queries(self) -> dict[int, np.ndarray]:
+        return {int(c): self.query_ids[self.query_start[i] : self.query_start[i + 1]] for i, c in enumerate(self.classes)}
+
+
+def split_pools(params: StreamParams, label_set: LabelSet, classes: np.ndarray, seed: int, *, min_train: int = 1) -> Pools:
+    """Hold out queries per class (never trained on nor indexed); shuffle the rest with the split generator."""
     rng = numpy_rng(seed, "split")
     labels = label_set.labels
-    order = np.argsort(labels, kind="stable")
-    bounds = np.searchsorted(labels[order], np.arange(label_set.num_classes + 1))
-    train, query = {}, {}
+    classes = np.asarray(classes, dtype=np.int64)
+    position = np.full(label_set.num_classes, -1, dtype=np.int64)
+    position[classes] = np.arange(len(classes))
+    ids = np.flatnonzero(position[labels] >= 0)
+    cls_pos = position[labels[ids]]
+    order = np.lexsort((rng.random(len(ids)), cls_pos))  # grouped by class, random within
+    ids, cls_pos = ids[order], cls_pos[order]
+    counts = np.bincount(cls_pos, minlength=len(classes))
+    start = np.concatenate([[0], np.cumsum(counts)])
+    rank = np.arange(len(ids)) - start[cls_pos]
     use_official = params.query_fraction is None and label_set.test_mask is not None
-    fraction = params.query_fraction if params.query_fraction is not None else 0.25
-    for c in classes.tolist():
-        ids = order[bounds[c] : bounds[c + 1]]
-        if use_official:
-            is_test = label_set.test_mask[ids]
-            train[c], query[c] = np.sort(ids[~is_test]), np.sort(ids[is_test])
-        else:
-            ids = rng.permutation(ids)
-            n_query = int(round(len(ids) * fraction))
-            n_query = min(max(n_query, 1), len(ids) - 1)
-            query[c], train[c] = np.sort(ids[:n_query]), np.sort(ids[n_query:])
-        if len(train[c]) == 0 or len(query[c]) == 0:
-            raise ScenarioError(
-                f"class {c} has {len(ids)} samples: too few to hold out queries and still train", key_path="stream.query_fraction"
-            )
-    return train, query
+    if use_official:
+        is_query = label_set.test_mask[ids]
+    else:
+        fraction = params.query_fraction if params.query_fraction is not None else 0.25
+        n_query = np.clip(np.round(counts * fraction).astype(np.int64), 1, np.maximum(counts - 1, 1))
+        is_query = rank < n_query[cls_pos]
+    train_counts = np.bincount(cls_pos[~is_query], minlength=len(classes))
+    query_counts = np.bincount(cls_pos[is_query], minlength=len(classes))
+    short = np.flatnonzero((train_counts < min_train) | (query_counts == 0))
+    if len(short):
+        i = short[0]
+        raise ScenarioError(
+            f"class {int(classes[i])} ({label_set.class_names[classes[i]]}) has {int(counts[i])} samples: too few to hold out "
+            f"queries and still train on {min_train}",
+            key_path="stream.query_fraction",
+        )
+    query_ids = ids[is_query]
+    query_start = np.concatenate([[0], np.cumsum(query_counts)])
+    # Queries sorted within class; training pools keep their random order.
+    query_ids = query_ids[np.lexsort((query_ids, cls_pos[is_query]))]
+    return Pools(
+        classes=classes, train_ids=ids[~is_query], train_start=np.concatenate([[0], np.cumsum(train_counts)]),
+        query_ids=query_ids, query_start=query_start,
+    )
+
+
+def split_queries(params: StreamParams, label_set: LabelSet, classes: np.ndarray, seed: int) -> tuple[dict, dict]:
+    """Per class: (training arrivals, held-out queries), as dicts of sorted arrays."""
+    pools = split_pools(params, label_set, classes, seed)
+    train = {int(c): np.sort(pools.train_ids[pools.train_start[i] : pools.train_start[i + 1]]) for i, c in enumerate(pools.classes)}
+    return train, pools.queries()
+
+
+def group_by_session(ids: np.ndarray, session: np.ndarray, sessions: int) -> list[np.ndarray]:
+    """Split `ids` by their session number; entries with session < 0 arrive nowhere."""
+    keep = session >= 0
+    ids, session = ids[keep], session[keep]
+    order = np.argsort(session, kind="stable")
+    bounds = np.searchsorted(session[order], np.arange(sessions + 1))
+    return [ids[order[bounds[t] : bounds[t + 1]]] for t in range(sessions)]
+
+
+def session_cuts(*, sessions: int, initial_classes: int, classes_per_session: int) -> np.ndarray:
+    """Class-order positions where each session's new classes start (and the end)."""
+    return np.array([0] + [initial_classes + k * classes_per_session for k in range(sessions)], dtype=np.int64)
 
 
 def assemble(
@@ -154,7 +325,11 @@ def assemble(
     """Turn per-session arrivals into sessions: gallery-only hold-out and query sets."""
     home = {int(c): t for t, classes in enumerate(new_classes) for c in classes}
     rng = numpy_rng(seed, "gallery_only")
-    all_queries = np.sort(np.concatenate([queries[c] for c in home])) if home else np.empty(0, np.int64)
+    stream_classes = list(home)
+    all_queries = np.concatenate([queries[c] for c in stream_classes]) if home else np.empty(0, np.int64)
+    query_home = np.concatenate([np.full(len(queries[c]), home[c]) for c in stream_classes]) if home else np.empty(0, np.int64)
+    order = np.argsort(all_queries, kind="stable")
+    all_queries, query_home = all_queries[order].astype(np.int64), query_home[order]
     sessions = []
     for t, (ids, classes) in enumerate(zip(arrivals, new_classes)):
         ids = np.sort(np.asarray(ids, dtype=np.int64))
@@ -162,38 +337,12 @@ def assemble(
         if params.gallery_only_fraction > 0 and len(ids):
             keep = rng.random(len(ids)) >= params.gallery_only_fraction
             train_ids = ids[keep]
-        if params.queries == "all":
-            query_ids = all_queries
-        else:
-            seen = [c for c, h in home.items() if h <= t]
-            query_ids = np.sort(np.concatenate([queries[c] for c in seen])) if seen else np.empty(0, np.int64)
+        query_ids = all_queries if params.queries == "all" else all_queries[query_home <= t]
         sessions.append(
-            Session(index=t, new_classes=np.asarray(classes, dtype=np.int64), train_ids=train_ids, gallery_ids=ids, query_ids=query_ids)
+            Session(index=t, new_classes=np.sort(np.asarray(classes, dtype=np.int64)), train_ids=train_ids, gallery_ids=ids, query_ids=query_ids)
         )
     return Stream(sessions, labels=label_set.labels, home_session=home)
 
 
-class DisjointParams(StreamParams):
-    sessions: int = Field(5, ge=1, le=100_000)
-    initial_classes: int = Field(20, ge=1)
-    classes_per_session: int = Field(20, ge=1)
-
-
-@SETUPS.register("disjoint")
-class Disjoint(StreamSetup):
-    """Each class's training samples all arrive in its home session."""
-
-    Params = DisjointParams
-
-    def classes_needed(self) -> int:
-        p = self.params
-        return p.initial_classes + (p.sessions - 1) * p.classes_per_session
-
-    def build(self, label_set: LabelSet, seed: int) -> Stream:
-        p = self.params
-        order = class_order(p, label_set, self.classes_needed(), seed)
-        train, queries = split_queries(p, label_set, order, seed)
-        cuts = [0, p.initial_classes] + [p.initial_classes + k * p.classes_per_session for k in range(1, p.sessions)]
-        new_classes = [order[cuts[t] : cuts[t + 1]] for t in range(p.sessions)]
-        arrivals = [np.concatenate([train[int(c)] for c in classes]) for classes in new_classes]
-        return assemble(p, label_set, arrivals=arrivals, new_classes=new_classes, queries=queries, seed=seed)
+# Registration happens on import.
+from cvstream.sessions import setups  # noqa: E402,F401

@@ -60,7 +60,7 @@ class Simulator:
         self.device = resolve_device(scenario.device)
         self.source = open_dataset(scenario, data_root=data_root, cache_dir=cache_dir)
         self.label_set = load_labels(scenario, self.source)
-        self.stream = build_stream(scenario, self.label_set, source=scenario.source)
+        self.stream = build_stream(scenario, self.label_set, source=scenario.source, data_root=data_root)
         self.run_dir, self.run_id = new_run_dir(scenario, out_dir) if write else (None, "in-memory")
         self.recorder = Recorder()
         self.hooks: list[Hook] = [self.recorder]

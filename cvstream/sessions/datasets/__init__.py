@@ -18,6 +18,7 @@ class LabelSet:
     labels: np.ndarray  # int64 (N,), original class ids 0..C-1
     class_names: tuple[str, ...]
     test_mask: np.ndarray | None = None  # an official held-out split, if the data set has one
+    file_names: tuple[str, ...] | None = None  # per sample, relative to the data set's root (for JSON collections)
 
     @property
     def num_classes(self) -> int:
@@ -30,6 +31,7 @@ class DatasetSource:
     name: ClassVar[str]
     Params: ClassVar[type[Params]]
     augment_by_default: ClassVar[bool] = True
+    modality: ClassVar[str] = "images"  # "features": images() returns float32 (N, D) vectors instead
     flip_ok: ClassVar[bool] = True
 
     def __init__(self, params: Params, *, data_root: Path, cache_dir: Path, seed: int):
@@ -45,11 +47,21 @@ class DatasetSource:
         raise NotImplementedError
 
     def images(self) -> np.ndarray:
-        """uint8 array (N, C, H, W) aligned with label_set().labels; may be memory-mapped."""
+        """uint8 array (N, C, H, W) aligned with label_set().labels, may be memory-mapped.
+
+        Sources with modality "features" return float32 (N, D) vectors instead."""
         raise NotImplementedError
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
 
 # Registration happens on import.
-from cvstream.sessions.datasets import omniglot, synthetic  # noqa: E402,F401
+from cvstream.sessions.datasets import (  # noqa: E402,F401
+    cifar,
+    fashion_mnist,
+    features,
+    image_folder,
+    omniglot,
+    synthetic,
+    tiny_imagenet,
+)

@@ -7,7 +7,6 @@ and cached as uint8 in the cache directory.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 from typing import Literal
@@ -20,6 +19,7 @@ from pydantic import Field
 from cvstream.errors import DataError
 from cvstream.registry import Params
 from cvstream.sessions.datasets import DATASETS, DatasetSource, LabelSet
+from cvstream.sessions.datasets.cache import cached_array, fingerprint
 from cvstream.sessions.paths import resolve
 
 _FILES = {"background": "images_background.npz", "evaluation": "images_evaluation.npz"}
@@ -77,11 +77,13 @@ class OmniglotSource(DatasetSource):
         return LabelSet(labels=labels, class_names=names)
 
     def images(self) -> np.ndarray:
-        size = self.params.image_size
-        cache = self.cache_dir / f"omniglot-{self.params.subset}-{size}.npy"
-        if cache.is_file():
-            return np.load(cache, mmap_mode="r")
         self.check()
+        size = self.params.image_size
+        key = fingerprint(*(self.folder / _FILES[part] for part in self._parts()))
+        return cached_array(self.cache_dir, f"omniglot-{self.params.subset}-{size}-{key}", self._decode)
+
+    def _decode(self) -> np.ndarray:
+        size = self.params.image_size
         chunks = []
         for part in self._parts():
             raw = self._load(part, "images")
@@ -92,9 +94,4 @@ class OmniglotSource(DatasetSource):
                 ink = torch.from_numpy(~flat[start : start + 4096]).float()
                 small = F.interpolate(ink, size=(size, size), mode="area") if size != ink.shape[-1] else ink
                 chunks.append((small * 255).round().to(torch.uint8).numpy())
-        images = np.concatenate(chunks)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, images)
-        os.replace(tmp, cache)
-        return np.load(cache, mmap_mode="r")
+        return np.concatenate(chunks)

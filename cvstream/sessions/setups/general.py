@@ -1,0 +1,77 @@
+"""`general` (CVS general-M): after session 0, a share M of each session comes from past classes only.
+
+Each class keeps `1 - hold_back` of its training samples for its home session and holds
+the rest back; later sessions draw their old-class samples, without replacement, from the
+held-back samples of classes already seen. Future classes never leak; no sample is used
+twice; held-back samples nobody draws never arrive.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from cvstream.errors import ScenarioError
+from cvstream.sessions.datasets import LabelSet
+from cvstream.sessions.rng import numpy_rng
+from cvstream.sessions.setups.disjoint import Disjoint, DisjointParams
+from cvstream.sessions.streams import SETUPS, Stream, assemble, class_order, group_by_session, split_pools
+
+
+class GeneralParams(DisjointParams):
+    old_ratio: float = Field(0.1, ge=0, lt=1, description="M: share of each later session's samples that come from past classes")
+    hold_back: float | None = Field(
+        None, ge=0, lt=1, description="share of each class kept from its home session for later ones; default 2M (CVS: 360 of 450 at M=0.1)"
+    )
+
+    @model_validator(mode="after")
+    def _enough_held_back(self):
+        if self.hold_back is not None and self.old_ratio > 0 and self.hold_back == 0 and self.sessions > 1:
+            raise ValueError("hold_back 0 leaves nothing for later sessions to draw; raise it or set old_ratio 0")
+        return self
+
+    @property
+    def held_share(self) -> float:
+        return self.hold_back if self.hold_back is not None else min(2 * self.old_ratio, 0.9)
+
+
+@SETUPS.register("general")
+class General(Disjoint):
+    """CVS general-M: new classes at home, plus about M of each later session drawn from past classes only."""
+
+    Params = GeneralParams
+
+    def build(self, label_set: LabelSet, seed: int) -> Stream:
+        p = self.params
+        order = class_order(p, label_set, self.classes_needed(), seed)
+        pools = split_pools(p, label_set, order, seed)
+        home = self.home_sessions(len(order), seed)
+        counts = pools.train_counts
+        at_home = np.maximum(counts - np.round(p.held_share * counts).astype(np.int64), 1)
+        cls = pools.class_index()
+        session = np.where(pools.rank() < at_home[cls], home[cls], -1)
+        held = np.flatnonzero(session < 0)
+        held = held[np.argsort(home[cls[held]], kind="stable")]  # held-back samples by their class's home session
+        held_home = home[cls[held]]
+        available = np.ones(len(held), dtype=bool)
+        rng = numpy_rng(seed, "leakage")
+        ratio = p.old_ratio / (1 - p.old_ratio)  # old = M / (1 - M) * new gives a share M of the session
+        for t in range(1, p.sessions):
+            new_count = int(at_home[home == t].sum())
+            wanted = int(round(ratio * new_count))
+            if wanted == 0:
+                continue
+            past = np.searchsorted(held_home, t)  # held[:past] belong to classes seen before t
+            pool = np.flatnonzero(available[:past])
+            if wanted > len(pool):
+                raise ScenarioError(
+                    f"session {t} needs {wanted} samples of past classes, only {len(pool)} are held back: "
+                    f"raise stream.hold_back (now {p.held_share:g}) or lower old_ratio",
+                    key_path="stream.old_ratio",
+                )
+            picked = pool[rng.choice(len(pool), wanted, replace=False)]
+            available[picked] = False
+            session[held[picked]] = t
+        arrivals = group_by_session(pools.train_ids, session, p.sessions)
+        new_classes = [order[home == t] for t in range(p.sessions)]
+        return assemble(p, label_set, arrivals=arrivals, new_classes=new_classes, queries=pools.queries(), seed=seed)
