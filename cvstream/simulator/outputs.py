@@ -9,16 +9,35 @@ from typing import Any
 
 import pandas as pd
 
+from cvstream.errors import UserError
+
 TABLES = ("metrics", "costs", "events", "stream", "gallery")
 
 
+class OutputError(UserError):
+    """A run's file could not be written (full disk, permissions); completed files are untouched."""
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _atomic(path: Path, write) -> None:
+    """Write through `write(tmp)`, fsync, rename; on failure remove the temporary file and say why."""
+    tmp = _tmp(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        reason = exc.strerror or str(exc)
+        raise OutputError(f"cannot write {path}: {reason}; the files of completed sessions are intact") from None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -26,8 +45,4 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    frame.to_parquet(tmp, index=False)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    _atomic(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
