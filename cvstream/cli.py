@@ -18,14 +18,19 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cvstream", description="A continual visual-search simulator for session streams.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def scenario_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("scenario", help="scenario file (YAML)")
+    def scenario_args(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
+        p.add_argument("scenario", nargs="?" if optional else None, help="scenario file (YAML)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a scenario key")
         p.add_argument("--data-root", default=None, help="where relative dataset roots resolve (default $CVSTREAM_DATA, else ~/.cache/cvstream)")
 
+    def projection_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--project-gallery", type=_positive_int, default=10**9, metavar="N", help="project update costs to a gallery of N items (default 10^9)")
+        p.add_argument("--seconds-per-forward", type=_positive_float, default=None, metavar="S", help="seconds per backbone forward (default: measured)")
+
     run = sub.add_parser("run", help="run a scenario")
-    scenario_args(run)
+    scenario_args(run, optional=True)
     run.add_argument("--out", default=None, help="write the run's files directly into this folder")
+    run.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run after its last completed session")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     validate = sub.add_parser("validate", help="check a scenario file, its data and its stream, without running")
@@ -34,6 +39,29 @@ def _parser() -> argparse.ArgumentParser:
     stream = sub.add_parser("stream", help="describe a scenario's stream per session and write it to stream.parquet")
     scenario_args(stream)
     stream.add_argument("--out", default=None, help="folder for stream.parquet (default <output.dir>/<scenario name>)")
+
+    compare = sub.add_parser("compare", help="run a scenario under several backfill policies and compare accuracy and cost")
+    scenario_args(compare)
+    compare.add_argument(
+        "--backfill", default="none,full,partial:0.25:random,partial:0.25:far-from-mean,transform",
+        help="comma-separated variants: none, full, partial:BUDGET[:ORDER], transform[:BUDGET[:ORDER]] (default: %(default)s)",
+    )
+    compare.add_argument("--out", default=None, help="folder for the runs and comparison.parquet (default runs/<name>/compare-<time>)")
+    compare.add_argument("--curve-session", type=int, default=-1, help="session of the backfill curve, measured on the none variant (default -1: the last)")
+    compare.add_argument("--curve-order", default="random", choices=["random", "oldest", "far-from-mean"], help="order of the backfill curve")
+    projection_args(compare)
+    compare.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    report = sub.add_parser("report", help="tables in the terminal and PNG plots next to the data, for one run or several")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders; runs of one scenario with different seeds are averaged")
+    report.add_argument("--paragon", default=None, metavar="RUN_DIR", help="a run trained without compatibility on the same stream: update gain")
+    report.add_argument("--out", default=None, help="folder for the plots (default RUN_DIR/report, or the runs' common folder/report)")
+
+    sweep = sub.add_parser("sweep", help="run scenarios x seeds x methods x backfill policies; one Parquet dataset per sweep")
+    sweep.add_argument("sweep", help="sweep file (YAML)")
+    sweep.add_argument("--out", default=None, help="folder of the sweep (default runs/sweeps/<sweep name>); rerun to finish an interrupted sweep")
+    sweep.add_argument("--engine", default=None, choices=["auto", "local", "ray"], help="override the sweep file's engine")
+    sweep.add_argument("--data-root", default=None, help="where relative dataset roots resolve (default $CVSTREAM_DATA, else ~/.cache/cvstream)")
     return parser
 
 
@@ -51,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args, console)
         if args.command == "stream":
             return _stream(args, console)
+        if args.command == "compare":
+            return _compare(args, console)
+        if args.command == "report":
+            return _report(args, console)
+        if args.command == "sweep":
+            return _sweep(args, console)
     except UserError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_USER_ERROR
@@ -111,14 +145,117 @@ def _stream(args, console: Console) -> int:
 def _run(args, console: Console) -> int:
     from cvstream.simulator import Simulator
 
-    scenario = _load(args)
     progress = not args.no_progress and console.is_terminal
-    sim = Simulator(scenario, out_dir=args.out, data_root=args.data_root, progress=progress)
+    if args.resume:
+        if args.scenario or args.overrides or args.out:
+            raise UserError("--resume RUN_DIR continues a run with its own scenario: give no scenario, --set or --out")
+        sim = Simulator.resume(args.resume, data_root=args.data_root, progress=progress)
+        scenario = sim.scenario
+    else:
+        if not args.scenario:
+            raise UserError("cvstream run needs a scenario file (or --resume RUN_DIR)")
+        scenario = _load(args)
+        sim = Simulator(scenario, out_dir=args.out, data_root=args.data_root, progress=progress)
     console.print(f"run {sim.run_id}: {scenario.name}, {len(sim.stream)} sessions, method {scenario.method.name} -> {sim.run_dir}")
-    result = sim.run()
+    try:
+        result = sim.run()
+    except KeyboardInterrupt:
+        Console(stderr=True).print(
+            f"interrupted; the files of completed sessions are kept in {sim.run_dir}.\nresume with: cvstream run --resume {sim.run_dir}",
+            soft_wrap=True, highlight=False,
+        )
+        return 130
     console.print(recall_table(result, title=f"R@1 against the mixed gallery ({scenario.name}, {scenario.method.name})"))
     console.print(f"files in {result.run_dir}")
     return 0
+
+
+def _sweep(args, console: Console) -> int:
+    from cvstream.simulator.sweep import load_sweep, run_sweep
+
+    spec, runs = load_sweep(args.sweep)
+    out = Path(args.out) if args.out else Path("runs") / "sweeps" / spec.name
+    console.print(f"sweep {spec.name}: {len(runs)} runs -> {out}")
+
+    def done(run, row) -> None:
+        labels = ", ".join(f"{k} {v}" for k, v in run.labels.items())
+        console.print(f"  run {run.index} ({labels}): {row['status']}, {row['seconds']:.1f} s{'  ' + row['error'] if row['error'] else ''}")
+
+    result = run_sweep(args.sweep, out_dir=out, data_root=args.data_root, engine=args.engine, on_run=done)
+    console.print(f"{len(result.runs) - len(result.failed)} of {len(result.runs)} runs completed ({result.engine}); "
+                  f"tables in {out}/metrics and {out}/costs (pandas.read_parquet), runs in {out}/runs.parquet")
+    return 1 if len(result.failed) else 0
+
+
+def _report(args, console: Console) -> int:
+    from cvstream.simulator.report import build_report
+
+    report = build_report(args.runs, out=args.out, paragon=args.paragon)
+    for table in report.tables:
+        console.print(table)
+    for file in report.files:
+        console.print(f"wrote {file}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(float(text)) if "e" in text.lower() else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0")
+    return value
+
+
+def _compare(args, console: Console) -> int:
+    from datetime import datetime, timezone
+
+    from cvstream.simulator.compare import parse_variants, run_comparison
+
+    variants = parse_variants(args.backfill)
+    scenario = _load(args)
+    out = args.out or str(Path(scenario.output.dir) / scenario.name / f"compare-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    console.print(f"comparing {len(variants)} backfill variants of {scenario.name} (method {scenario.method.name}) -> {out}")
+    table = run_comparison(
+        args.scenario, variants, out_dir=out, overrides=args.overrides, data_root=args.data_root,
+        gallery_items=args.project_gallery, seconds_per_forward=args.seconds_per_forward,
+        curve_session=args.curve_session, curve_order=args.curve_order,
+        progress=not args.no_progress and console.is_terminal,
+        on_variant=lambda row: console.print(f"  {row['variant']}: AR@1 {row['ar@1']:.3f}, {row['seconds']:.1f} s"),
+    )
+    console.print(comparison_table(table, title=f"backfill policies on {scenario.name} ({scenario.method.name})"))
+    console.print(f"files in {out}")
+    return 0
+
+
+def comparison_table(table, *, title: str) -> Table:
+    out = Table(title=title)
+    n = int(table.projected_gallery.iloc[0]) if len(table) else 0
+    columns = [
+        ("variant", "variant", str), ("AR@1", "ar@1", "{:.3f}"), ("R@1 old", "last_r@1_old", "{:.3f}"), ("R@1 new", "last_r@1_new", "{:.3f}"),
+        ("R@1 all", "last_r@1_all", "{:.3f}"), ("mAP@R", "last_map@r", "{:.3f}"), ("backbone fwd", "backbone_forwards", "{:,}"),
+        ("backfill fwd", "backfill_forwards", "{:,}"), ("seconds", "seconds", "{:.1f}"), (f"acc-hours @ {n:.0e}", "projected_hours", "{:,.1f}"),
+    ]
+    for header, _, _ in columns:
+        out.add_column(header, justify="left" if header == "variant" else "right")
+    for _, row in table.iterrows():
+        cells = []
+        for _, key, fmt in columns:
+            value = row[key]
+            cells.append(str(value) if fmt is str else "-" if value != value else fmt.format(value))
+        out.add_row(*cells)
+    return out
 
 
 def recall_table(result, *, title: str) -> Table:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from cvstream.errors import ScenarioError
 from cvstream.registry import Params, Registry
@@ -76,11 +76,54 @@ class ReplaySpec(_Section):
 
 
 class GallerySpec(_Section):
-    index: Literal["flat"] = "flat"
+    index: Literal["flat", "ivf", "ivfpq", "hnsw"] = "flat"
+    nlist: int = Field(64, ge=1, le=1 << 20, description="ivf, ivfpq: inverted lists (coarse centroids)")
+    nprobe: int = Field(8, ge=1, description="ivf, ivfpq: lists visited per query")
+    pq_m: int = Field(16, ge=1, description="ivfpq: sub-quantisers; must divide model.embedding_dim")
+    pq_bits: int = Field(8, ge=1, le=16, description="ivfpq: bits per sub-quantiser code")
+    hnsw_m: int = Field(32, ge=2, le=512, description="hnsw: neighbours per node")
+    ef_construction: int = Field(40, ge=1, description="hnsw: candidate list while inserting")
+    ef_search: int = Field(64, ge=1, description="hnsw: candidate list while searching")
+    train_size: int | None = Field(None, ge=1, description="ivf, ivfpq: train once on a seeded sample of this many first-session vectors (None: all)")
+    gpu: bool = Field(True, description="use the Faiss GPU index when faiss has GPU support and a CUDA device is present")
+
+
+BackfillOrder = Literal["random", "oldest", "far-from-mean", "uncertainty"]
 
 
 class BackfillSpec(_Section):
-    policy: Literal["none"] = "none"
+    policy: Literal["none", "full", "partial", "transform"] = "none"
+    budget: int | float | None = Field(
+        None, description="partial, transform (optional): items re-embedded per session, a fraction of the gallery in (0, 1] or a count >= 1"
+    )
+    order: BackfillOrder = Field("random", description="which items a partial backfill re-embeds first")
+    hidden: int = Field(256, ge=1, le=65_536, description="transform: hidden width of the MLP psi")
+    epochs: int = Field(30, ge=1, le=10_000, description="transform: epochs of psi training")
+    lr: float = Field(1e-3, gt=0, le=10, description="transform: Adam learning rate of psi")
+    train_items: int = Field(1000, ge=4, description="transform: items embedded by both generations to learn psi (replay buffer first)")
+    curve_session: int | None = Field(None, ge=0, description="session at which to measure the backfill curve (None: none)")
+    curve_order: BackfillOrder = Field("random", description="order of the backfill curve")
+    curve_steps: int = Field(10, ge=1, le=100, description="backfill curve: fractions 0, 1/steps, ..., 1")
+
+    @model_validator(mode="after")
+    def _budget_in_range(self) -> "BackfillSpec":
+        budget = self.budget
+        if isinstance(budget, bool):
+            raise ValueError("budget must be a number")
+        if budget is not None:
+            if self.policy in ("none", "full"):
+                raise ValueError(f"budget applies to policies partial and transform, not {self.policy}")
+            if isinstance(budget, float) and not 0 < budget <= 1:
+                raise ValueError(f"budget {budget} is outside its range: a fraction lies in (0, 1]; a count is a whole number >= 1")
+            if isinstance(budget, int) and budget < 1:
+                raise ValueError(f"budget {budget} is outside its range: a count is a whole number >= 1; a fraction lies in (0, 1]")
+        elif self.policy == "partial":
+            raise ValueError("policy partial needs a budget (a fraction in (0, 1] or a count >= 1)")
+        if self.order == "uncertainty" and self.policy != "transform":
+            raise ValueError("order uncertainty ranks items by the transform's uncertainty: it needs policy transform")
+        if self.curve_order == "uncertainty" and self.policy != "transform":
+            raise ValueError("curve_order uncertainty needs policy transform")
+        return self
 
 
 class EvaluationSpec(_Section):

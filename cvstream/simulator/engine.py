@@ -20,6 +20,7 @@ import torch
 
 from cvstream.errors import UserError
 from cvstream.gallery import Gallery, ReplayBuffer
+from cvstream.gallery.backfill import fit_transform, order_items, plan_backfill, stale_items, transform_pairs
 from cvstream.models import build_method, build_model
 from cvstream.models.methods.base import TrainContext
 from cvstream.models.trainer import embed, train_session
@@ -27,6 +28,7 @@ from cvstream.sessions import build_stream, load_labels, open_dataset
 from cvstream.sessions.rng import numpy_rng, torch_generator, torch_seed
 from cvstream.simulator import events as ev
 from cvstream.simulator.evaluate import evaluate_queries
+from cvstream.simulator.curve import backfill_curve
 from cvstream.simulator.hooks import Hook, Recorder
 from cvstream.simulator.run import RunResult, new_run_dir
 
@@ -128,7 +130,14 @@ class Simulator:
         self.model = build_model(s, in_channels=images.shape[1]).to(self.device)
         self.previous_model: torch.nn.Module | None = None
         self.generation = -1  # no generation deployed yet
-        self.gallery = Gallery(s.model.embedding_dim, index=s.gallery.index)
+        self.gallery = Gallery(s.model.embedding_dim, s.gallery, seed=s.seed)
+        if len(self.stream):
+            self.gallery.require_trainable(len(self.stream[0].gallery_ids))  # fail before training, not after
+        curve = s.backfill.curve_session
+        if curve is not None and curve >= len(self.stream):
+            raise UserError(f"backfill.curve_session = {curve}, but the stream has {len(self.stream)} sessions (0..{len(self.stream) - 1})")
+        self.backfill_curve = None  # a DataFrame once the backfill curve was measured
+        self._uncertainty: dict[int, float] | None = None  # psi's predicted error per mapped item, this session
         self.replay = ReplayBuffer(s.replay.size, s.replay.selection)
         self.train_generator = torch_generator(s.seed, "batching")
         self.replay_rng = numpy_rng(s.seed, "replay")
@@ -141,6 +150,7 @@ class Simulator:
             "deploy": self._deploy,
             "index": self._index,
             "replay": self._update_replay,
+            "transform": self._transform,
             "backfill": self._backfill,
             "evaluate": self._evaluate,
             "session_end": self._session_end,
@@ -153,7 +163,7 @@ class Simulator:
 
     def _session_start(self, event: ev.SessionStart) -> ev.Outcome:
         t = event.session
-        for phase in (ev.Train, ev.Deploy, ev.Index, ev.UpdateReplay, ev.Backfill, ev.Evaluate, ev.SessionEnd):
+        for phase in (ev.Train, ev.Deploy, ev.Index, ev.UpdateReplay, ev.Transform, ev.Backfill, ev.Evaluate, ev.SessionEnd):
             self._schedule(phase(t))
         session = self.stream[t]
         return ev.Outcome(
@@ -243,9 +253,81 @@ class Simulator:
         self.replay.update(arrivals, classes_seen=seen, rng=self.replay_rng)
         return ev.Outcome(generation=self.generation, detail={"buffer": len(self.replay), "classes": seen})
 
+    def _transform(self, event: ev.Transform) -> ev.Outcome:
+        """FCT: learn psi (stored -> current generation) on items embedded by both, map the other stale items."""
+        spec, t = self.scenario.backfill, event.session
+        self._uncertainty = None
+        stale = stale_items(self.gallery, self.generation) if spec.policy == "transform" else np.empty(0, np.int64)
+        if len(stale) == 0:
+            return ev.Outcome(generation=self.generation, detail={"policy": spec.policy, "mapped": 0})
+        clock = time.perf_counter()
+        rng = numpy_rng(self.scenario.seed, "transform", t)
+        replay_items = np.flatnonzero(np.isin(self.gallery.sample_ids_of(stale), self.replay.sample_ids()))
+        pairs = transform_pairs(stale, preferred=stale[replay_items], count=spec.train_items, rng=rng)
+        old = self.gallery.vectors(pairs)
+        new = self._embed(self.gallery.sample_ids_of(pairs))
+        # A fifth of the pairs is held out to measure psi; every pair keeps its true new vector.
+        held = np.zeros(len(pairs), dtype=bool)
+        held[rng.permutation(len(pairs))[: len(pairs) // 5]] = True
+        fitted = fit_transform(
+            old[~held], new[~held], hidden=spec.hidden, epochs=spec.epochs, lr=spec.lr,
+            generator=torch_generator(self.scenario.seed, "transform", t), device=self.device,
+        )
+        self.gallery.replace(pairs, new, session=t, generation=self.generation)
+        rest = np.setdiff1d(stale, pairs)
+        mapped, variance = fitted.apply(self.gallery.vectors(rest))
+        self.gallery.replace(rest, mapped, session=t, transformed=True)
+        self._uncertainty = dict(zip(rest.tolist(), variance.tolist()))
+        detail = {"policy": "transform", "pairs": int(len(pairs)), "mapped": int(len(rest)), "psi_seconds": fitted.seconds}
+        if held.any():
+            check, _ = fitted.apply(old[held])
+            detail["heldout_error_identity"] = float(((old[held] - new[held]) ** 2).sum(1).mean())
+            detail["heldout_error_psi"] = float(((check - new[held]) ** 2).sum(1).mean())
+        return ev.Outcome(
+            generation=self.generation, seconds=time.perf_counter() - clock, backbone_forwards=len(pairs),
+            transform_forwards=fitted.forwards + len(rest) + int(held.sum()), items=len(rest), cost_phase="transform", detail=detail,
+        )
+
     def _backfill(self, event: ev.Backfill) -> ev.Outcome:
-        # Policy `none`: the gallery stays mixed and no stored vector changes.
-        return ev.Outcome(generation=self.generation, cost_phase="backfill", detail={"policy": self.scenario.backfill.policy})
+        """Re-embed the items the policy chooses with the deployed generation (`none`: nothing changes)."""
+        spec, t = self.scenario.backfill, event.session
+        detail: dict = {"policy": spec.policy}
+        if spec.curve_session == t:
+            self.backfill_curve = self._measure_curve(t)
+            detail["curve_seconds"] = float(self.backfill_curve.attrs["seconds"])
+        clock = time.perf_counter()
+        chosen = plan_backfill(
+            spec, gallery=self.gallery, generation=self.generation, rng=numpy_rng(self.scenario.seed, "backfill", t),
+            uncertainty=self._uncertainty,
+        )
+        if len(chosen):
+            self.gallery.replace(chosen, self._embed(self.gallery.sample_ids_of(chosen)), session=t, generation=self.generation)
+        detail.update(backfilled=int(len(chosen)), stale_after=int(len(stale_items(self.gallery, self.generation))))
+        return ev.Outcome(
+            generation=self.generation, seconds=time.perf_counter() - clock, backbone_forwards=len(chosen), items=len(chosen),
+            cost_phase="backfill", detail=detail,
+        )
+
+    def _embed(self, sample_ids: np.ndarray) -> np.ndarray:
+        s = self.scenario
+        return embed(self.model, self.images, sample_ids, batch_size=s.training.eval_batch_size, amp=s.training.amp)
+
+    def _measure_curve(self, t: int):
+        """FastFill's backfill curve at session t, on copies: the gallery itself is untouched."""
+        s = self.scenario
+        session = self.stream[t]
+        order = order_items(
+            s.backfill.curve_order, stale_items(self.gallery, self.generation), gallery=self.gallery,
+            rng=numpy_rng(s.seed, "backfill-curve", t), uncertainty=self._uncertainty,
+        )
+        query_classes = self.labels_of(session.query_ids)
+        home = self.stream.home_of(query_classes)
+        return backfill_curve(
+            gallery=self.gallery, order=order, new_vectors=self._embed(self.gallery.sample_ids_of(order)),
+            queries=self._embed(session.query_ids), query_classes=query_classes,
+            subsets={"old": home < t, "new": home == t, "all": np.ones(len(home), dtype=bool)},
+            steps=s.backfill.curve_steps, session=t, order_name=s.backfill.curve_order,
+        )
 
     def _evaluate(self, event: ev.Evaluate) -> ev.Outcome:
         t = event.session

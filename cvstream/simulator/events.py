@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 # Phases of one session, in the order the engine schedules them; the clock is session + offset.
-PHASES = ("session_start", "train", "deploy", "index", "replay", "backfill", "evaluate", "session_end")
+PHASES = ("session_start", "train", "deploy", "index", "replay", "transform", "backfill", "evaluate", "session_end")
 
 
 @dataclass(frozen=True, order=True)
@@ -42,6 +42,11 @@ class Index(Event):
 @dataclass(frozen=True)
 class UpdateReplay(Event):
     kind: ClassVar[str] = "replay"
+
+
+@dataclass(frozen=True)
+class Transform(Event):
+    kind: ClassVar[str] = "transform"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ class ParquetWriter(Hook):
             return
         for name in ("metrics", "costs", "events"):
             write_parquet(sim.run_dir / f"{name}.parquet", sim.recorder.table(name))
-        write_parquet(sim.run_dir / "gallery.parquet", sim.gallery.metadata())
+        sim.gallery.save(sim.run_dir)  # gallery.faiss, gallery.json, gallery.parquet
+        if getattr(sim, "backfill_curve", None) is not None and event.session == sim.scenario.backfill.curve_session:
+            write_parquet(sim.run_dir / "backfill_curve.parquet", sim.backfill_curve)
         info = run_info(sim, status="running")
         info["completed_sessions"] = event.session + 1
         write_json(sim.run_dir / "run.json", info)

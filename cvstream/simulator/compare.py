@@ -1,0 +1,155 @@
+"""`cvstream compare`: the same scenario, stream and seed under several backfill policies, side by side.
+
+A variant is written `none`, `full`, `partial:BUDGET[:ORDER]` or `transform[:BUDGET[:ORDER]]`;
+BUDGET is a fraction (`0.25`) or a count (`100`). Each variant runs into its own folder;
+`comparison.parquet` holds one row per variant, `backfill_curve.parquet` the curve measured
+on the `none` variant (or the first one).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cvstream.errors import UserError
+from cvstream.simulator.costs import project_costs
+
+ORDERS = ("random", "oldest", "far-from-mean", "uncertainty")
+COMPARISON_COLUMNS = [
+    "variant", "policy", "budget", "order", "ar@1", "last_r@1_old", "last_r@1_new", "last_r@1_all", "last_map@r",
+    "backbone_forwards", "backfill_forwards", "transform_forwards", "seconds", "projected_gallery", "projected_hours", "run_dir",
+]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    policy: str
+    budget: int | float | None = None
+    order: str = "random"
+
+    @property
+    def folder(self) -> str:
+        return self.name.replace(":", "-")
+
+    def overrides(self) -> list[str]:
+        budget = "null" if self.budget is None else repr(self.budget)
+        return [f"backfill.policy={self.policy}", f"backfill.budget={budget}", f"backfill.order={self.order}"]
+
+
+def parse_variants(text: str) -> list[Variant]:
+    """`none,full,partial:0.25:random,transform` -> variants; a malformed one is a UserError."""
+    variants = []
+    for raw in [part.strip() for part in text.split(",")]:
+        if not raw:
+            raise UserError(f"--backfill {text!r}: an empty variant between commas")
+        policy, *rest = raw.split(":")
+        if policy in ("none", "full") and not rest:
+            variants.append(Variant(raw, policy))
+            continue
+        if policy not in ("partial", "transform") or len(rest) > 2 or (policy == "partial" and not rest):
+            raise UserError(
+                f"--backfill: {raw!r} is not a variant; write none, full, partial:BUDGET[:ORDER] or transform[:BUDGET[:ORDER]] "
+                f"(BUDGET a fraction in (0, 1] or a count >= 1, ORDER one of {', '.join(ORDERS)})"
+            )
+        budget = _budget(rest[0], raw) if rest else None
+        order = rest[1] if len(rest) > 1 else "random"
+        if order not in ORDERS:
+            raise UserError(f"--backfill: {raw!r}: unknown order {order!r}; allowed: {', '.join(ORDERS)}")
+        variants.append(Variant(raw, policy, budget, order))
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise UserError(f"--backfill: a variant is listed twice ({', '.join(names)})")
+    return variants
+
+
+def _budget(text: str, raw: str) -> int | float:
+    try:
+        value: int | float = int(text) if text.strip().lstrip("+-").isdigit() else float(text)
+    except ValueError:
+        raise UserError(f"--backfill: {raw!r}: budget {text!r} is not a number") from None
+    if isinstance(value, float) and not 0 < value <= 1 or isinstance(value, int) and value < 1:
+        raise UserError(f"--backfill: {raw!r}: budget {text} is outside its range (a fraction in (0, 1] or a count >= 1)")
+    return value
+
+
+def summarize(result, variant: Variant, *, gallery_items: int, seconds_per_forward: float | None = None) -> dict:
+    """One comparison row from a finished run."""
+    metrics = result.metrics[result.metrics.gallery_view == "mixed"]
+
+    def per_session(metric: str, subset: str) -> pd.Series:
+        chosen = metrics[(metrics.metric == metric) & (metrics.subset == subset)]
+        return chosen.groupby("session")["value"].mean().sort_index()
+
+    r1_all = per_session("recall@1", "all")
+    last = int(r1_all.index.max()) if len(r1_all) else -1
+
+    def at_last(metric: str, subset: str) -> float:
+        series = per_session(metric, subset)
+        return float(series.get(last, np.nan))
+
+    costs = result.costs
+    projection = project_costs(costs, gallery_items, seconds_per_forward)
+    return {
+        "variant": variant.name, "policy": variant.policy, "budget": None if variant.budget is None else float(variant.budget),
+        "order": variant.order if variant.budget is not None else None,
+        "ar@1": float(r1_all.mean()) if len(r1_all) else float("nan"),
+        "last_r@1_old": at_last("recall@1", "old"), "last_r@1_new": at_last("recall@1", "new"), "last_r@1_all": at_last("recall@1", "all"),
+        "last_map@r": at_last("map@r", "all"),
+        "backbone_forwards": int(costs.backbone_forwards.sum()),
+        "backfill_forwards": int(costs[costs.phase.isin(["backfill", "transform"])].backbone_forwards.sum()),
+        "transform_forwards": int(costs.transform_forwards.sum()),
+        "seconds": float(costs.seconds.sum()),
+        "projected_gallery": int(gallery_items), "projected_hours": float(projection.update_hours.sum()),
+        "run_dir": str(result.run_dir) if result.run_dir else None,
+    }
+
+
+def run_comparison(
+    scenario_path: str | Path, variants: list[Variant], *, out_dir: str | Path, overrides: list[str] = (), data_root=None,
+    gallery_items: int = 10**9, seconds_per_forward: float | None = None, curve_session: int | None = None,
+    curve_order: str = "random", progress: bool = False, on_variant=None,
+) -> pd.DataFrame:
+    """Run every variant on the same scenario and seed; write each run and comparison.parquet under `out_dir`."""
+    from cvstream.scenario import Scenario
+    from cvstream.simulator import Simulator
+    from cvstream.simulator.outputs import write_parquet
+
+    out_dir = Path(out_dir)
+    if (out_dir / "comparison.parquet").exists():
+        raise UserError(f"{out_dir} already holds a comparison (comparison.parquet); choose another --out, or remove it")
+    curve_variant = next((v for v in variants if v.policy == "none"), variants[0])
+    if curve_session is not None:
+        sessions = _stream_length(Scenario.from_yaml(scenario_path, overrides=list(overrides)), data_root)
+        curve_session += sessions if curve_session < 0 else 0  # counted from the end: -1 is the last session
+        if not 0 <= curve_session < sessions:
+            raise UserError(f"--curve-session: the stream has {sessions} sessions (0..{sessions - 1}, or -1 for the last)")
+    scenarios = {}
+    for variant in variants:  # validate every variant before the first one runs
+        extra = list(overrides) + variant.overrides()
+        if variant is curve_variant:
+            extra += [f"backfill.curve_session={'null' if curve_session is None else curve_session}", f"backfill.curve_order={curve_order}"]
+        scenarios[variant] = Scenario.from_yaml(scenario_path, overrides=extra)
+    rows = []
+    for variant in variants:
+        sim = Simulator(scenarios[variant], out_dir=out_dir / variant.folder, data_root=data_root, progress=progress)
+        result = sim.run()
+        rows.append(summarize(result, variant, gallery_items=gallery_items, seconds_per_forward=seconds_per_forward))
+        if on_variant is not None:
+            on_variant(rows[-1])
+    table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    write_parquet(out_dir / "comparison.parquet", table)
+    curve = out_dir / curve_variant.folder / "backfill_curve.parquet"
+    if curve.is_file():
+        shutil.copyfile(curve, out_dir / "backfill_curve.parquet")
+    return table
+
+
+def _stream_length(scenario, data_root) -> int:
+    from cvstream.sessions import build_stream, open_dataset
+
+    return len(build_stream(scenario, open_dataset(scenario, data_root=data_root).label_set(), source=scenario.source))

@@ -1,0 +1,63 @@
+"""Cost projection: measured forwards and seconds of a run -> accelerator-hours for a gallery of N items.
+
+Re-embedding scales with the gallery: the share of the gallery a session backfilled (or
+mapped with psi) is applied to N items. Fixed per-update work (the items embedded to learn
+psi, psi's own training forwards) does not scale. Indexing a session's new items is the
+same under every policy and is left out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+PROJECTION_COLUMNS = [
+    "session", "gallery_items", "backfill_fraction", "mapped_fraction", "projected_gallery",
+    "seconds_per_forward", "seconds_per_transform_forward", "backfill_hours", "transform_hours", "update_hours",
+]
+
+
+def measured_seconds_per_forward(costs: pd.DataFrame) -> float:
+    """Seconds per backbone forward in inference (index and backfill phases); NaN when there were none."""
+    inference = costs[costs.phase.isin(["index", "backfill"])]
+    forwards = inference.backbone_forwards.sum()
+    return float(inference.seconds.sum() / forwards) if forwards else float("nan")
+
+
+def project_costs(
+    costs: pd.DataFrame, gallery_items: int, seconds_per_forward: float | None = None, *,
+    transform_seconds_per_forward: float | None = None,
+) -> pd.DataFrame:
+    """One row per session: accelerator-hours of that update's backfill and transform for `gallery_items` items."""
+    if gallery_items < 0:
+        raise ValueError("gallery_items must be >= 0")
+    spf = measured_seconds_per_forward(costs) if seconds_per_forward is None else float(seconds_per_forward)
+    sessions = np.sort(costs.session.unique()) if len(costs) else np.empty(0, np.int64)
+
+    def per_session(phase: str, column: str) -> np.ndarray:
+        rows = costs[costs.phase == phase].groupby("session")[column].sum()
+        return rows.reindex(sessions, fill_value=0).to_numpy(dtype=np.float64)
+
+    size = np.cumsum(per_session("index", "items"))
+    backfilled = per_session("backfill", "backbone_forwards")
+    pairs = per_session("transform", "backbone_forwards")
+    mapped = per_session("transform", "items")
+    psi_forwards = per_session("transform", "transform_forwards")
+    if transform_seconds_per_forward is None:
+        psi_seconds = np.clip(per_session("transform", "seconds") - pairs * spf, 0, None)
+        total = psi_forwards.sum()
+        transform_seconds_per_forward = float(psi_seconds.sum() / total) if total else 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        backfill_fraction = np.where(size > 0, backfilled / size, 0.0)
+        mapped_fraction = np.where(size > 0, mapped / size, 0.0)
+    backfill_hours = (backfill_fraction * gallery_items + pairs) * spf / 3600
+    transform_hours = ((psi_forwards - mapped) + mapped_fraction * gallery_items) * transform_seconds_per_forward / 3600
+    return pd.DataFrame(
+        {
+            "session": sessions.astype(np.int64), "gallery_items": size.astype(np.int64), "backfill_fraction": backfill_fraction,
+            "mapped_fraction": mapped_fraction, "projected_gallery": np.full(len(sessions), gallery_items, dtype=np.int64),
+            "seconds_per_forward": spf, "seconds_per_transform_forward": transform_seconds_per_forward,
+            "backfill_hours": backfill_hours, "transform_hours": transform_hours, "update_hours": backfill_hours + transform_hours,
+        },
+        columns=PROJECTION_COLUMNS,
+    )

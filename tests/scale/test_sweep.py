@@ -1,0 +1,91 @@
+"""Sweeps: every combination runs once, results land in one Parquet dataset, a rerun skips what is done."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from cvstream.cli import main
+from cvstream.errors import UserError
+from cvstream.simulator.sweep import load_sweep, ray_available, read_results, run_sweep
+from tests.conftest import tiny_dict
+
+
+def _files(tmp_path, **sweep):
+    scenario = tiny_dict(stream={"sessions": 2}, evaluation={"probe_items": 8})
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(scenario))
+    spec = {"name": "grid", "scenarios": ["tiny.yaml"], "seeds": [1, 2], "methods": ["finetune", {"name": "cvs", "alpha": 5}],
+            "engine": "local", **sweep}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_expand_is_the_product_of_the_axes_as_overrides(tmp_path):
+    path = _files(tmp_path, backfill=["none", {"policy": "partial", "budget": 0.5}], set=["training.epochs=0"])
+    spec, runs = load_sweep(path)
+    assert len(runs) == 2 * 2 * 2
+    assert runs[0].overrides == ("training.epochs=0", "seed=1", "method=finetune", 'backfill={"policy":"none"}')
+    assert runs[-1].labels == {"scenario": "tiny", "seed": "2", "method": "cvs(alpha=5)", "backfill": "partial(budget=0.5)"}
+    assert len({r.overrides for r in runs}) == len(runs)
+
+
+def test_two_by_two_sweep_runs_locally_into_one_parquet_dataset(tmp_path):
+    path = _files(tmp_path)
+    result = run_sweep(path, out_dir=tmp_path / "out")
+    assert result.engine == "local"
+    assert result.runs.status.tolist() == ["completed"] * 4
+    metrics = pd.read_parquet(tmp_path / "out" / "metrics")  # the folder is the dataset
+    assert sorted(metrics.run_index.unique().tolist()) == [0, 1, 2, 3]
+    combos = metrics.groupby(["seed", "method"]).run_id.nunique()
+    assert combos.to_dict() == {("1", "cvs(alpha=5)"): 1, ("1", "finetune"): 1, ("2", "cvs(alpha=5)"): 1, ("2", "finetune"): 1}
+    # each run really used its method and seed: cvs adds loss terms, and the two seeds differ
+    events = pd.read_parquet(tmp_path / "out" / "runs" / result.runs.run_dir.iloc[1].split("/")[-1] / "events.parquet")
+    assert "triplet" in events[events.kind == "train"].detail.iloc[-1]
+    r1 = metrics.query("metric == 'recall@1' and subset == 'all' and gallery_view == 'mixed'").groupby("run_index").value.apply(tuple)
+    assert r1[0] != r1[2]  # same method, other seed
+    costs = read_results(tmp_path / "out", "costs")
+    assert set(costs.phase) >= {"train", "index", "evaluate"} and costs.run_index.nunique() == 4
+
+
+def test_rerun_skips_completed_runs(tmp_path, monkeypatch):
+    path = _files(tmp_path, seeds=[1], methods=["finetune"])
+    run_sweep(path, out_dir=tmp_path / "out")
+    import cvstream.simulator.sweep as sweep
+
+    monkeypatch.setattr(sweep, "execute", lambda task: pytest.fail("a completed run ran again"))
+    again = run_sweep(path, out_dir=tmp_path / "out")
+    assert again.runs.status.tolist() == ["completed"]
+
+
+def test_cli_sweep_and_a_bad_combination_exits_2(tmp_path, capsys):
+    path = _files(tmp_path, seeds=[1], methods=["finetune"])
+    assert main(["sweep", str(path), "--out", str(tmp_path / "cli")]) == 0
+    assert "1 of 1 runs completed (local)" in capsys.readouterr().out
+    bad = _files(tmp_path, methods=["finetune", "no-such-method"])
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-method" in err and "run " in err
+    assert not (tmp_path / "bad").exists()  # nothing ran
+
+
+def test_unknown_key_in_sweep_file_names_it(tmp_path):
+    path = _files(tmp_path, sedes=[1])
+    with pytest.raises(UserError, match="sedes"):
+        load_sweep(path)
+
+
+def test_ray_engine_without_ray_is_a_user_error(tmp_path):
+    if ray_available():
+        pytest.skip("ray is installed: see test_sweep_as_ray_tasks")
+    with pytest.raises(UserError, match="ray is not installed"):
+        run_sweep(_files(tmp_path), out_dir=tmp_path / "out", engine="ray")
+
+
+@pytest.mark.skipif(not ray_available(), reason="ray is not installed (optional extra 'ray')")
+def test_sweep_as_ray_tasks(tmp_path):
+    result = run_sweep(_files(tmp_path), out_dir=tmp_path / "out", engine="ray")
+    assert result.engine == "ray"
+    assert result.runs.status.tolist() == ["completed"] * 4
+    assert read_results(tmp_path / "out").run_index.nunique() == 4
