@@ -63,11 +63,32 @@ class OmniglotSource(DatasetSource):
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
             raise DataError(f"omniglot: cannot read {key!r} from {path}: {exc}") from None
 
+    def _images_shape(self, part: str) -> tuple[int, ...]:
+        """The shape of the images array, read from its .npy header without loading it."""
+        path = self.folder / _FILES[part]
+        try:
+            with zipfile.ZipFile(path) as archive, archive.open("images.npy") as member:
+                version = np.lib.format.read_magic(member)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, _ = read_header(member)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            raise DataError(f"omniglot: cannot read 'images' from {path}: {exc}") from None
+        if len(shape) != 4:
+            raise DataError(f"omniglot: {path} holds images of shape {shape}, expected (chars, 20, H, W)")
+        return tuple(shape)
+
     def label_set(self) -> LabelSet:
         self.check()
         labels = []
         for part in self._parts():
             raw = self._load(part, "labels").astype(np.int64)
+            shape = self._images_shape(part)
+            expected = np.repeat(np.arange(shape[0]), shape[1]).reshape(shape[:2])
+            if raw.shape != shape[:2] or not np.array_equal(raw, expected):
+                raise DataError(
+                    f"omniglot: {self.folder / _FILES[part]}: its labels (shape {raw.shape}) disagree with its images "
+                    f"(shape {shape}); label i must be character i in every row"
+                )
             offset = _BACKGROUND_CLASSES if part == "evaluation" else 0
             labels.append(raw.reshape(-1) + offset)
         labels = np.concatenate(labels)
