@@ -106,7 +106,7 @@ def _validate(args, console: Console) -> int:
     scenario = _load(args)
     source = open_dataset(scenario, data_root=args.data_root)
     label_set = load_labels(scenario, source)
-    stream = build_stream(scenario, label_set, source=scenario.source)
+    stream = build_stream(scenario, label_set, source=scenario.source, data_root=args.data_root)
     train = sum(len(s.train_ids) for s in stream)
     console.print(
         f"{scenario.source}: valid. {len(stream)} sessions, {len(stream.home_session)} classes, {train} training arrivals, "

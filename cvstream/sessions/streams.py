@@ -106,7 +106,7 @@ class Stream(Sequence):
             home = frame["home_session"].to_numpy(np.int64)
         except (TypeError, ValueError) as exc:
             raise _stream_file_error(f"{source}: sample_id, class_id, session and home_session must be integers ({exc})") from None
-        role = frame["role"].to_numpy()
+        role = pd.Categorical(frame["role"], categories=[*ROLES, "val"]).codes
         if len(frame) and min(sample.min(), klass.min(), session.min(), home.min()) < 0:
             raise _stream_file_error(f"{source}: negative sample, class or session ids")
         if labels is None:
@@ -122,22 +122,33 @@ class Stream(Sequence):
                     f"{source}: sample {int(sample[i])} has class {int(labels[sample[i]])} in the data set, "
                     f"{int(klass[i])} in the stream ({len(wrong)} rows disagree): is this the stream of another data set?"
                 )
-        home_session: dict[int, int] = {}
-        for c, h in zip(*np.unique(np.stack([klass, home]), axis=1)):
-            if home_session.setdefault(int(c), int(h)) != int(h):
-                raise _stream_file_error(f"{source}: class {int(c)} has two home sessions")
+        pairs = pd.DataFrame({"c": klass, "h": home}).drop_duplicates()
+        if pairs["c"].duplicated().any():
+            raise _stream_file_error(f"{source}: class {int(pairs['c'][pairs['c'].duplicated()].iloc[0])} has two home sessions")
+        home_session = dict(zip(pairs["c"].tolist(), pairs["h"].tolist()))
         n_sessions = int(max(session.max(initial=-1), home.max(initial=-1))) + 1
-        by_home = np.array(sorted(home_session.items()), dtype=np.int64).reshape(-1, 2)
-        is_query = role == "query"
-        query_sample, query_session = sample[is_query], session[is_query]
+        # One sort: grouped by role, then session, samples ascending within.
+        order = np.lexsort((sample, session, role))
+        keys = role[order].astype(np.int64) * (n_sessions + 1) + session[order]
+        bounds = np.searchsorted(keys, np.arange(len(ROLES) * (n_sessions + 1) + 1))
+        grouped = sample[order]
+
+        def part(code: int, t: int) -> np.ndarray:
+            k = code * (n_sessions + 1) + t
+            return grouped[bounds[k] : bounds[k + 1]]
+
+        is_query = role == ROLES.index("query")
+        by_sample = np.argsort(sample[is_query], kind="stable")
+        query_sample, query_session = sample[is_query][by_sample], session[is_query][by_sample]
+        class_home = np.array(sorted(home_session.items()), dtype=np.int64).reshape(-1, 2)
         sessions = []
         for t in range(n_sessions):
-            here = session == t
-            train_ids = np.sort(sample[here & (role == "train")])
-            gallery_ids = np.sort(sample[here & (role == "gallery")])
-            query_ids = np.sort(query_sample[query_session <= t])  # a query set only grows
-            new_classes = np.sort(by_home[by_home[:, 1] == t, 0])
-            sessions.append(Session(index=t, new_classes=new_classes, train_ids=train_ids, gallery_ids=gallery_ids, query_ids=query_ids))
+            sessions.append(
+                Session(
+                    index=t, new_classes=class_home[class_home[:, 1] == t, 0], train_ids=part(ROLES.index("train"), t),
+                    gallery_ids=part(ROLES.index("gallery"), t), query_ids=query_sample[query_session <= t],  # a query set only grows
+                )
+            )
         return cls(sessions, labels=labels, home_session=home_session)
 
     @classmethod
