@@ -229,3 +229,28 @@ def test_cifar_without_files_or_download_names_what_is_missing(tmp_path):
         src.check()
     with pytest.raises(DataError, match="data_batch_1"):
         source("cifar10", tmp_path, tmp_path / "cache").label_set()
+
+
+def test_cifar10_reads_the_python_archive_layout(tmp_path, monkeypatch):
+    """The torchvision reader on tiny made-up batches (its checksums, which these files cannot pass, are bypassed)."""
+    import pickle
+
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
+    monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 255, (12, 3 * 32 * 32), dtype=np.uint8)
+    names = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+    for k, name in enumerate(names):
+        batch = {"data": pixels[2 * k : 2 * k + 2], "labels": [k, 9 - k]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"thing{c}" for c in range(10)]}))
+    src = source("cifar10", tmp_path, tmp_path / "cache")
+    labels = src.label_set()
+    assert labels.class_names[3] == "thing3" and labels.labels.tolist()[:4] == [0, 9, 1, 8]
+    assert labels.test_mask.tolist() == [False] * 10 + [True] * 2
+    images = src.images()
+    assert images.shape == (12, 3, 32, 32) and np.array_equal(images.reshape(12, -1), pixels)
