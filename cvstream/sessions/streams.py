@@ -271,7 +271,8 @@ def split_pools(params: StreamParams, label_set: LabelSet, classes: np.ndarray, 
     position[classes] = np.arange(len(classes))
     ids = np.flatnonzero(position[labels] >= 0)
     cls_pos = position[labels[ids]]
-    order = np.lexsort((rng.random(len(ids)), cls_pos))  # grouped by class, random within
+    shuffled = rng.permutation(len(ids))
+    order = shuffled[np.argsort(cls_pos[shuffled], kind="stable")]  # grouped by class, random within
     ids, cls_pos = ids[order], cls_pos[order]
     counts = np.bincount(cls_pos, minlength=len(classes))
     start = np.concatenate([[0], np.cumsum(counts)])
@@ -296,7 +297,7 @@ def split_pools(params: StreamParams, label_set: LabelSet, classes: np.ndarray, 
     query_ids = ids[is_query]
     query_start = np.concatenate([[0], np.cumsum(query_counts)])
     # Queries sorted within class; training pools keep their random order.
-    query_ids = query_ids[np.lexsort((query_ids, cls_pos[is_query]))]
+    query_ids = query_ids[np.argsort(cls_pos[is_query] * len(labels) + query_ids)]
     return Pools(
         classes=classes, train_ids=ids[~is_query], train_start=np.concatenate([[0], np.cumsum(train_counts)]),
         query_ids=query_ids, query_start=query_start,
