@@ -101,9 +101,11 @@ def _load(args):
 
 
 def _validate(args, console: Console) -> int:
+    from cvstream.models import build_method
     from cvstream.sessions import build_stream, load_labels, open_dataset
 
     scenario = _load(args)
+    build_method(scenario)  # the method's own checks: can the setup give it what it needs?
     source = open_dataset(scenario, data_root=args.data_root)
     label_set = load_labels(scenario, source)
     stream = build_stream(scenario, label_set, source=scenario.source, data_root=args.data_root)

@@ -173,6 +173,12 @@ def test_method_the_setup_cannot_serve_exits_2(tmp_path, capsys, method, replay,
     assert expected in err and "Traceback" not in err
 
 
+def test_validate_runs_the_method_checks(tmp_path, capsys):
+    path = _write(tmp_path, tiny_dict(method={"name": "bct", "synthesize_rows": False, "replay": False}))
+    assert main(["validate", path]) == 2
+    assert "method.synthesize_rows" in capsys.readouterr().err
+
+
 def test_backbone_that_does_not_fit_the_data_exits_2(tmp_path, capsys):
     path = _write(tmp_path, tiny_dict(model={"backbone": "mlp"}))
     assert main(["run", path, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
