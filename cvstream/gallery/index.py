@@ -197,8 +197,15 @@ class Gallery:
         if top > len(self._class_count):
             self._class_sum = np.vstack([self._class_sum, np.zeros((top - len(self._class_count), self.dim))])
             self._class_count = np.concatenate([self._class_count, np.zeros(top - len(self._class_count), np.int64)])
-        np.add.at(self._class_sum, class_ids, sign * vectors)
-        np.add.at(self._class_count, class_ids, sign)
+        if len(class_ids) == 0:
+            return
+        # Sum per class by sorting and reduceat: np.add.at on rows is ~50x slower.
+        order = np.argsort(class_ids, kind="stable")
+        ordered = class_ids[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        classes = ordered[starts]
+        self._class_sum[classes] += sign * np.add.reduceat(vectors[order], starts, axis=0)
+        self._class_count[classes] += sign * np.diff(np.r_[starts, len(ordered)])
 
     def _gpu_search(self, queries: np.ndarray, k: int):
         """Search a GPU copy of the index, made for this call (one transfer of the gallery, no state kept)."""

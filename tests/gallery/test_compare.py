@@ -1,0 +1,106 @@
+"""`cvstream compare`, the cost projection, and bad input that must end with exit status 2."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import tiny_dict
+
+from cvstream.cli import main
+from cvstream.errors import UserError
+from cvstream.simulator.compare import parse_variants
+from cvstream.simulator.costs import project_costs
+
+
+def scenario_file(tmp_path, **sections):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_dict(**sections)))
+    return str(path)
+
+
+def test_projection_scales_the_backfilled_share_of_the_gallery():
+    costs = pd.DataFrame(
+        [
+            {"session": 0, "phase": "index", "backbone_forwards": 100, "transform_forwards": 0, "items": 100, "seconds": 1.0},
+            {"session": 0, "phase": "backfill", "backbone_forwards": 0, "transform_forwards": 0, "items": 0, "seconds": 0.0},
+            {"session": 1, "phase": "index", "backbone_forwards": 100, "transform_forwards": 0, "items": 100, "seconds": 1.0},
+            {"session": 1, "phase": "backfill", "backbone_forwards": 50, "transform_forwards": 0, "items": 50, "seconds": 0.5},
+            {"session": 1, "phase": "train", "backbone_forwards": 999, "transform_forwards": 0, "items": 0, "seconds": 99.0},
+        ]
+    )
+    projection = project_costs(costs, 10**9)
+    assert list(projection.gallery_items) == [100, 200]
+    assert list(projection.backfill_fraction) == [0.0, 0.25]
+    assert projection.seconds_per_forward.iloc[0] == pytest.approx(2.5 / 250)  # inference phases only
+    assert projection.update_hours.iloc[1] == pytest.approx(0.25 * 10**9 * 0.01 / 3600)
+    given = project_costs(costs, 1000, seconds_per_forward=3.6)
+    assert given.update_hours.tolist() == pytest.approx([0.0, 0.25])
+
+
+def test_variants_parse_and_bad_ones_are_user_errors():
+    variants = parse_variants("none,full,partial:0.25:random,partial:100:oldest,transform,transform:0.1:uncertainty")
+    assert [(v.policy, v.budget, v.order) for v in variants] == [
+        ("none", None, "random"), ("full", None, "random"), ("partial", 0.25, "random"), ("partial", 100, "oldest"),
+        ("transform", None, "random"), ("transform", 0.1, "uncertainty"),
+    ]
+    assert variants[3].folder == "partial-100-oldest"
+    for bad in ("partial", "partial:1.5", "partial:0", "partial:x", "partial:0.2:sideways", "everything", "none,none", "none,"):
+        with pytest.raises(UserError):
+            parse_variants(bad)
+
+
+def test_compare_runs_the_variants_on_one_stream_and_writes_the_table(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code = main(["compare", scenario_file(tmp_path, method={"name": "finetune"}), "--backfill", "none,partial:0.5:far-from-mean",
+                 "--out", str(out), "--no-progress", "--project-gallery", "1000000"])
+    assert code == 0
+    table = pd.read_parquet(out / "comparison.parquet").set_index("variant")
+    assert list(table.index) == ["none", "partial:0.5:far-from-mean"]
+    assert table.loc["none", "backfill_forwards"] == 0 and table.loc["none", "projected_hours"] == 0
+    assert table.loc["partial:0.5:far-from-mean", "backfill_forwards"] == 60 + 90  # floor(0.5 x 120) of 60 stale, then 90 of 120
+    assert table.loc["partial:0.5:far-from-mean", "projected_hours"] > 0
+    assert (table.projected_gallery == 10**6).all()
+    # Same stream and seed: the first session (nothing to backfill yet) is identical.
+    first = {name: pd.read_parquet(out / folder / "metrics.parquet").query("session == 0") for name, folder in
+             [("none", "none"), ("partial", "partial-0.5-far-from-mean")]}
+    assert first["none"].value.tolist() == first["partial"].value.tolist()
+    curve = pd.read_parquet(out / "backfill_curve.parquet")
+    assert set(curve.session) == {2} and curve.fraction.max() == 1.0
+    printed = capsys.readouterr().out
+    assert "far-from-mean" in printed and "AR@1" in printed
+
+
+@pytest.mark.parametrize("argv", [
+    ["--backfill", "partial:2.5"],
+    ["--backfill", "partial:0.2:sideways"],
+    ["--project-gallery", "0"],
+    ["--curve-session", "7"],
+])
+def test_compare_rejects_bad_input_with_status_2(tmp_path, argv):
+    out = tmp_path / "cmp"
+    assert exit_status(["compare", scenario_file(tmp_path), "--out", str(out), "--no-progress", *argv]) == 2
+    assert not out.exists() or not any(out.iterdir())  # nothing ran
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["gallery.index=ivf", "gallery.nlist=1000"], "nlist = 1000 needs at least 1000 vectors"),
+    (["backfill.policy=partial", "backfill.budget=1.5"], "outside its range"),
+    (["backfill.policy=partial"], "needs a budget"),
+    (["backfill.policy=full", "backfill.order=uncertainty"], "needs policy transform"),
+    (["gallery.index=ivfpq", "gallery.pq_m=5"], "must divide"),
+])
+def test_run_rejects_a_gallery_or_backfill_that_cannot_work(tmp_path, overrides, message, capsys):
+    argv = ["run", scenario_file(tmp_path), "--out", str(tmp_path / "run"), "--no-progress"]
+    for item in overrides:
+        argv += ["--set", item]
+    assert exit_status(argv) == 2
+    assert message in capsys.readouterr().err.replace("\n", " ")
+
+
+def exit_status(argv: list[str]) -> int:
+    """main's return value, or argparse's exit status."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
