@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders; runs of one scenario with different seeds are averaged")
     report.add_argument("--paragon", default=None, metavar="RUN_DIR", help="a run trained without compatibility on the same stream: update gain")
     report.add_argument("--out", default=None, help="folder for the plots (default RUN_DIR/report, or the runs' common folder/report)")
+    report.add_argument("--project-gallery", type=_positive_int, default=None, metavar="N", help="project each update's backfill cost to a gallery of N items")
+    report.add_argument("--seconds-per-forward", type=_positive_float, default=None, metavar="S", help="seconds per backbone forward (default: measured)")
 
     sweep = sub.add_parser("sweep", help="run scenarios x seeds x methods x backfill policies; one Parquet dataset per sweep")
     sweep.add_argument("sweep", help="sweep file (YAML)")
@@ -156,8 +158,13 @@ def _run(args, console: Console) -> int:
     else:
         if not args.scenario:
             raise UserError("cvstream run needs a scenario file (or --resume RUN_DIR)")
+        from cvstream.models.distributed import from_environment
+
         scenario = _load(args)
-        sim = Simulator(scenario, out_dir=args.out, data_root=args.data_root, progress=progress)
+        shard = from_environment(scenario.device)  # under torchrun: each session's training is split across the processes
+        leader = shard is None or shard.leader
+        console = console if leader else Console(quiet=True)  # one process writes the run's files and prints
+        sim = Simulator(scenario, out_dir=args.out, data_root=args.data_root, progress=progress and leader, write=leader, shard=shard)
     console.print(f"run {sim.run_id}: {scenario.name}, {len(sim.stream)} sessions, method {scenario.method.name} -> {sim.run_dir}")
     try:
         result = sim.run()
@@ -197,6 +204,13 @@ def _report(args, console: Console) -> int:
         console.print(table)
     for file in report.files:
         console.print(f"wrote {file}")
+    if args.project_gallery:
+        from cvstream.simulator.costs import project_costs, projection_table
+        from cvstream.simulator.run import load_run
+
+        for path in args.runs:
+            projection = project_costs(load_run(path).costs, args.project_gallery, args.seconds_per_forward)
+            console.print(projection_table(projection, title=f"update costs projected to {args.project_gallery:,} items: {path}"))
     return 0
 
 

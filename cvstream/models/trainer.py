@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from cvstream.errors import UserError
+from cvstream.models import distributed
+from cvstream.models.distributed import Shard
 from cvstream.models.methods.base import Batch, Method, TrainContext
 
 
@@ -97,6 +99,7 @@ def train_session(
     flip: bool,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
     validate: Callable[[torch.nn.Module], float] | None = None,
+    shard: Shard | None = None,
 ) -> TrainStats:
     """Train `model` in place on `sample_ids` (indices into `images`, on the device).
 
@@ -114,6 +117,9 @@ def train_session(
     classes = torch.as_tensor(class_ids, dtype=torch.long, device=device)
     rows = model.rows_of(classes)
     batch_size = min(spec.batch_size, n)
+    if shard is not None:  # every process takes an equal slice of each global batch
+        distributed.check_batch(spec.batch_size, shard)
+        batch_size -= batch_size % shard.world_size
     steps_per_epoch = n // batch_size  # drop the ragged tail: every step sees a full batch
     total = steps_per_epoch * spec.epochs
     model.train()
@@ -127,6 +133,17 @@ def train_session(
 
         context = dataclasses.replace(context, previous_embed=counted)
     method.begin_session(model, context)
+    if not method.trains(context.session):  # e.g. a frozen backbone: no step, the deployed generation stays
+        model.eval()
+        return stats
+
+    def embed_training() -> torch.Tensor:
+        stats.backbone_forwards += n
+        out = embed(model, images, sample_ids, batch_size=spec.eval_batch_size, amp=spec.amp)
+        model.train()  # embed() left it in eval mode
+        return torch.from_numpy(out).to(device)
+
+    forward = distributed.wrap(model) if shard is not None else model
     for epoch in range(spec.epochs):
         order = torch.randperm(n, generator=generator).to(device)
         for i in range(steps_per_epoch):
@@ -141,11 +158,14 @@ def train_session(
             if augment_images and x.dim() == 4:
                 x = augment(x, generator, flip=flip)
             x = _channels_last(x)
+            drawn = len(pick)  # the global batch; with a shard, this process trains on its slice
+            if shard is not None:
+                x, pick = x[shard.part(drawn)], pick[shard.part(drawn)]
             with _autocast(device, spec.amp):
-                embeddings = model(x)
+                embeddings = forward(x)
                 batch = Batch(inputs=x, rows=rows[pick], class_ids=classes[pick], embeddings=embeddings)
                 terms = method.loss(model, batch, context)
-            stats.backbone_forwards += len(pick)
+            stats.backbone_forwards += drawn * (1 + method.extra_forwards)
             loss = sum(terms.values())
             values = {name: float(value.detach()) for name, value in terms.items()}
             bad = [name for name, value in values.items() if not math.isfinite(value)]
@@ -158,8 +178,9 @@ def train_session(
             loss.backward()
             optimizer.step()
             stats.steps += 1
-            stats.samples += len(pick)
+            stats.samples += drawn
             stats.last_terms = values
+            method.after_step(model, fraction=stats.steps / total, context=context, embed_training=embed_training)
             if on_step is not None:
                 on_step(stats.steps, total, values)
         if validate is not None:

@@ -27,10 +27,12 @@ from cvstream.models.trainer import embed, train_session
 from cvstream.sessions import build_stream, load_labels, open_dataset
 from cvstream.sessions.rng import numpy_rng, torch_generator, torch_seed
 from cvstream.simulator import events as ev
-from cvstream.simulator.evaluate import evaluate_queries
+from cvstream.simulator.evaluate import AnytimeHook, Evaluator
 from cvstream.simulator.curve import backfill_curve
 from cvstream.simulator.hooks import Hook, Recorder
-from cvstream.simulator.run import RunResult, new_run_dir
+from cvstream.simulator.lock import RunLock
+from cvstream.simulator import checkpoint, memory
+from cvstream.simulator.run import RunResult, new_run_dir, resumable_run
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -54,6 +56,8 @@ class Simulator:
         hooks: tuple[Hook, ...] | list[Hook] = (),
         progress: bool = False,
         write: bool = True,
+        resume: bool = False,
+        shard=None,
     ):
         from cvstream.simulator.outputs_hook import ParquetWriter
         from cvstream.simulator.progress import ProgressHook
@@ -63,7 +67,13 @@ class Simulator:
         self.source = open_dataset(scenario, data_root=data_root, cache_dir=cache_dir)
         self.label_set = load_labels(scenario, self.source)
         self.stream = build_stream(scenario, self.label_set, source=scenario.source, data_root=data_root)
-        self.run_dir, self.run_id = new_run_dir(scenario, out_dir) if write else (None, "in-memory")
+        self.resuming = resume
+        self.shard = shard  # a cvstream.models.distributed.Shard: this process trains its slice of each batch (DDP)
+        if resume:  # continue the run in out_dir after its last completed session
+            self.run_dir, self._resumed_info = Path(out_dir), resumable_run(out_dir)
+            self.run_id = self._resumed_info["run_id"]
+        else:
+            self.run_dir, self.run_id = new_run_dir(scenario, out_dir) if write else (None, "in-memory")
         self.recorder = Recorder()
         self.hooks: list[Hook] = [self.recorder]
         if write:
@@ -72,16 +82,38 @@ class Simulator:
             self.hooks.append(ProgressHook())
         self.hooks.extend(hooks)
         self.method = build_method(scenario)
+        self.evaluator = Evaluator(scenario=scenario, stream=self.stream, labels=self.label_set.labels)
+        if scenario.evaluation.every_steps:
+            self.hooks.append(AnytimeHook(scenario.evaluation.every_steps))
         self.started_at: datetime | None = None
         self.status = "created"
 
     # -- the loop --------------------------------------------------------------------------
 
+    @classmethod
+    def resume(cls, run_dir: str | Path, **kwargs) -> "Simulator":
+        """A simulator that continues the run in `run_dir` with the scenario it was started with."""
+        from cvstream.scenario import Scenario
+
+        info = resumable_run(run_dir)
+        return cls(Scenario.from_dict(info["scenario"], source=str(Path(run_dir) / "run.json")), out_dir=run_dir, resume=True, **kwargs)
+
     def run(self) -> RunResult:
         self._setup()
+        first = 0
+        if self.resuming:
+            first = checkpoint.restore(self)
+            self.started_at = datetime.fromisoformat(self._resumed_info["started_at"])
         self.status = "running"
-        for hook in self.hooks:
-            hook.before_run(self)
+        self._lock = RunLock(self.run_dir) if self.run_dir is not None else None
+        if self._lock is not None:
+            self._lock.acquire()  # before any file is written: one writer per run folder
+        try:
+            for hook in self.hooks:
+                hook.before_run(self)
+        except BaseException:
+            self._finish("failed")
+            raise
         queue: list = []
         counter = itertools.count()
 
@@ -89,8 +121,8 @@ class Simulator:
             heapq.heappush(queue, (event.time, next(counter), event))
 
         self._schedule = schedule
-        if len(self.stream):
-            schedule(ev.SessionStart(0))
+        if first < len(self.stream):
+            schedule(ev.SessionStart(first))
         try:
             while queue:
                 _, _, event = heapq.heappop(queue)
@@ -114,8 +146,12 @@ class Simulator:
 
     def _finish(self, status: str) -> None:
         self.status = status
-        for hook in self.hooks:
-            hook.after_run(self, status)
+        try:
+            for hook in self.hooks:
+                hook.after_run(self, status)
+        finally:
+            if getattr(self, "_lock", None) is not None:
+                self._lock.release()
 
     def result(self) -> RunResult:
         return self.recorder.result(self)
@@ -127,7 +163,7 @@ class Simulator:
         s = self.scenario
         images = np.array(self.source.images())  # a writable copy: the source may be a read-only memory map
         self.images = torch.from_numpy(images).to(self.device)
-        self.model = build_model(s, in_channels=images.shape[1]).to(self.device)
+        self.model = build_model(s, in_channels=images.shape[1], input_ndim=images.ndim).to(self.device)
         self.previous_model: torch.nn.Module | None = None
         self.generation = -1  # no generation deployed yet
         self.gallery = Gallery(s.model.embedding_dim, s.gallery, seed=s.seed)
@@ -163,6 +199,7 @@ class Simulator:
 
     def _session_start(self, event: ev.SessionStart) -> ev.Outcome:
         t = event.session
+        memory.reset_peak()  # session_end then reports this session's own peak
         for phase in (ev.Train, ev.Deploy, ev.Index, ev.UpdateReplay, ev.Transform, ev.Backfill, ev.Evaluate, ev.SessionEnd):
             self._schedule(phase(t))
         session = self.stream[t]
@@ -175,19 +212,34 @@ class Simulator:
         t = event.session
         s = self.scenario
         session = self.stream[t]
-        replay_ids = self.replay.sample_ids() if "replay" in self.method.needs else np.empty(0, np.int64)
-        ids = self.method.training_ids(session_ids=session.train_ids, replay_ids=replay_ids)
-        classes = self.labels_of(ids)
         needs = self.method.needs
-        keep_previous = "previous_model" in needs and self.generation >= 0
+        replay_ids = self.replay.sample_ids() if "replay" in needs else np.empty(0, np.int64)
+        seen_ids = np.unique(np.concatenate([self.stream[i].train_ids for i in range(t + 1)])) if "seen_data" in needs else None
+        ids = self.method.training_ids(session_ids=session.train_ids, replay_ids=replay_ids, seen_ids=seen_ids)
+        ids, val_ids = self._split_validation(ids, t)
+        classes = self.labels_of(ids)
+        keep_previous = bool(needs & {"previous_model", "previous_embeddings"}) and self.generation >= 0
         # The previous generation, frozen before the classifier grows: only it and the current model live.
+        self.previous_model = None
         self.previous_model = copy.deepcopy(self.model).eval().requires_grad_(False) if keep_previous else None
         self.model.add_classes(
             np.concatenate([session.new_classes, np.unique(classes)]), torch_generator(s.seed, "classifier_rows", t)
         )
         context = TrainContext(session=t)
+        extra_forwards = 0
         if self.previous_model is not None:
             context.previous_embed = self.previous_model
+            previous_classes = self.previous_model.class_ids
+            known = torch.isin(self.model.class_ids, previous_classes)
+            weight = torch.zeros_like(self.model.weight.detach())
+            previous_rows = self.previous_model.rows_of(self.model.class_ids[known])
+            weight[known] = torch.nn.functional.normalize(self.previous_model.weight.detach()[previous_rows], dim=1)
+            context.previous_weight, context.previous_known = weight, known
+        if "previous_embeddings" in needs and self.previous_model is not None:
+            old = embed(self.previous_model, self.images, ids, batch_size=s.training.eval_batch_size, amp=s.training.amp)
+            context.previous_embeddings = torch.from_numpy(old).to(self.device)
+            context.training_rows = self.model.rows_of(torch.as_tensor(classes, device=self.model.class_ids.device))
+            extra_forwards += len(ids)
         if "class_means" in needs and len(self.gallery):
             rows_classes = self.model.class_ids.cpu().numpy()
             means, has = self.gallery.class_means(rows_classes)
@@ -208,23 +260,60 @@ class Simulator:
                 augment_images=self.augment,
                 flip=self.source.flip_ok,
                 on_step=lambda step, total, terms: [h.on_train_step(self, step, total, terms) for h in self.hooks],
+                validate=self._validator(val_ids, ids) if len(val_ids) else None,
+                shard=self.shard,
             )
+        extra_forwards += len(val_ids) * len(stats.validation) + len(ids) * len(stats.validation)
         trained = stats.steps > 0 or self.generation < 0
         self._next_generation = t if trained else self.generation
         return ev.Outcome(
             generation=self._next_generation,
             seconds=stats.seconds,
-            backbone_forwards=stats.backbone_forwards,
+            backbone_forwards=stats.backbone_forwards + extra_forwards,
             items=stats.samples,
             cost_phase="train",
-            detail={"steps": stats.steps, "training_samples": int(len(ids)), "replay_samples": int(len(replay_ids)), "loss": stats.last_terms},
+            detail={
+                "steps": stats.steps, "training_samples": int(len(ids)), "replay_samples": int(len(replay_ids)), "loss": stats.last_terms,
+                "validation_r1": stats.validation, "best_epoch": stats.best_epoch,
+            },
         )
+
+    def _split_validation(self, ids: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Hold out `training.validation_fraction` of each class's training samples (seeded), CVS-style."""
+        fraction = self.scenario.training.validation_fraction
+        if fraction == 0:
+            return ids, np.empty(0, np.int64)
+        rng = numpy_rng(self.scenario.seed, "validation", t)
+        labels = self.labels_of(ids)
+        held = np.zeros(len(ids), dtype=bool)
+        for c in np.unique(labels):
+            members = np.flatnonzero(labels == c)
+            held[rng.permutation(members)[: int(len(members) * fraction)]] = True
+        return ids[~held], ids[held]
+
+    def _validator(self, val_ids: np.ndarray, train_ids: np.ndarray):
+        """R@1 of held-out samples against the mixed gallery as it would be after this session's index step."""
+        s = self.scenario
+        stored = self.gallery.vectors(np.arange(len(self.gallery)))
+        stored_classes = self.gallery.class_of(np.arange(len(self.gallery), dtype=np.int64))
+
+        def validate(model: torch.nn.Module) -> float:
+            fresh = embed(model, self.images, train_ids, batch_size=s.training.eval_batch_size, amp=s.training.amp)
+            queries = embed(model, self.images, val_ids, batch_size=s.training.eval_batch_size, amp=s.training.amp)
+            gallery = np.vstack([stored, fresh])
+            gallery_classes = np.concatenate([stored_classes, self.labels_of(train_ids)])
+            nearest = np.argmax(queries @ gallery.T, axis=1)
+            return float(np.mean(gallery_classes[nearest] == self.labels_of(val_ids)))
+
+        return validate
 
     def _deploy(self, event: ev.Deploy) -> ev.Outcome:
         previous = self.generation
         self.generation = self._next_generation
         if not ("previous_model" in self.method.needs):
             self.previous_model = None
+        # The probe set is embedded by every new generation now; its cost is billed to this session's evaluation.
+        self.evaluator.deploy(model=self.model, images=self.images, generation=self.generation)
         return ev.Outcome(generation=self.generation, detail={"replaced": previous})
 
     def _index(self, event: ev.Index) -> ev.Outcome:
@@ -330,27 +419,19 @@ class Simulator:
         )
 
     def _evaluate(self, event: ev.Evaluate) -> ev.Outcome:
-        t = event.session
-        s = self.scenario
-        session = self.stream[t]
-        clock = time.perf_counter()
-        queries = session.query_ids
-        vectors = embed(self.model, self.images, queries, batch_size=s.training.eval_batch_size, amp=s.training.amp)
-        query_classes = self.labels_of(queries)
-        home = self.stream.home_of(query_classes)
-        subsets = {"old": home < t, "new": home == t, "all": np.ones(len(queries), dtype=bool)}
-        rows = evaluate_queries(
-            vectors, query_classes, self.gallery, subsets=subsets, recall_at=s.evaluation.recall_at, map_at_r=s.evaluation.map_at_r
+        done = self.evaluator.evaluate(
+            session=event.session, model=self.model, images=self.images, gallery=self.gallery, generation=self.generation
         )
-        for row in rows:
-            row.update(session=t, query_generation=self.generation, gallery_view="mixed")
+        self.last_evaluation = done  # the vectors it searched, for output.save_embeddings
         return ev.Outcome(
-            generation=self.generation, seconds=time.perf_counter() - clock, backbone_forwards=len(queries), items=len(queries),
-            cost_phase="evaluate", metrics=rows,
+            generation=self.generation, seconds=done.seconds, backbone_forwards=done.backbone_forwards,
+            items=len(self.stream[event.session].query_ids), cost_phase="evaluate", metrics=done.rows,
         )
 
     def _session_end(self, event: ev.SessionEnd) -> ev.Outcome:
         if event.session + 1 < len(self.stream):
             self._schedule(ev.SessionStart(event.session + 1))
         self._fresh = None
-        return ev.Outcome(generation=self.generation, detail={"gallery_size": len(self.gallery), "replay": len(self.replay)})
+        # Memory figures per session: a long stream shows here whether anything but the gallery grows.
+        detail = {"gallery_size": len(self.gallery), "replay": len(self.replay), **memory.snapshot(self.gallery)}
+        return ev.Outcome(generation=self.generation, detail=detail)
