@@ -213,7 +213,7 @@ class Gallery:
             resources = faiss.StandardGpuResources()
             flat = self.index_type == "flat"
             # The flat copy has no id map: its positions are the item ids.
-            replica = faiss.index_cpu_to_gpu(resources, 0, self.index.index if flat else self.index)
+            replica = faiss.index_cpu_to_gpu(resources, 0, faiss.downcast_index(self.index.index) if flat else self.index)
             return replica.search(queries, k)
         except RuntimeError as exc:  # e.g. a PQ layout the GPU kernels do not support: stay on the CPU
             self.gpu, self.gpu_error = False, str(exc)

@@ -61,3 +61,23 @@ def project_costs(
         },
         columns=PROJECTION_COLUMNS,
     )
+
+
+def projection_table(projection: pd.DataFrame, *, title: str):
+    """A rich table of `project_costs` rows, with the total over the stream."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for header in ("session", "gallery", "backfilled", "mapped", "backfill h", "transform h", "update h"):
+        table.add_column(header, justify="right")
+    for _, row in projection.iterrows():
+        table.add_row(
+            str(int(row.session)), f"{int(row.gallery_items):,}", f"{row.backfill_fraction:.1%}", f"{row.mapped_fraction:.1%}",
+            f"{row.backfill_hours:,.2f}", f"{row.transform_hours:,.2f}", f"{row.update_hours:,.2f}",
+        )
+    table.add_row("all", "", "", "", f"{projection.backfill_hours.sum():,.2f}", f"{projection.transform_hours.sum():,.2f}",
+                  f"{projection.update_hours.sum():,.2f}", style="bold")
+    if len(projection):
+        table.caption = (f"{projection.seconds_per_forward.iloc[0]:.2e} s per backbone forward, "
+                         f"{projection.seconds_per_transform_forward.iloc[0]:.2e} s per psi forward")
+    return table

@@ -104,3 +104,14 @@ def exit_status(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exc:
         return int(exc.code)
+
+
+def test_report_projects_a_finished_run(tmp_path, capsys):
+    from cvstream.simulator import Simulator
+    from conftest import tiny_scenario
+
+    run = tmp_path / "run"
+    Simulator(tiny_scenario(method={"name": "finetune"}, backfill={"policy": "full"}), out_dir=run).run()
+    assert exit_status(["report", str(run), "--out", str(tmp_path / "report"), "--project-gallery", "1e9"]) == 0
+    printed = capsys.readouterr().out
+    assert "projected to 1,000,000,000 items" in printed and "66.7%" in printed  # session 2 re-embedded 120 of 180 items

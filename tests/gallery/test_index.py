@@ -137,3 +137,37 @@ def test_an_index_that_cannot_hold_the_data_is_a_user_error():
         Gallery(DIM, GallerySpec(index="ivfpq", pq_m=5))
     with pytest.raises(UserError, match="pq_bits = 8 needs at least 256"):
         Gallery(DIM, GallerySpec(index="ivfpq", nlist=2, pq_m=4)).require_trainable(100)
+
+
+def test_without_faiss_gpu_the_gallery_stays_on_the_cpu():
+    import faiss
+
+    gallery, _ = filled("flat")
+    assert gallery.gpu == (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_the_gpu_search_replica_answers_like_the_cpu_index(kind, monkeypatch):
+    """faiss-gpu stood in for by CPU clones: checks the replica's id handling, not CUDA."""
+    import faiss
+
+    import cvstream.gallery.index as index_module
+
+    made = []
+
+    def fake_to_gpu(resources, device, index):
+        made.append(type(index).__name__)
+        return faiss.clone_index(index)
+
+    monkeypatch.setattr(index_module, "gpu_available", lambda: True)
+    monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", fake_to_gpu, raising=False)
+    gallery, rng = filled(kind)
+    assert gallery.gpu
+    gallery.replace(np.array([2, 90]), unit(rng, 2), session=2, generation=2)
+    queries = unit(rng, 20)
+    on_gpu = gallery.search(queries, 5)
+    gallery.gpu = False
+    on_cpu = gallery.search(queries, 5)
+    assert np.array_equal(on_gpu[1], on_cpu[1]) and np.allclose(on_gpu[0], on_cpu[0])
+    assert made == (["IndexFlatIP"] if kind == "flat" else ["IndexIVFFlat"])  # the flat copy has no id map
