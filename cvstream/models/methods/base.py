@@ -52,6 +52,8 @@ class Method:
     Params: ClassVar[type[MethodParams]] = MethodParams
     # A subset of NEEDS.
     needs: ClassVar[frozenset[str]] = frozenset()
+    # Backbone forwards per batch sample that `loss` runs itself (e.g. on mixed inputs), for the cost tables.
+    extra_forwards: ClassVar[int] = 0
 
     def __init__(self, params: MethodParams):
         self.params = params
@@ -71,9 +73,34 @@ class Method:
     def begin_session(self, model: torch.nn.Module, context: TrainContext) -> None:
         """Called once before the first step of a session, to derive per-session state from the context."""
 
+    def trains(self, session: int) -> bool:
+        """Whether `session` takes gradient steps; where not, the trainer only calls `begin_session` and the generation stays."""
+        return True
+
+    def after_step(self, model: torch.nn.Module, *, fraction: float, context: TrainContext, embed_training: Callable[[], torch.Tensor]) -> None:
+        """Called after each optimiser step with the share of the session's steps done; `embed_training()` gives
+        the current model's embeddings of the session's training samples (no augmentation, counted)."""
+
     def loss(self, model: torch.nn.Module, batch: Batch, context: TrainContext) -> dict[str, torch.Tensor]:
         """Named, already weighted loss terms; the trainer sums them."""
         raise NotImplementedError
+
+
+def old_classifier(context: TrainContext) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The previous classifier's rows, plus, for classes it never saw, the mean old embedding of their training samples.
+
+    Returns (rows x dim weight, bool per row: usable), or None in the first session.
+    """
+    if context.previous_weight is None:
+        return None
+    weight, valid = context.previous_weight.clone(), context.previous_known.clone()
+    if context.previous_embeddings is not None:
+        rows = context.training_rows
+        sums = torch.zeros_like(weight).index_add_(0, rows, context.previous_embeddings)
+        synthesized = ~valid & (torch.bincount(rows, minlength=len(weight)) > 0)
+        weight[synthesized] = torch.nn.functional.normalize(sums[synthesized], dim=1)
+        valid = valid | synthesized
+    return weight, valid
 
 
 METHODS: Registry[Method] = Registry("method")
