@@ -1,6 +1,6 @@
 """Training-step cost of `cvs` against `finetune` on the same batches, and vectorised vs looped hardest-negative mining.
 
-Run: .venv/bin/python benchmarks/methods.py [--batch 64] [--size 32] [--width 32] [--steps 30]
+Run: .venv/bin/python benchmarks/methods.py [--batch 64] [--size 32] [--width 32] [--steps 30] [--threads 1]
 Targets (issue 4): cvs step within 2.2x of finetune's; vectorised mining >= 20x a per-sample loop at batch 64.
 """
 
@@ -83,7 +83,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads; 1 keeps the ratio stable on a shared CPU")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.size}x{args.size}, convnet width {args.width}")
     seconds = {}
     for name in ("finetune", "cvs"):

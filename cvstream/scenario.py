@@ -129,6 +129,8 @@ class BackfillSpec(_Section):
 class EvaluationSpec(_Section):
     recall_at: list[int] = Field(default_factory=lambda: [1, 2, 4, 10])
     map_at_r: bool = True
+    probe_items: int = Field(2000, ge=0, description="gallery items embedded by every generation for the compatibility matrix; 0: none")
+    every_steps: int | None = Field(None, ge=1, description="anytime evaluation every N training steps (A_auc); None: off")
 
     @field_validator("recall_at")
     @classmethod
@@ -140,6 +142,7 @@ class EvaluationSpec(_Section):
 
 class OutputSpec(_Section):
     dir: str = Field("runs", description="runs go to <dir>/<scenario name>/<run id>/ unless --out is given")
+    save_embeddings: bool = Field(False, description="keep embeddings/session-<t>.npz: the vectors each evaluation searched")
 
 
 _COMPONENT_KEYS = {"dataset": "name", "stream": "setup", "method": "name"}

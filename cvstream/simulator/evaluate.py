@@ -1,24 +1,30 @@
-"""Evaluation of one session: search the gallery, score every query, aggregate per subset."""
+"""Evaluation: search the gallery, score every query, aggregate per subset, and keep what later
+sessions need (last session's answers for negative flips, per-group history for forgetting,
+the probe set for compatibility, anytime points for A_auc)."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
+
+import faiss
 import numpy as np
 
-from cvstream.simulator.metrics import average_precision_at_r, recall_at_k
+from cvstream.models.trainer import embed
+from cvstream.simulator.compat import ProbeSet, sample_probe
+from cvstream.simulator.hooks import Hook
+from cvstream.simulator.metrics import (
+    area_under_curve,
+    average_precision_at_r,
+    forgetting,
+    mean_over_sessions,
+    negative_flips,
+    recall_at_k,
+)
 
 
-def evaluate_queries(
-    vectors: np.ndarray,
-    query_classes: np.ndarray,
-    gallery,
-    *,
-    subsets: dict[str, np.ndarray],
-    recall_at: list[int],
-    map_at_r: bool,
-) -> list[dict]:
-    """Metric rows (`subset`, `metric`, `value`, `n_queries`) for each non-empty subset."""
-    if len(vectors) == 0 or len(gallery) == 0:
-        return []
+def score_queries(vectors: np.ndarray, query_classes: np.ndarray, gallery, *, recall_at: list[int], map_at_r: bool) -> dict[str, np.ndarray]:
+    """Per-query values of every metric (`recall@k`, `map@r`) against a gallery."""
     relevant = gallery.class_counts(query_classes)
     k = max(max(recall_at), int(relevant.max()) if map_at_r else 0)
     _, item_ids = gallery.search(vectors, k)
@@ -26,6 +32,11 @@ def evaluate_queries(
     per_query = {f"recall@{k_}": recall_at_k(neighbor_classes, query_classes, k_) for k_ in recall_at}
     if map_at_r:
         per_query["map@r"] = average_precision_at_r(neighbor_classes, query_classes, relevant)
+    return per_query
+
+
+def aggregate(per_query: dict[str, np.ndarray], subsets: dict[str, np.ndarray]) -> list[dict]:
+    """Metric rows (`subset`, `metric`, `value`, `n_queries`) for each non-empty subset."""
     rows = []
     for subset, mask in subsets.items():
         n = int(mask.sum())
@@ -36,3 +47,212 @@ def evaluate_queries(
             chosen = chosen[~np.isnan(chosen)]
             rows.append({"subset": subset, "metric": metric, "value": float(chosen.mean()) if len(chosen) else float("nan"), "n_queries": n})
     return rows
+
+
+def evaluate_queries(vectors, query_classes, gallery, *, subsets, recall_at, map_at_r) -> list[dict]:
+    """Metric rows for each non-empty subset; none when there are no queries or no gallery."""
+    if len(vectors) == 0 or len(gallery) == 0:
+        return []
+    return aggregate(score_queries(vectors, query_classes, gallery, recall_at=recall_at, map_at_r=map_at_r), subsets)
+
+
+@dataclass
+class Evaluated:
+    """One session's evaluation: its rows, its cost, and exactly the vectors it searched."""
+
+    rows: list[dict]
+    backbone_forwards: int = 0
+    seconds: float = 0.0
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    probe_arrays: dict[str, np.ndarray] | None = None
+
+
+class Evaluator:
+    """Everything measured after a session, and the little state it carries from one session to the next."""
+
+    def __init__(self, *, scenario, stream, labels: np.ndarray):
+        self.spec = scenario.evaluation
+        self.batch_size = scenario.training.eval_batch_size
+        self.amp = scenario.training.amp
+        self.keep_arrays = scenario.output.save_embeddings
+        self.stream = stream
+        self.labels = labels
+        probe_gallery, probe_queries = sample_probe(stream, items=self.spec.probe_items, seed=scenario.seed)
+        self.probe = ProbeSet(gallery_ids=probe_gallery, query_ids=probe_queries, labels=labels) if self.spec.probe_items else None
+        self.previous_answers: tuple[np.ndarray, np.ndarray] | None = None  # (query sample ids, correct at R@1)
+        self.group_history: dict[int, list[float]] = {}  # home session -> R@1 at each session since
+        self.recall_history: dict[int, list[float]] = {}  # k -> R@k of all seen queries, per session
+        self.anytime_values: list[float] = []  # every anytime R@1 (all) of the run so far
+        self._pending: list[dict] = []  # anytime rows and cost not yet billed to an evaluation
+        self._pending_cost = [0, 0.0]
+        self._new_probe: dict[str, np.ndarray] | None = None
+
+    # -- at deploy ----------------------------------------------------------------------
+
+    def deploy(self, *, model, images, generation: int) -> None:
+        """Embed the probe set by a newly deployed generation (billed to the next evaluation)."""
+        if self.probe is None or generation in self.probe.gallery_vectors or generation < 0:
+            return
+        clock = time.perf_counter()
+        gallery_vectors = embed(model, images, self.probe.gallery_ids, batch_size=self.batch_size, amp=self.amp)
+        query_vectors = embed(model, images, self.probe.query_ids, batch_size=self.batch_size, amp=self.amp)
+        self.probe.add_generation(generation, gallery_vectors=gallery_vectors, query_vectors=query_vectors)
+        self._bill(len(self.probe.gallery_ids) + len(self.probe.query_ids), time.perf_counter() - clock)
+        self._new_probe = {
+            "probe_gallery_vectors": gallery_vectors, "probe_gallery_sample_ids": self.probe.gallery_ids,
+            "probe_gallery_class_ids": self.probe.gallery_classes, "probe_query_vectors": query_vectors,
+            "probe_query_sample_ids": self.probe.query_ids, "probe_query_class_ids": self.probe.query_classes,
+        }
+
+    def _bill(self, forwards: int, seconds: float) -> None:
+        self._pending_cost[0] += forwards
+        self._pending_cost[1] += seconds
+
+    # -- during training ----------------------------------------------------------------
+
+    def anytime(self, *, session: int, step: int, model, images, gallery) -> None:
+        """R@1 of the model in training as if it were deployed now: stored gallery plus this session's items by it."""
+        clock = time.perf_counter()
+        s = self.stream[session]
+        training = model.training
+        queries = embed(model, images, s.query_ids, batch_size=self.batch_size, amp=self.amp)
+        fresh = embed(model, images, s.gallery_ids, batch_size=self.batch_size, amp=self.amp)
+        model.train(training)
+        fresh_index = faiss.IndexFlatIP(fresh.shape[1])
+        fresh_index.add(fresh)
+        score, nearest = fresh_index.search(queries, 1)
+        nearest_class = np.where(nearest[:, 0] >= 0, self.labels[s.gallery_ids][nearest[:, 0]], -1)
+        if len(gallery):
+            stored_score, stored_item = gallery.search(queries, 1)
+            better = stored_score[:, 0] >= score[:, 0]
+            nearest_class = np.where(better, gallery.class_of(stored_item[:, 0]), nearest_class)
+        query_classes = self.labels[s.query_ids]
+        correct = recall_at_k(nearest_class[:, None], query_classes, 1)
+        subsets = {k: v for k, v in self._subsets(session, query_classes).items() if not k.startswith("home:")}
+        for row in aggregate({"recall@1": correct}, subsets):
+            self._pending.append({**row, "session": session, "query_generation": session, "gallery_view": f"anytime:{step}"})
+        self.anytime_values.append(float(correct.mean()))
+        self._bill(len(s.query_ids) + len(s.gallery_ids), time.perf_counter() - clock)
+
+    # -- after a session ----------------------------------------------------------------
+
+    def _subsets(self, session: int, query_classes: np.ndarray) -> dict[str, np.ndarray]:
+        home = self.stream.home_of(query_classes)
+        subsets = {"old": home < session, "new": home == session, "all": np.ones(len(query_classes), dtype=bool)}
+        for g in np.unique(home[home <= session]):
+            subsets[f"home:{int(g)}"] = home == g
+        return subsets
+
+    def evaluate(self, *, session: int, model, images, gallery, generation: int) -> Evaluated:
+        clock = time.perf_counter()
+        query_ids = self.stream[session].query_ids
+        vectors = embed(model, images, query_ids, batch_size=self.batch_size, amp=self.amp)
+        query_classes = self.labels[query_ids].astype(np.int64)
+        subsets = self._subsets(session, query_classes)
+        mixed = dict(session=session, query_generation=generation, gallery_view="mixed")
+        rows: list[dict] = []
+        if len(query_ids) and len(gallery):
+            per_query = score_queries(vectors, query_classes, gallery, recall_at=self.spec.recall_at, map_at_r=self.spec.map_at_r)
+            main = {name: mask for name, mask in subsets.items() if not name.startswith("home:")}
+            rows += [{**r, **mixed} for r in aggregate(per_query, main)]
+            rows += [{**r, **mixed} for r in self._history_rows(session, per_query, subsets)]
+            rows += [{**r, **mixed} for r in self._flip_rows(query_ids, per_query["recall@1"], subsets)]
+        if self.probe is not None and self._new_probe is not None:
+            rows += self.probe.rows(session=session, generation=generation)
+        if self._pending:
+            rows += self._pending
+            rows.append({**mixed, "gallery_view": "anytime", "subset": "all", "metric": "a_auc",
+                         "value": area_under_curve(self.anytime_values), "n_queries": len(query_ids)})
+        arrays = {}
+        if self.keep_arrays:
+            items = np.arange(len(gallery), dtype=np.int64)
+            arrays = {
+                "query_vectors": vectors, "query_sample_ids": np.asarray(query_ids, np.int64), "query_class_ids": query_classes,
+                "gallery_vectors": gallery.vectors(items) if len(items) else np.empty((0, vectors.shape[1]), np.float32),
+                "gallery_item_ids": items, "gallery_class_ids": gallery.class_of(items),
+            }
+        forwards, seconds = self._pending_cost
+        out = Evaluated(rows=rows, backbone_forwards=len(query_ids) + forwards, seconds=time.perf_counter() - clock + seconds,
+                        arrays=arrays, probe_arrays=self._new_probe)
+        self._pending, self._pending_cost, self._new_probe = [], [0, 0.0], None
+        return out
+
+    def _history_rows(self, session: int, per_query: dict[str, np.ndarray], subsets: dict[str, np.ndarray]) -> list[dict]:
+        """AR@K over the sessions so far, and R@1 and forgetting per class group (home session)."""
+        rows = []
+        n_all = int(subsets["all"].sum())
+        for name, values in per_query.items():
+            if name.startswith("recall@"):
+                k = int(name.split("@")[1])
+                self.recall_history.setdefault(k, []).append(float(values.mean()))
+                rows.append({"subset": "all", "metric": f"ar@{k}", "value": mean_over_sessions(self.recall_history[k]), "n_queries": n_all})
+        old_forgetting = []
+        for name, mask in subsets.items():
+            if not name.startswith("home:"):
+                continue
+            group = int(name.split(":")[1])
+            current = float(per_query["recall@1"][mask].mean())
+            rows.append({"subset": name, "metric": "recall@1", "value": current, "n_queries": int(mask.sum())})
+            earlier = self.group_history.setdefault(group, [])
+            if group < session and earlier:
+                value = forgetting(earlier, current)
+                old_forgetting.append(value)
+                rows.append({"subset": name, "metric": "forgetting", "value": value, "n_queries": int(mask.sum())})
+            earlier.append(current)
+        if old_forgetting:
+            rows.append({"subset": "old", "metric": "forgetting", "value": float(np.mean(old_forgetting)), "n_queries": int(subsets["old"].sum())})
+        return rows
+
+    def _flip_rows(self, query_ids: np.ndarray, correct: np.ndarray, subsets: dict[str, np.ndarray]) -> list[dict]:
+        """Negative flip rate against the previous session, over the queries asked in both."""
+        previous = self.previous_answers
+        self.previous_answers = (np.asarray(query_ids, np.int64), correct.astype(bool))
+        if previous is None:
+            return []
+        before_ids, before_correct = previous
+        asked_before = np.isin(query_ids, before_ids)
+        lookup = dict(zip(before_ids.tolist(), before_correct.tolist()))
+        was_correct = np.array([lookup.get(int(q), False) for q in query_ids], dtype=bool)
+        flips = negative_flips(was_correct, correct)
+        rows = []
+        for name in ("old", "new", "all"):
+            mask = subsets[name] & asked_before
+            if mask.any():
+                rows.append({"subset": name, "metric": "negative_flip", "value": float(flips[mask].mean()), "n_queries": int(mask.sum())})
+        return rows
+
+    # -- resume ---------------------------------------------------------------------------
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays, JSON-able values) that let a resumed run measure exactly what the uninterrupted one would."""
+        arrays = self.probe.state() if self.probe is not None else {}
+        if self.previous_answers is not None:
+            arrays["previous_query_ids"], arrays["previous_correct"] = self.previous_answers
+        values = {"group_history": {str(g): v for g, v in self.group_history.items()},
+                  "recall_history": {str(k): v for k, v in self.recall_history.items()},
+                  "anytime_values": self.anytime_values}
+        return arrays, values
+
+    def restore(self, arrays: dict[str, np.ndarray], values: dict) -> None:
+        if self.probe is not None:
+            self.probe.restore(arrays)
+        if "previous_query_ids" in arrays:
+            self.previous_answers = (arrays["previous_query_ids"].astype(np.int64), arrays["previous_correct"].astype(bool))
+        self.group_history = {int(g): list(v) for g, v in values["group_history"].items()}
+        self.recall_history = {int(k): list(v) for k, v in values["recall_history"].items()}
+        self.anytime_values = list(values["anytime_values"])
+
+
+class AnytimeHook(Hook):
+    """Evaluates the model in training every `every` steps (evaluation.every_steps)."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.session = 0
+
+    def before_event(self, sim, event) -> None:
+        self.session = event.session
+
+    def on_train_step(self, sim, step: int, total: int, terms) -> None:
+        if step % self.every == 0:
+            sim.evaluator.anytime(session=self.session, step=step, model=sim.model, images=sim.images, gallery=sim.gallery)

@@ -53,6 +53,12 @@ class Recorder(Hook):
         if event.kind == "session_end":
             self.committed = {name: len(rows) for name, rows in self.rows.items()}
 
+    def restore(self, rows: dict[str, list[dict]]) -> None:
+        """Continue a resumed run after the rows of its completed sessions."""
+        self.rows = {name: list(rows.get(name, [])) for name in self.rows}
+        self.committed = {name: len(r) for name, r in self.rows.items()}
+        self._event_index = len(self.rows["events"])
+
     def table(self, name: str, *, committed_only: bool = True) -> pd.DataFrame:
         columns = {"metrics": METRIC_COLUMNS, "costs": COST_COLUMNS, "events": EVENT_COLUMNS}[name]
         rows = self.rows[name][: self.committed[name]] if committed_only else self.rows[name]

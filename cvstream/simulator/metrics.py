@@ -1,7 +1,9 @@
 """Retrieval metrics as pure functions of arrays (SPEC section 6).
 
 `neighbor_classes[i]` holds the class of query i's nearest gallery items, best first
-(-1 where the gallery had fewer items than asked for).
+(-1 where the gallery had fewer items than asked for). A compatibility matrix `C` is a
+(G, G) array, `C[i, j]` the R@1 of generation-i queries against a gallery embedded by
+generation j, NaN where `i < j` or not measured.
 """
 
 from __future__ import annotations
@@ -40,3 +42,41 @@ def negative_flips(previous_correct: np.ndarray, current_correct: np.ndarray) ->
 def mean_over_sessions(values_by_session: list[float]) -> float:
     """AR@K: the mean over sessions of each session's R@K on all seen queries."""
     return float(np.mean(values_by_session)) if len(values_by_session) else float("nan")
+
+
+def forgetting(earlier: list[float] | np.ndarray, current: float) -> float:
+    """Best earlier value of a class group minus its current value; NaN without an earlier value."""
+    earlier = np.asarray(earlier, dtype=np.float64)
+    earlier = earlier[~np.isnan(earlier)]
+    return float(earlier.max() - current) if len(earlier) else float("nan")
+
+
+def bct_criterion(matrix: np.ndarray, new: int, old: int) -> float:
+    """1.0 if new queries against the old gallery beat old against old (BCT's empirical criterion)."""
+    return float(matrix[new, old] > matrix[old, old])
+
+
+def compatibility_scores(matrix: np.ndarray) -> dict[str, float]:
+    """AC (share of pairs i > j with C[i][j] >= C[j][j]), BC (mean over i < last of C[last][i] - C[i][i])
+    and FC (mean over i >= 1 of C[i][i-1] - C[i][i]); NaN with a single generation."""
+    g = len(matrix)
+    if g < 2:
+        return {"ac": float("nan"), "bc": float("nan"), "fc": float("nan")}
+    diag = np.diag(matrix)
+    pairs = [(i, j) for i in range(g) for j in range(i)]
+    ac = np.mean([matrix[i, j] >= diag[j] for i, j in pairs])
+    bc = np.mean([matrix[g - 1, i] - diag[i] for i in range(g - 1)])
+    fc = np.mean([matrix[i, i - 1] - diag[i] for i in range(1, g)])
+    return {"ac": float(ac), "bc": float(bc), "fc": float(fc)}
+
+
+def update_gain(*, new_old: float, old_old: float, paragon: float) -> float:
+    """BCT's update gain: (M(new, old) - M(old, old)) / (M(new*, new*) - M(old, old)); NaN if the paragon gains nothing."""
+    denominator = paragon - old_old
+    return float((new_old - old_old) / denominator) if denominator != 0 else float("nan")
+
+
+def area_under_curve(values: list[float] | np.ndarray) -> float:
+    """A_auc (i-Blurry): the normalised area under accuracy against samples seen, for equally spaced points."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()) if len(values) else float("nan")

@@ -57,6 +57,30 @@ def new_run_dir(scenario, out_dir: str | Path | None) -> tuple[Path, str]:
     return path, run_id
 
 
+def read_info(path: str | Path) -> dict:
+    """run.json of a run folder; a folder that is not a run, or one of another format, is a user error."""
+    path = Path(path)
+    info_path = path / "run.json"
+    if not info_path.is_file():
+        raise UserError(f"{path} is not a cvstream run folder (no run.json)")
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{info_path} cannot be read: {exc}") from None
+    if not isinstance(info, dict) or info.get("format_version") != FORMAT_VERSION:
+        version = info.get("format_version") if isinstance(info, dict) else None
+        raise UserError(f"{path} was written by an incompatible cvstream (format {version}, expected {FORMAT_VERSION})")
+    return info
+
+
+def resumable_run(path: str | Path) -> dict:
+    """run.json of a run that `--resume` can continue; a finished run is a user error."""
+    info = read_info(path)
+    if info.get("status") == "completed":
+        raise UserError(f"{path}: the run is finished ({info.get('sessions')} sessions completed); nothing to resume")
+    return info
+
+
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in ("cvstream", "torch", "torchvision", "faiss-cpu", "faiss-gpu-cu12", "numpy", "pandas", "pyarrow"):
@@ -98,15 +122,7 @@ def run_info(sim, *, status: str) -> dict:
 def load_run(path: str | Path) -> RunResult:
     """Read a run folder written by `cvstream run` back into a `RunResult`."""
     path = Path(path)
-    info_path = path / "run.json"
-    if not info_path.is_file():
-        raise UserError(f"{path} is not a cvstream run folder (no run.json)")
-    try:
-        info = json.loads(info_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{info_path} cannot be read: {exc}") from None
-    if info.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{path} was written by an incompatible cvstream (format {info.get('format_version')}, expected {FORMAT_VERSION})")
+    info = read_info(path)
 
     def table(name: str) -> pd.DataFrame:
         file = path / f"{name}.parquet"

@@ -1,0 +1,185 @@
+"""Resume: the state of a run at the end of each completed session, saved atomically.
+
+`checkpoint/session-<t>/` holds the models and torch generators (`state.pt`, read back
+with `weights_only=True`), the gallery, replay buffer and evaluation state as arrays
+(`arrays.npz`) and plain values (`state.json`); `checkpoint/latest.json`, written last,
+names the newest complete one. Table rows are not copied: the run's Parquet files are
+append-only, so a resumed run keeps their first rows up to the counts saved here.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import torch
+
+from cvstream.errors import UserError
+from cvstream.simulator.outputs import atomic_write_bytes, write_json
+
+CHECKPOINT_VERSION = 1
+SCALARS = ("generation", "_next_generation")  # engine attributes that carry over between sessions
+STRUCTURES = ("gallery", "replay")  # engine objects saved attribute by attribute
+
+
+# -- objects as arrays and plain values (a small, closed alternative to pickle) -------------
+
+
+def pack(obj, prefix: str, arrays: dict[str, np.ndarray]) -> dict:
+    """Describe `obj`'s attributes as JSON values; arrays and Faiss indexes go into `arrays`."""
+    fields = {}
+    for name, value in vars(obj).items():
+        key = f"{prefix}.{name}"
+        if isinstance(value, np.ndarray):
+            arrays[key] = value
+            fields[name] = {"array": key}
+        elif isinstance(value, faiss.Index):
+            arrays[key] = faiss.serialize_index(value)
+            fields[name] = {"faiss": key}
+        elif isinstance(value, dict) and all(isinstance(v, np.ndarray) for v in value.values()):
+            for k, v in value.items():
+                arrays[f"{key}[{k}]"] = v
+            fields[name] = {"arrays": {json.dumps(k): f"{key}[{k}]" for k in value}}
+        elif value is None or isinstance(value, (bool, int, float, str, np.integer, np.floating)):
+            fields[name] = {"value": value.item() if isinstance(value, np.generic) else value}
+        elif type(value).__module__.startswith("cvstream.") and hasattr(value, "__dict__"):
+            fields[name] = {"object": pack(value, key, arrays)}
+        else:
+            raise TypeError(f"cannot checkpoint {type(obj).__name__}.{name} of type {type(value).__name__}")
+    return {"class": f"{type(obj).__module__}:{type(obj).__qualname__}", "fields": fields}
+
+
+def unpack(spec: dict, arrays) -> object:
+    module, _, qualname = spec["class"].partition(":")
+    cls = getattr(importlib.import_module(module), qualname)
+    obj = cls.__new__(cls)
+    for name, field in spec["fields"].items():
+        if "array" in field:
+            value = np.array(arrays[field["array"]])
+        elif "faiss" in field:
+            value = faiss.deserialize_index(np.array(arrays[field["faiss"]]))
+        elif "arrays" in field:
+            value = {json.loads(k): np.array(arrays[v]) for k, v in field["arrays"].items()}
+        elif "object" in field:
+            value = unpack(field["object"], arrays)
+        else:
+            value = field["value"]
+        setattr(obj, name, value)
+    return obj
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """`load_state_dict`, after resizing what grew during the run (classifier rows, class ids)."""
+    current = model.state_dict()
+    for name, value in state.items():
+        if name in current and current[name].shape != value.shape:
+            owner_name, _, attr = name.rpartition(".")
+            owner = model.get_submodule(owner_name) if owner_name else model
+            blank = torch.empty_like(value, device=current[name].device)
+            setattr(owner, attr, torch.nn.Parameter(blank) if isinstance(getattr(owner, attr), torch.nn.Parameter) else blank)
+    model.load_state_dict(state)
+
+
+# -- save and restore ----------------------------------------------------------------------
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoint"
+
+
+def save(sim, session: int) -> None:
+    """Save everything a resumed run needs to continue after `session`, then point latest.json at it."""
+    root = checkpoint_dir(sim.run_dir)
+    folder = root / f"session-{session}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    tensors, arrays, values = {}, {}, {"version": CHECKPOINT_VERSION, "session": session, "numpy_generators": {}}
+    for name, value in vars(sim).items():
+        if isinstance(value, torch.nn.Module):
+            tensors[f"module:{name}"] = {k: v.detach().cpu() for k, v in value.state_dict().items()}
+        elif isinstance(value, torch.Generator):
+            tensors[f"generator:{name}"] = value.get_state()
+        elif isinstance(value, np.random.Generator):
+            values["numpy_generators"][name] = value.bit_generator.state
+    values["scalars"] = {name: getattr(sim, name) for name in SCALARS if hasattr(sim, name)}
+    values["structures"] = {name: pack(getattr(sim, name), name, arrays) for name in STRUCTURES}
+    evaluation_arrays, values["evaluator"] = sim.evaluator.state()
+    arrays.update({f"evaluator.{k}": v for k, v in evaluation_arrays.items()})
+    values["rows"] = dict(sim.recorder.committed)
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
+    atomic_write_bytes(folder / "state.pt", buffer.getvalue())
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(folder / "arrays.npz", buffer.getvalue())
+    write_json(folder / "state.json", values)
+    write_json(root / "latest.json", {"version": CHECKPOINT_VERSION, "session": session, "folder": folder.name})
+    for old in root.glob("session-*"):
+        if old != folder:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def latest(run_dir: Path) -> dict | None:
+    path = checkpoint_dir(run_dir) / "latest.json"
+    if not path.is_file():
+        return None
+    pointer = json.loads(path.read_text())
+    if pointer.get("version") != CHECKPOINT_VERSION:
+        raise UserError(f"{run_dir}: its checkpoint was written by an incompatible cvstream (version {pointer.get('version')})")
+    return pointer
+
+
+def restore(sim) -> int:
+    """Bring a freshly set-up simulator to the end of the last saved session; returns the next session."""
+    pointer = latest(sim.run_dir)
+    if pointer is None:
+        sim.recorder.restore(_tables(sim.run_dir, {"metrics": 0, "costs": 0, "events": 0}))
+        return 0
+    folder = checkpoint_dir(sim.run_dir) / pointer["folder"]
+    values = json.loads((folder / "state.json").read_text())
+    tensors = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
+    with np.load(folder / "arrays.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    load_model_state(sim.model, tensors["module:model"])
+    for key, state in tensors.items():
+        kind, _, name = key.partition(":")
+        if kind == "generator":
+            getattr(sim, name).set_state(state)
+        elif kind == "module" and name != "model":
+            module = getattr(sim, name, None)
+            if module is not None:
+                load_model_state(module, state)
+                continue
+            module = copy.deepcopy(sim.model)  # a frozen copy of the model, as the previous generation is
+            load_model_state(module, state)
+            setattr(sim, name, module.eval().requires_grad_(False))
+    for name, state in values["numpy_generators"].items():
+        getattr(sim, name).bit_generator.state = state
+    for name, value in values["scalars"].items():
+        setattr(sim, name, value)
+    for name, spec in values["structures"].items():
+        setattr(sim, name, unpack(spec, arrays))
+    prefix = "evaluator."
+    sim.evaluator.restore({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}, values["evaluator"])
+    sim.recorder.restore(_tables(sim.run_dir, values["rows"]))
+    return int(values["session"]) + 1
+
+
+def _tables(run_dir: Path, counts: dict[str, int]) -> dict[str, list[dict]]:
+    """The first `counts[name]` rows of each table: the rows of the sessions the checkpoint covers."""
+    out = {}
+    for name, count in counts.items():
+        file = Path(run_dir) / f"{name}.parquet"
+        frame = pd.read_parquet(file) if file.is_file() else pd.DataFrame()
+        if len(frame) < count:
+            raise UserError(f"{file} holds {len(frame)} rows, its checkpoint expects at least {count}: the run cannot be resumed")
+        out[name] = frame.iloc[:count].to_dict("records")
+    return out

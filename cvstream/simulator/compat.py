@@ -1,0 +1,97 @@
+"""Compatibility across generations: a fixed probe set embedded by every generation.
+
+The engine holds only the current and the previous model, so the probe's gallery
+vectors of every generation are kept instead (probe items x dim x generations, small).
+`C[i][j]` is the R@1 of generation-i probe queries against the probe gallery as
+generation j embedded it; probe gallery and probe queries never change during a run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cvstream.sessions.rng import numpy_rng
+from cvstream.simulator.metrics import bct_criterion, compatibility_scores, recall_at_k
+
+
+def sample_probe(stream, *, items: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(probe gallery sample ids, probe query sample ids): up to `items` of each, drawn once from the whole stream."""
+    rng = numpy_rng(seed, "probe")
+    gallery = np.unique(np.concatenate([s.gallery_ids for s in stream] or [np.empty(0, np.int64)]))
+    queries = np.unique(np.concatenate([s.query_ids for s in stream] or [np.empty(0, np.int64)]))
+    pick = lambda ids: np.sort(rng.permutation(ids)[: min(items, len(ids))]).astype(np.int64)  # noqa: E731
+    return pick(gallery), pick(queries)
+
+
+def nearest_class(query_vectors: np.ndarray, gallery_vectors: np.ndarray, gallery_classes: np.ndarray) -> np.ndarray:
+    """Class of each query's nearest gallery vector by inner product (exact; ties go to the lower index)."""
+    scores = query_vectors.astype(np.float32) @ gallery_vectors.astype(np.float32).T
+    return gallery_classes[np.argmax(scores, axis=1)]
+
+
+class ProbeSet:
+    """The probe set of one run and the probe gallery vectors of every generation so far."""
+
+    def __init__(self, *, gallery_ids: np.ndarray, query_ids: np.ndarray, labels: np.ndarray):
+        self.gallery_ids = gallery_ids
+        self.query_ids = query_ids
+        self.gallery_classes = labels[gallery_ids].astype(np.int64)
+        self.query_classes = labels[query_ids].astype(np.int64)
+        self.gallery_vectors: dict[int, np.ndarray] = {}  # generation -> probe gallery as it embedded it
+        self.matrix: dict[tuple[int, int], float] = {}  # (query generation, gallery generation) -> R@1
+
+    def __len__(self) -> int:
+        return len(self.gallery_ids)
+
+    @property
+    def generations(self) -> list[int]:
+        return sorted(self.gallery_vectors)
+
+    def add_generation(self, generation: int, *, gallery_vectors: np.ndarray, query_vectors: np.ndarray) -> dict[int, float]:
+        """Store a new generation's probe gallery and fill its row `C[generation][j]` for every j so far."""
+        self.gallery_vectors[generation] = np.ascontiguousarray(gallery_vectors, dtype=np.float32)
+        row = {}
+        for j in self.generations:
+            nearest = nearest_class(query_vectors, self.gallery_vectors[j], self.gallery_classes)
+            row[j] = float(recall_at_k(nearest[:, None], self.query_classes, 1).mean())
+            self.matrix[(generation, j)] = row[j]
+        return row
+
+    def dense(self) -> tuple[list[int], np.ndarray]:
+        """(generations, C) with C[a, b] for the a-th and b-th generation, NaN where not measured."""
+        gens = self.generations
+        out = np.full((len(gens), len(gens)), np.nan)
+        for a, i in enumerate(gens):
+            for b, j in enumerate(gens):
+                out[a, b] = self.matrix.get((i, j), np.nan)
+        return gens, out
+
+    def rows(self, *, session: int, generation: int) -> list[dict]:
+        """Metric rows of a newly deployed generation: its C row, the BCT criterion, and AC / BC / FC so far."""
+        n = len(self.query_ids)
+        base = {"session": session, "query_generation": generation, "subset": "all", "n_queries": n}
+        out = [
+            {**base, "gallery_view": f"gen:{j}", "metric": "recall@1", "value": self.matrix[(generation, j)]}
+            for j in self.generations if (generation, j) in self.matrix
+        ]
+        gens, dense = self.dense()
+        if len(gens) >= 2 and gens[-1] == generation:
+            out.append({**base, "gallery_view": f"gen:{gens[-2]}", "metric": "bct_criterion",
+                        "value": bct_criterion(dense, len(gens) - 1, len(gens) - 2)})
+            for name, value in compatibility_scores(dense).items():
+                out.append({**base, "gallery_view": "probe", "metric": name, "value": value})
+        return out
+
+    def state(self) -> dict[str, np.ndarray]:
+        gens = self.generations
+        keys = sorted(self.matrix)
+        return {
+            "probe_generations": np.asarray(gens, dtype=np.int64),
+            "probe_vectors": np.stack([self.gallery_vectors[g] for g in gens]) if gens else np.empty((0, len(self), 0), np.float32),
+            "probe_matrix_keys": np.asarray(keys, dtype=np.int64).reshape(-1, 2),
+            "probe_matrix_values": np.asarray([self.matrix[k] for k in keys], dtype=np.float64),
+        }
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        self.gallery_vectors = {int(g): v for g, v in zip(state["probe_generations"], state["probe_vectors"])}
+        self.matrix = {(int(i), int(j)): float(v) for (i, j), v in zip(state["probe_matrix_keys"], state["probe_matrix_values"])}

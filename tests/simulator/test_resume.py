@@ -1,0 +1,107 @@
+"""Resume: a run killed with SIGKILL mid-session continues and writes what the uninterrupted run writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from cvstream import cli
+from cvstream.simulator import Hook, Simulator
+from cvstream.simulator.checkpoint import latest
+from conftest import REPO, tiny_dict
+
+SCENARIO = tiny_dict(evaluation={"probe_items": 30, "every_steps": 3})
+
+KILLER = """
+import os, signal, sys
+from cvstream.scenario import Scenario
+from cvstream.simulator import Hook, Simulator
+
+class KillMidSession(Hook):
+    def on_train_step(self, sim, step, total, terms):
+        if sim.generation == 0 and step == 2:  # session 1, in the middle of training
+            os.kill(os.getpid(), signal.SIGKILL)
+
+Simulator(Scenario.from_dict({scenario!r}), out_dir=sys.argv[1], hooks=[KillMidSession()]).run()
+"""
+
+
+def _frames(run_dir):
+    return {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in ("metrics", "costs", "events", "gallery")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    from cvstream.scenario import Scenario
+
+    out = tmp_path_factory.mktemp("resume") / "whole"
+    Simulator(Scenario.from_dict(SCENARIO), out_dir=out).run()
+    return out
+
+
+def test_sigkill_mid_session_then_resume_gives_the_same_tables(uninterrupted, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", KILLER.format(scenario=SCENARIO), str(out)], env=env, capture_output=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "running" and info["completed_sessions"] == 1
+    assert latest(out)["session"] == 0
+
+    assert cli.main(["run", "--resume", str(out), "--no-progress"]) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "completed" and info["completed_sessions"] == 3
+    whole, resumed = _frames(uninterrupted), _frames(out)
+    metrics_a, metrics_b = whole["metrics"].drop(columns="run_id"), resumed["metrics"].drop(columns="run_id")
+    assert len(metrics_a) == len(metrics_b) and not metrics_b.duplicated(["session", "gallery_view", "subset", "metric"]).any()
+    pd.testing.assert_frame_equal(metrics_a, metrics_b)  # same rows, same values, same order
+    pd.testing.assert_frame_equal(whole["gallery"], resumed["gallery"])
+    key = ["session", "phase", "backbone_forwards", "transform_forwards", "items"]
+    pd.testing.assert_frame_equal(whole["costs"][key], resumed["costs"][key])
+    assert resumed["events"].event_index.tolist() == list(range(len(whole["events"])))
+    assert (resumed["events"].kind == whole["events"].kind).all()
+
+
+def test_resume_of_a_finished_run_says_so(uninterrupted, capsys):
+    assert cli.main(["run", "--resume", str(uninterrupted), "--no-progress"]) == 2
+    assert "finished" in capsys.readouterr().err
+
+
+def test_resume_needs_a_run_folder(tmp_path, capsys):
+    assert cli.main(["run", "--resume", str(tmp_path), "--no-progress"]) == 2
+    assert "not a cvstream run folder" in capsys.readouterr().err
+
+
+class _Interrupt(Hook):
+    def before_event(self, sim, event):
+        if event.session == 1 and event.kind == "evaluate":
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_keeps_completed_sessions_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    scenario_file = tmp_path / "tiny.yaml"
+    scenario_file.write_text(yaml.safe_dump(tiny_dict(evaluation={"probe_items": 20})))
+    original = Simulator.__init__
+
+    def with_interrupt(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.hooks.append(_Interrupt())
+
+    monkeypatch.setattr(Simulator, "__init__", with_interrupt)
+    out = tmp_path / "run"
+    assert cli.main(["run", str(scenario_file), "--out", str(out), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert f"cvstream run --resume {out}" in err
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["completed_sessions"] == 1
+    assert set(pd.read_parquet(out / "metrics.parquet").session) == {0}
+    monkeypatch.setattr(Simulator, "__init__", original)
+    assert cli.main(["run", "--resume", str(out), "--no-progress"]) == 0
+    assert set(pd.read_parquet(out / "metrics.parquet").session) == {0, 1, 2}
