@@ -209,7 +209,8 @@ def _report(args, console: Console) -> int:
         from cvstream.simulator.run import load_run
 
         for path in args.runs:
-            projection = project_costs(load_run(path).costs, args.project_gallery, args.seconds_per_forward)
+            run = load_run(path)
+            projection = project_costs(run.costs, args.project_gallery, args.seconds_per_forward, events=run.events)
             console.print(projection_table(projection, title=f"update costs projected to {args.project_gallery:,} items: {path}"))
     return 0
 

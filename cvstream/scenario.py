@@ -100,7 +100,7 @@ class BackfillSpec(_Section):
     hidden: int = Field(256, ge=1, le=65_536, description="transform: hidden width of the MLP psi")
     epochs: int = Field(30, ge=1, le=10_000, description="transform: epochs of psi training")
     lr: float = Field(1e-3, gt=0, le=10, description="transform: Adam learning rate of psi")
-    train_items: int = Field(1000, ge=4, description="transform: items embedded by both generations to learn psi (replay buffer first)")
+    train_items: int = Field(256, ge=4, description="transform: stale items embedded by both generations to learn psi (replay buffer first)")
     curve_session: int | None = Field(None, ge=0, description="session at which to measure the backfill curve (None: none)")
     curve_order: BackfillOrder = Field("random", description="order of the backfill curve")
     curve_steps: int = Field(10, ge=1, le=100, description="backfill curve: fractions 0, 1/steps, ..., 1")

@@ -93,7 +93,7 @@ def summarize(result, variant: Variant, *, gallery_items: int, seconds_per_forwa
         return float(series.get(last, np.nan))
 
     costs = result.costs
-    projection = project_costs(costs, gallery_items, seconds_per_forward)
+    projection = project_costs(costs, gallery_items, seconds_per_forward, events=result.events)
     return {
         "variant": variant.name, "policy": variant.policy, "budget": None if variant.budget is None else float(variant.budget),
         "order": variant.order if variant.budget is not None else None,

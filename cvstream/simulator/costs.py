@@ -8,6 +8,8 @@ same under every policy and is left out.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -24,11 +26,26 @@ def measured_seconds_per_forward(costs: pd.DataFrame) -> float:
     return float(inference.seconds.sum() / forwards) if forwards else float("nan")
 
 
+def _transform_apply_seconds(events: pd.DataFrame | None, sessions: np.ndarray) -> np.ndarray | None:
+    """Per session, the seconds psi spent mapping stale items (from the transform events), if recorded."""
+    if events is None or not len(events):
+        return None
+    rows = events[events.kind == "transform"]
+    seconds = pd.Series([json.loads(d).get("apply_seconds", np.nan) for d in rows.detail], index=rows.session.to_numpy(), dtype=float)
+    if seconds.isna().any():
+        return None
+    return seconds.groupby(level=0).sum().reindex(sessions, fill_value=0.0).to_numpy(dtype=np.float64)
+
+
 def project_costs(
     costs: pd.DataFrame, gallery_items: int, seconds_per_forward: float | None = None, *,
-    transform_seconds_per_forward: float | None = None,
+    transform_seconds_per_forward: float | None = None, events: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """One row per session: accelerator-hours of that update's backfill and transform for `gallery_items` items."""
+    """One row per session: accelerator-hours of that update's backfill and transform for `gallery_items` items.
+
+    With the run's `events`, psi's cost splits into a fixed part (learning psi) and the measured mapping
+    time, scaled with the gallery; without them every psi forward is billed at the phase's mean rate.
+    """
     if gallery_items < 0:
         raise ValueError("gallery_items must be >= 0")
     spf = measured_seconds_per_forward(costs) if seconds_per_forward is None else float(seconds_per_forward)
@@ -43,15 +60,24 @@ def project_costs(
     pairs = per_session("transform", "backbone_forwards")
     mapped = per_session("transform", "items")
     psi_forwards = per_session("transform", "transform_forwards")
-    if transform_seconds_per_forward is None:
-        psi_seconds = np.clip(per_session("transform", "seconds") - pairs * spf, 0, None)
-        total = psi_forwards.sum()
-        transform_seconds_per_forward = float(psi_seconds.sum() / total) if total else 0.0
+    phase_seconds = per_session("transform", "seconds")
+    applying = _transform_apply_seconds(events, sessions)
     with np.errstate(invalid="ignore", divide="ignore"):
         backfill_fraction = np.where(size > 0, backfilled / size, 0.0)
         mapped_fraction = np.where(size > 0, mapped / size, 0.0)
-    backfill_hours = (backfill_fraction * gallery_items + pairs) * spf / 3600
-    transform_hours = ((psi_forwards - mapped) + mapped_fraction * gallery_items) * transform_seconds_per_forward / 3600
+    if transform_seconds_per_forward is None and applying is not None:
+        # Fixed: embedding the pairs and learning psi. Scaled: mapping the stale share of the gallery.
+        transform_seconds_per_forward = float(applying.sum() / mapped.sum()) if mapped.sum() else 0.0
+        fixed_seconds = np.clip(phase_seconds - applying, 0, None)
+        transform_hours = (fixed_seconds + mapped_fraction * gallery_items * transform_seconds_per_forward) / 3600
+        backfill_hours = backfill_fraction * gallery_items * spf / 3600
+    else:
+        if transform_seconds_per_forward is None:
+            psi_seconds = np.clip(phase_seconds - pairs * spf, 0, None)
+            total = psi_forwards.sum()
+            transform_seconds_per_forward = float(psi_seconds.sum() / total) if total else 0.0
+        backfill_hours = (backfill_fraction * gallery_items + pairs) * spf / 3600
+        transform_hours = ((psi_forwards - mapped) + mapped_fraction * gallery_items) * transform_seconds_per_forward / 3600
     return pd.DataFrame(
         {
             "session": sessions.astype(np.int64), "gallery_items": size.astype(np.int64), "backfill_fraction": backfill_fraction,

@@ -364,10 +364,14 @@ class Simulator:
         )
         self.gallery.replace(pairs, new, session=t, generation=self.generation)
         rest = np.setdiff1d(stale, pairs)
+        applying = time.perf_counter()
         mapped, variance = fitted.apply(self.gallery.vectors(rest))
         self.gallery.replace(rest, mapped, session=t, transformed=True)
         self._uncertainty = dict(zip(rest.tolist(), variance.tolist()))
-        detail = {"policy": "transform", "pairs": int(len(pairs)), "mapped": int(len(rest)), "psi_seconds": fitted.seconds}
+        detail = {
+            "policy": "transform", "pairs": int(len(pairs)), "mapped": int(len(rest)), "psi_train_seconds": fitted.seconds,
+            "apply_seconds": time.perf_counter() - applying,  # what grows with the gallery; the rest is a fixed cost per update
+        }
         if held.any():
             check, _ = fitted.apply(old[held])
             detail["heldout_error_identity"] = float(((old[held] - new[held]) ** 2).sum(1).mean())

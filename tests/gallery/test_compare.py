@@ -115,3 +115,20 @@ def test_report_projects_a_finished_run(tmp_path, capsys):
     assert exit_status(["report", str(run), "--out", str(tmp_path / "report"), "--project-gallery", "1e9"]) == 0
     printed = capsys.readouterr().out
     assert "projected to 1,000,000,000 items" in printed and "66.7%" in printed  # session 2 re-embedded 120 of 180 items
+
+
+def test_projection_scales_only_the_mapping_part_of_a_transform():
+    costs = pd.DataFrame(
+        [
+            {"session": 0, "phase": "index", "backbone_forwards": 100, "transform_forwards": 0, "items": 100, "seconds": 1.0},
+            {"session": 1, "phase": "index", "backbone_forwards": 100, "transform_forwards": 0, "items": 100, "seconds": 1.0},
+            {"session": 1, "phase": "transform", "backbone_forwards": 20, "transform_forwards": 580, "items": 80, "seconds": 3.0},
+        ]
+    )
+    events = pd.DataFrame({"session": [1], "kind": ["transform"], "detail": ['{"apply_seconds": 0.08, "mapped": 80}']})
+    projection = project_costs(costs, 10**6, events=events).set_index("session")
+    assert projection.loc[1, "mapped_fraction"] == pytest.approx(0.4)
+    assert projection.loc[1, "seconds_per_transform_forward"] == pytest.approx(0.001)
+    # 2.92 s fixed (pairs and psi's training) + 0.4 x 10^6 items x 1 ms.
+    assert projection.loc[1, "transform_hours"] == pytest.approx((2.92 + 400.0) / 3600)
+    assert projection.loc[1, "backfill_hours"] == 0
