@@ -111,6 +111,10 @@ def _validate(args, console: Console) -> int:
     source = open_dataset(scenario, data_root=args.data_root)
     label_set = load_labels(scenario, source)
     stream = build_stream(scenario, label_set, source=scenario.source, data_root=args.data_root)
+    if len(stream):  # can the gallery index hold the first session's items?
+        from cvstream.gallery import Gallery
+
+        Gallery(scenario.model.embedding_dim, scenario.gallery, seed=scenario.seed).require_trainable(len(stream[0].gallery_ids))
     train = sum(len(s.train_ids) for s in stream)
     console.print(
         f"{scenario.source}: valid. {len(stream)} sessions, {len(stream.home_session)} classes, {train} training arrivals, "

@@ -132,3 +132,10 @@ def test_projection_scales_only_the_mapping_part_of_a_transform():
     # 2.92 s fixed (pairs and psi's training) + 0.4 x 10^6 items x 1 ms.
     assert projection.loc[1, "transform_hours"] == pytest.approx((2.92 + 400.0) / 3600)
     assert projection.loc[1, "backfill_hours"] == 0
+
+
+def test_validate_catches_an_index_that_cannot_hold_the_first_session(tmp_path, capsys):
+    path = scenario_file(tmp_path, gallery={"index": "ivf", "nlist": 500})
+    assert exit_status(["validate", path]) == 2
+    assert "nlist = 500" in capsys.readouterr().err
+    assert exit_status(["validate", scenario_file(tmp_path, gallery={"index": "ivf", "nlist": 8})]) == 0
