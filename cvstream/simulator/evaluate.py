@@ -23,11 +23,22 @@ from cvstream.simulator.metrics import (
 )
 
 
+def neighbors_needed(query_classes: np.ndarray, gallery, *, recall_at: list[int], map_at_r: bool) -> int:
+    """How many neighbours the metrics need: the largest K, and the largest R for mAP@R."""
+    relevant = gallery.class_counts(query_classes)
+    return max(max(recall_at), int(relevant.max()) if map_at_r and len(relevant) else 0)
+
+
 def score_queries(vectors: np.ndarray, query_classes: np.ndarray, gallery, *, recall_at: list[int], map_at_r: bool) -> dict[str, np.ndarray]:
     """Per-query values of every metric (`recall@k`, `map@r`) against a gallery."""
-    relevant = gallery.class_counts(query_classes)
-    k = max(max(recall_at), int(relevant.max()) if map_at_r else 0)
+    k = neighbors_needed(query_classes, gallery, recall_at=recall_at, map_at_r=map_at_r)
     _, item_ids = gallery.search(vectors, k)
+    return score_neighbors(item_ids, query_classes, gallery, recall_at=recall_at, map_at_r=map_at_r)
+
+
+def score_neighbors(item_ids: np.ndarray, query_classes: np.ndarray, gallery, *, recall_at: list[int], map_at_r: bool) -> dict[str, np.ndarray]:
+    """Per-query metric values from the item ids a search returned, best first."""
+    relevant = gallery.class_counts(query_classes)
     neighbor_classes = gallery.class_of(item_ids)
     per_query = {f"recall@{k_}": recall_at_k(neighbor_classes, query_classes, k_) for k_ in recall_at}
     if map_at_r:
