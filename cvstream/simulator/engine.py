@@ -100,14 +100,18 @@ class Simulator:
 
     def run(self) -> RunResult:
         self._setup()
-        first = 0
-        if self.resuming:
-            first = checkpoint.restore(self)
-            self.started_at = datetime.fromisoformat(self._resumed_info["started_at"])
         self.status = "running"
         self._lock = RunLock(self.run_dir) if self.run_dir is not None else None
         if self._lock is not None:
             self._lock.acquire()  # before any file is written: one writer per run folder
+        first = 0
+        if self.resuming:  # under the lock: no other process writes the files read here
+            try:
+                first = checkpoint.restore(self)
+            except BaseException:
+                self._lock.release()
+                raise
+            self.started_at = datetime.fromisoformat(self._resumed_info["started_at"])
         try:
             for hook in self.hooks:
                 hook.before_run(self)

@@ -17,11 +17,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two seeds of CVS and one finetune run (the paragon) of the same stream."""
+    """Two seeds of CVS and one finetune run (the paragon, with a backfill curve) of the same stream."""
     root = tmp_path_factory.mktemp("report")
     out = {}
     for name, seed, method in (("cvs-a", 3, "cvs"), ("cvs-b", 4, "cvs"), ("finetune", 3, "finetune")):
-        scenario = tiny_scenario(seed=seed, method={"name": method}, evaluation={"probe_items": 20})
+        curve = {"curve_session": 2, "curve_steps": 2} if method == "finetune" else {}
+        scenario = tiny_scenario(seed=seed, method={"name": method}, evaluation={"probe_items": 20}, backfill=curve)
         Simulator(scenario, out_dir=root / name).run()
         out[name] = root / name
     return out
@@ -45,7 +46,8 @@ def test_report_on_two_runs_writes_plots_and_prints_tables(runs, tmp_path, capsy
 
 def test_report_default_folder_is_next_to_the_data(runs, capsys):
     assert cli.main(["report", str(runs["finetune"])]) == 0
-    _valid_png(runs["finetune"] / "report" / "recall_old_new.png")
+    for name in ("recall_old_new.png", "compatibility.png", "accuracy_vs_forwards.png", "backfill_curve.png"):
+        _valid_png(runs["finetune"] / "report" / name)
 
 
 def test_update_gain_against_a_paragon(runs, tmp_path, capsys):
