@@ -90,7 +90,7 @@ class M2SDParams(MethodParams):
 class M2SD(Method):
     Params = M2SDParams
     # Later sessions: the model is frozen, so "previous" embeddings are the current ones, for the prototype rows.
-    needs = frozenset({"previous_model", "previous_embeddings"})
+    needs = frozenset({"previous_embeddings"})
     extra_forwards = 2  # the MixUp and CutMix inputs
 
     def __init__(self, params: M2SDParams):
