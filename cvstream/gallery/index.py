@@ -199,13 +199,12 @@ class Gallery:
             self._class_count = np.concatenate([self._class_count, np.zeros(top - len(self._class_count), np.int64)])
         if len(class_ids) == 0:
             return
-        # Sum per class by sorting and reduceat: np.add.at on rows is ~50x slower.
-        order = np.argsort(class_ids, kind="stable")
-        ordered = class_ids[order]
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        classes = ordered[starts]
-        self._class_sum[classes] += sign * np.add.reduceat(vectors[order], starts, axis=0)
-        self._class_count[classes] += sign * np.diff(np.r_[starts, len(ordered)])
+        # One bincount over (class, dimension) cells of the classes present: np.add.at on rows is ~50x slower.
+        classes, inverse = np.unique(class_ids, return_inverse=True)
+        cells = (inverse[:, None] * self.dim + np.arange(self.dim)).ravel()
+        sums = np.bincount(cells, weights=vectors.ravel(), minlength=len(classes) * self.dim).reshape(len(classes), self.dim)
+        self._class_sum[classes] += sign * sums
+        self._class_count[classes] += sign * np.bincount(inverse, minlength=len(classes))
 
     def _gpu_search(self, queries: np.ndarray, k: int):
         """Search a GPU copy of the index, made for this call (one transfer of the gallery, no state kept)."""
