@@ -104,3 +104,15 @@ def test_nan_loss_names_term_and_step_and_earlier_sessions_stay_readable(tmp_pat
     assert sorted(run.metrics.session.unique()) == [0]
     assert set(run.gallery.session_added) == {0}
     assert not run.metrics.value.isna().any()
+
+
+@pytest.mark.slow
+def test_cpu_training_is_deterministic_for_a_seed():
+    def run(seed):
+        sim = Simulator(tiny_scenario(seed=seed, stream={"sessions": 2}, method={"name": "cvs"}), write=False)
+        result = sim.run()
+        return result.metrics.value.to_numpy(), sim.gallery.vectors(np.arange(len(sim.gallery)))
+
+    (m1, g1), (m2, g2), (_, g3) = run(3), run(3), run(4)
+    assert np.array_equal(m1, m2, equal_nan=True) and np.array_equal(g1, g2)
+    assert not np.array_equal(g1, g3)
