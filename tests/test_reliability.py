@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -77,6 +78,19 @@ def test_a_full_disk_mid_run_keeps_completed_sessions(tmp_path, monkeypatch, cap
     assert set(run.metrics.session) == {0}
     assert (run.events.session == 0).all()
     assert not (out / "run.lock").exists()
+
+    # the disk has room again: --resume finishes the run with the numbers an uninterrupted run gets
+    monkeypatch.setattr(outputs, "_atomic", real)
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+    resumed = load_run(out)
+    assert resumed.status == "completed"
+    clean = tmp_path / "clean"
+    assert main(["run", str(path), "--out", str(clean), "--no-progress"]) == 0
+    columns = ["session", "query_generation", "gallery_view", "subset", "metric", "n_queries"]
+    got = resumed.metrics.sort_values(columns).reset_index(drop=True)
+    want = load_run(clean).metrics.sort_values(columns).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[columns], want[columns])
+    np.testing.assert_allclose(got.value.to_numpy(), want.value.to_numpy(), rtol=0, atol=1e-6)
 
 
 # -- mutated scenario files: every one ends in exit 2, a key path or a YAML position, no traceback --
