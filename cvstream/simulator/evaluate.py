@@ -163,7 +163,8 @@ class Evaluator:
         mixed = dict(session=session, query_generation=generation, gallery_view="mixed")
         rows: list[dict] = []
         if len(query_ids) and len(gallery):
-            per_query = score_queries(vectors, query_classes, gallery, recall_at=self.spec.recall_at, map_at_r=self.spec.map_at_r)
+            recall_at = sorted(set(self.spec.recall_at) | {1})  # R@1 feeds forgetting and negative flips
+            per_query = score_queries(vectors, query_classes, gallery, recall_at=recall_at, map_at_r=self.spec.map_at_r)
             main = {name: mask for name, mask in subsets.items() if not name.startswith("home:")}
             rows += [{**r, **mixed} for r in aggregate(per_query, main)]
             rows += [{**r, **mixed} for r in self._history_rows(session, per_query, subsets)]

@@ -172,3 +172,10 @@ def test_probe_and_anytime_costs_are_billed_to_evaluation(saved_run):
     assert len(anytime) == sum(s // 2 for s in steps) > 0
     last = metrics[(metrics.metric == "a_auc") & (metrics.session == 2)].value.item()
     assert last == pytest.approx(anytime.value.mean(), abs=1e-9)
+
+
+def test_recall_at_without_one_still_measures_forgetting_and_flips():
+    result = Simulator(tiny_scenario(evaluation={"recall_at": [5], "probe_items": 0, "map_at_r": False}), write=False).run()
+    metrics = result.metrics
+    assert {"recall@5", "recall@1", "forgetting", "negative_flip", "ar@5"} <= set(metrics.metric)
+    assert not metrics.gallery_view.str.startswith("gen:").any()  # probe_items: 0 turns the matrix off
