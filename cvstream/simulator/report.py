@@ -52,7 +52,11 @@ class Report:
 
 
 def load(paths: list[str | Path]) -> list[LoadedRun]:
-    return [LoadedRun(load_run(p), read_info(p)) for p in paths]
+    runs = [LoadedRun(load_run(p), read_info(p)) for p in paths]
+    for path, run in zip(paths, runs):
+        if run.result.metrics.empty or run.result.costs.empty:
+            raise UserError(f"{path}: the run has no completed session yet; nothing to report")
+    return runs
 
 
 def group(runs: list[LoadedRun]) -> list[Group]:

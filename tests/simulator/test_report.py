@@ -85,3 +85,11 @@ def test_report_on_a_run_of_an_incompatible_version(runs, tmp_path, capsys):
     (old / "run.json").write_text(json.dumps({**info, "format_version": 0}))
     assert cli.main(["report", str(old)]) == 2
     assert "incompatible" in capsys.readouterr().err
+
+
+def test_report_on_a_run_without_a_completed_session(runs, tmp_path, capsys):
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "run.json").write_text((runs["cvs-a"] / "run.json").read_text())
+    assert cli.main(["report", str(early)]) == 2
+    assert "no completed session" in capsys.readouterr().err
