@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,8 +271,6 @@ def _runs_frame(rows: dict[int, dict]) -> pd.DataFrame:
 
 
 def _clear(run_dir: Path) -> None:
-    import shutil
-
     if run_dir.exists():
         shutil.rmtree(run_dir)
 
