@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import pandas as pd
 import pytest
 import yaml
@@ -50,11 +53,21 @@ def test_variants_parse_and_bad_ones_are_user_errors():
             parse_variants(bad)
 
 
-def test_compare_runs_the_variants_on_one_stream_and_writes_the_table(tmp_path, capsys):
-    out = tmp_path / "cmp"
-    code = main(["compare", scenario_file(tmp_path, method={"name": "finetune"}), "--backfill", "none,partial:0.5:far-from-mean",
-                 "--out", str(out), "--no-progress", "--project-gallery", "1000000"])
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    out = tmp / "cmp"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["compare", scenario_file(tmp, method={"name": "finetune"}), "--backfill", "none,partial:0.5:far-from-mean",
+                     "--out", str(out), "--no-progress", "--project-gallery", "1000000"])
+    return code, out, printed.getvalue()
+
+
+def test_compare_runs_the_variants_on_one_stream_and_writes_the_table(compared):
+    code, out, printed = compared
     assert code == 0
+    assert "far-from-mean" in printed and "AR@1" in printed
     table = pd.read_parquet(out / "comparison.parquet").set_index("variant")
     assert list(table.index) == ["none", "partial:0.5:far-from-mean"]
     assert table.loc["none", "backfill_forwards"] == 0 and table.loc["none", "projected_hours"] == 0
@@ -67,8 +80,6 @@ def test_compare_runs_the_variants_on_one_stream_and_writes_the_table(tmp_path, 
     assert first["none"].value.tolist() == first["partial"].value.tolist()
     curve = pd.read_parquet(out / "backfill_curve.parquet")
     assert set(curve.session) == {2} and curve.fraction.max() == 1.0
-    printed = capsys.readouterr().out
-    assert "far-from-mean" in printed and "AR@1" in printed
 
 
 @pytest.mark.parametrize("argv", [
@@ -106,15 +117,12 @@ def exit_status(argv: list[str]) -> int:
         return int(exc.code)
 
 
-def test_report_projects_a_finished_run(tmp_path, capsys):
-    from cvstream.simulator import Simulator
-    from conftest import tiny_scenario
-
-    run = tmp_path / "run"
-    Simulator(tiny_scenario(method={"name": "finetune"}, backfill={"policy": "full"}), out_dir=run).run()
+def test_report_projects_a_finished_run(compared, tmp_path, capsys):
+    _, out, _ = compared
+    run = out / "partial-0.5-far-from-mean"
     assert exit_status(["report", str(run), "--out", str(tmp_path / "report"), "--project-gallery", "1e9"]) == 0
     printed = capsys.readouterr().out
-    assert "projected to 1,000,000,000 items" in printed and "66.7%" in printed  # session 2 re-embedded 120 of 180 items
+    assert "projected to 1,000,000,000 items" in printed and "50.0%" in printed  # session 2 re-embedded 90 of 180 items
 
 
 def test_projection_scales_only_the_mapping_part_of_a_transform():
