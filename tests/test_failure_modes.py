@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from types import SimpleNamespace
 
@@ -113,9 +112,55 @@ def test_a_checkpoint_holding_pickled_code_does_not_run_it(tmp_path):
     (folder / "state.json").write_text("{}")
     torch.save({"module:model": Payload()}, folder / "state.pt")
     (folder.parent / "latest.json").write_text(json.dumps({"version": checkpoint.CHECKPOINT_VERSION, "session": 0, "folder": "session-0"}))
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(UserError, match="state.pt: the checkpoint cannot be loaded .*UnpicklingError"):
         checkpoint.restore(SimpleNamespace(run_dir=tmp_path))
     assert not marker.exists()
+
+
+def test_a_checkpoint_may_only_name_cvstream_classes():
+    """A tampered state.json cannot make a resume import an arbitrary module."""
+    for name in ("os:system", "subprocess:Popen", "cvstream.gallery.replay:herding", "cvstream:no_such_thing"):
+        with pytest.raises(UserError, match="refusing to load it|does not exist in this cvstream"):
+            checkpoint.unpack({"class": name, "fields": {}}, {})
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+    """A finished two-session tiny run, marked failed so that --resume would continue it."""
+    from cvstream.simulator import Simulator
+    from conftest import tiny_scenario
+
+    out = tmp_path_factory.mktemp("interrupted")
+    Simulator(tiny_scenario(stream={"sessions": 2}), out_dir=out).run()
+    info = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**info, "status": "failed"}))
+    return out
+
+
+@pytest.mark.parametrize("damaged", ["latest.json", "state.json", "state.pt", "arrays.npz", "metrics.parquet"])
+def test_a_damaged_checkpoint_or_table_stops_resume_with_a_message(interrupted_run, tmp_path, capsys, damaged):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(interrupted_run, run)
+    folder = checkpoint.checkpoint_dir(run)
+    target = {"latest.json": folder / "latest.json", "metrics.parquet": run / "metrics.parquet"}.get(damaged)
+    target = target or next(folder.glob("session-*")) / damaged
+    target.write_bytes(b"\x00garbage{")
+    assert main(["run", "--resume", str(run), "--no-progress"]) == 2
+    err = _err(capsys)
+    assert damaged in err
+    assert not (run / "run.lock").exists()
+
+
+def test_report_on_a_damaged_table_is_a_user_error(interrupted_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(interrupted_run, run)
+    (run / "metrics.parquet").write_bytes(b"not parquet")
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 2
+    assert "metrics.parquet cannot be read as Parquet" in _err(capsys)
 
 
 # -- data sets -----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from cvstream.errors import UserError
-from cvstream.simulator.outputs import atomic_write_bytes, write_json
+from cvstream.simulator.outputs import OutputError, atomic_write_bytes, read_parquet, write_json
 
 CHECKPOINT_VERSION = 1
 SCALARS = ("generation", "_next_generation")  # engine attributes that carry over between sessions
@@ -57,8 +57,13 @@ def pack(obj, prefix: str, arrays: dict[str, np.ndarray]) -> dict:
 
 
 def unpack(spec: dict, arrays) -> object:
-    module, _, qualname = spec["class"].partition(":")
-    cls = getattr(importlib.import_module(module), qualname)
+    module, _, qualname = str(spec["class"]).partition(":")
+    # A checkpoint is data: it may only name cvstream's own classes, never an arbitrary module.
+    if not (module == "cvstream" or module.startswith("cvstream.")) or not qualname.isidentifier():
+        raise UserError(f"the checkpoint names the class {spec['class']!r}, which is not one of cvstream's; refusing to load it")
+    cls = getattr(importlib.import_module(module), qualname, None)
+    if not isinstance(cls, type):
+        raise UserError(f"the checkpoint names the class {spec['class']!r}, which does not exist in this cvstream")
     obj = cls.__new__(cls)
     for name, field in spec["fields"].items():
         if "array" in field:
@@ -98,9 +103,12 @@ def save(sim, session: int) -> None:
     """Save everything a resumed run needs to continue after `session`, then point latest.json at it."""
     root = checkpoint_dir(sim.run_dir)
     folder = root / f"session-{session}"
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    try:
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {folder}: {exc.strerror or exc}; the files of completed sessions are intact") from None
     tensors, arrays, values = {}, {}, {"version": CHECKPOINT_VERSION, "session": session, "numpy_generators": {}}
     for name, value in vars(sim).items():
         if isinstance(value, torch.nn.Module):
@@ -131,7 +139,7 @@ def latest(run_dir: Path) -> dict | None:
     path = checkpoint_dir(run_dir) / "latest.json"
     if not path.is_file():
         return None
-    pointer = json.loads(path.read_text())
+    pointer = _read_json(path)
     if pointer.get("version") != CHECKPOINT_VERSION:
         raise UserError(f"{run_dir}: its checkpoint was written by an incompatible cvstream (version {pointer.get('version')})")
     return pointer
@@ -143,11 +151,10 @@ def restore(sim) -> int:
     if pointer is None:
         sim.recorder.restore(_tables(sim.run_dir, {"metrics": 0, "costs": 0, "events": 0}))
         return 0
-    folder = checkpoint_dir(sim.run_dir) / pointer["folder"]
-    values = json.loads((folder / "state.json").read_text())
-    tensors = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
-    with np.load(folder / "arrays.npz") as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    folder = checkpoint_dir(sim.run_dir) / str(pointer.get("folder"))
+    values = _read_json(folder / "state.json")
+    tensors = _load(folder / "state.pt", lambda path: torch.load(path, weights_only=True, map_location="cpu"))
+    arrays = _load(folder / "arrays.npz", _read_npz)
     load_model_state(sim.model, tensors["module:model"])
     for key, state in tensors.items():
         kind, _, name = key.partition(":")
@@ -173,12 +180,34 @@ def restore(sim) -> int:
     return int(values["session"]) + 1
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def _load(path: Path, loader):
+    try:
+        return loader(path)
+    except Exception as exc:  # torch and numpy raise many types for a damaged or tampered file
+        raise UserError(f"{path}: the checkpoint cannot be loaded ({type(exc).__name__}: {exc}); the run cannot be resumed") from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} cannot be read ({exc}); the run cannot be resumed") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} does not hold a checkpoint record; the run cannot be resumed")
+    return value
+
+
 def _tables(run_dir: Path, counts: dict[str, int]) -> dict[str, list[dict]]:
     """The first `counts[name]` rows of each table: the rows of the sessions the checkpoint covers."""
     out = {}
     for name, count in counts.items():
         file = Path(run_dir) / f"{name}.parquet"
-        frame = pd.read_parquet(file) if file.is_file() else pd.DataFrame()
+        frame = read_parquet(file)
         if len(frame) < count:
             raise UserError(f"{file} holds {len(frame)} rows, its checkpoint expects at least {count}: the run cannot be resumed")
         out[name] = frame.iloc[:count].to_dict("records")

@@ -44,5 +44,16 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
+def read_parquet(path: Path) -> pd.DataFrame:
+    """A run's table; an empty frame if the file is absent, a user error naming the file if it is damaged."""
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame()
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise UserError(f"{path} cannot be read as Parquet ({type(exc).__name__}: {exc}); the file is damaged") from None
+
+
 def write_parquet(path: Path, frame: pd.DataFrame) -> None:
     _atomic(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))

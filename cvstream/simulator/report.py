@@ -262,7 +262,7 @@ def plot_cost(groups: list[Group], path: Path) -> Path:
 
 def plot_backfill_curves(runs: list[LoadedRun], path: Path) -> Path | None:
     curves = [(r, r.result.run_dir / "backfill_curve.parquet") for r in runs]
-    curves = [(r, pd.read_parquet(p)) for r, p in curves if p.is_file()]
+    curves = [(r, read_parquet(p)) for r, p in curves if p.is_file()]
     if not curves:
         return None
     plt = _pyplot()

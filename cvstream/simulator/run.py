@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from cvstream.errors import UserError
+from cvstream.simulator.outputs import read_parquet
 
 FORMAT_VERSION = 1
 
@@ -125,8 +126,7 @@ def load_run(path: str | Path) -> RunResult:
     info = read_info(path)
 
     def table(name: str) -> pd.DataFrame:
-        file = path / f"{name}.parquet"
-        return pd.read_parquet(file) if file.is_file() else pd.DataFrame()
+        return read_parquet(path / f"{name}.parquet")
 
     return RunResult(
         run_dir=path, run_id=info["run_id"], status=info.get("status", "unknown"),
