@@ -37,7 +37,8 @@ def test_two_gloo_processes_train_the_same_model_as_one(tmp_path):
     for name, value in one["state"].items():
         other = two["state"][name]
         if value.is_floating_point():
-            torch.testing.assert_close(other, value, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+            # Float sums in another order, amplified by a few SGD steps: ~1e-5 apart; without synced BatchNorm ~1 apart.
+            torch.testing.assert_close(other, value, rtol=1e-3, atol=2e-4, msg=lambda m: f"{name}: {m}")
         else:
             assert torch.equal(other, value), name
         if name.endswith("running_mean"):

@@ -31,6 +31,7 @@ def test_expand_is_the_product_of_the_axes_as_overrides(tmp_path):
     assert len({r.overrides for r in runs}) == len(runs)
 
 
+@pytest.mark.slow
 def test_two_by_two_sweep_runs_locally_into_one_parquet_dataset(tmp_path):
     path = _files(tmp_path)
     result = run_sweep(path, out_dir=tmp_path / "out")
@@ -83,6 +84,7 @@ def test_ray_engine_without_ray_is_a_user_error(tmp_path):
         run_sweep(_files(tmp_path), out_dir=tmp_path / "out", engine="ray")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ray_available(), reason="ray is not installed (optional extra 'ray')")
 def test_sweep_as_ray_tasks(tmp_path):
     result = run_sweep(_files(tmp_path), out_dir=tmp_path / "out", engine="ray")
