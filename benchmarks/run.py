@@ -155,7 +155,7 @@ def memory_ratio(*, sessions: int, run_dir: str | None) -> dict:
     else:
         events = Simulator(memory_scenario(sessions), write=False).run().events
         late = sessions - 1
-    return memory_figures(events, early=max(late // 10, 1) if late < 200 else 19, late=late)
+    return memory_figures(events, early=19 if late > 19 else max(late // 2, 1), late=late)  # session 20 (index 19)
 
 
 # -- (c) hardest-negative mining ----------------------------------------------------------
