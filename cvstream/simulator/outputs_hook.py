@@ -9,7 +9,7 @@ import numpy as np
 
 from cvstream.simulator import checkpoint
 from cvstream.simulator.hooks import Hook
-from cvstream.simulator.outputs import atomic_write_bytes, write_json, write_parquet
+from cvstream.simulator.outputs import OutputError, atomic_write_bytes, write_json, write_parquet
 from cvstream.simulator.run import run_info
 
 
@@ -47,6 +47,15 @@ class ParquetWriter(Hook):
             atomic_write_bytes(folder / name, buffer.getvalue())
 
     def after_run(self, sim, status: str) -> None:
+        if status != "completed":
+            try:  # best effort: the error that stopped the run is the one to report
+                self._final_info(sim, status)
+            except OutputError:
+                pass
+            return
+        self._final_info(sim, status)
+
+    def _final_info(self, sim, status: str) -> None:
         info = run_info(sim, status=status)
         info["ended_at"] = datetime.now(timezone.utc).isoformat()
         info["completed_sessions"] = int(sim.recorder.table("events").query("kind == 'session_end'").shape[0])
