@@ -18,7 +18,6 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import pandas as pd
 import torch
 
 from cvstream.errors import UserError

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from cvstream.errors import UserError
 from cvstream.simulator.metrics import update_gain
+from cvstream.simulator.outputs import read_parquet
 from cvstream.simulator.run import RunResult, load_run, read_info
 
 
