@@ -74,26 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console()
     err = Console(stderr=True)
+    commands = {"validate": _validate, "run": _run, "stream": _stream, "compare": _compare, "report": _report, "sweep": _sweep}
     try:
-        if args.command == "validate":
-            return _validate(args, console)
-        if args.command == "run":
-            return _run(args, console)
-        if args.command == "stream":
-            return _stream(args, console)
-        if args.command == "compare":
-            return _compare(args, console)
-        if args.command == "report":
-            return _report(args, console)
-        if args.command == "sweep":
-            return _sweep(args, console)
+        return commands[args.command](args, console)
     except UserError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         err.print("interrupted; the files of completed sessions are kept")
         return 130
-    return 0
 
 
 def _load(args):

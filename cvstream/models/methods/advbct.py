@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from cvstream.models.losses import normalized_softmax_ce
 from cvstream.models.methods.base import METHODS, Method, ReplayParams
 
 
@@ -106,7 +105,7 @@ class AdvBCT(Method):
 
     def loss(self, model, batch, context):
         p = self.params
-        terms = {"ce": normalized_softmax_ce(model.cosine(batch.embeddings), batch.rows, p.temperature)}
+        terms = {"ce": self.classification_loss(model, batch.embeddings, batch.rows)}
         if self._centres is None or context.previous_embed is None:
             return terms
         terms["p2s"] = p.p2s_weight * point_to_sphere(

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from cvstream.models.losses import normalized_softmax_ce
 from cvstream.registry import Params, Registry
 
 # What a method may ask the engine for; the engine computes and hands over only these.
@@ -80,6 +81,10 @@ class Method:
     def after_step(self, model: torch.nn.Module, *, fraction: float, context: TrainContext, embed_training: Callable[[], torch.Tensor]) -> None:
         """Called after each optimiser step with the share of the session's steps done; `embed_training()` gives
         the current model's embeddings of the session's training samples (no augmentation, counted)."""
+
+    def classification_loss(self, model: torch.nn.Module, embeddings: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """L_c, the intra-session term every method starts from."""
+        return normalized_softmax_ce(model.cosine(embeddings), rows, self.params.temperature)
 
     def loss(self, model: torch.nn.Module, batch: Batch, context: TrainContext) -> dict[str, torch.Tensor]:
         """Named, already weighted loss terms; the trainer sums them."""

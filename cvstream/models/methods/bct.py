@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from cvstream.errors import ScenarioError
-from cvstream.models.losses import normalized_softmax_ce, old_classifier_ce
+from cvstream.models.losses import old_classifier_ce
 from cvstream.models.methods.base import METHODS, Method, ReplayParams
 
 # Setups whose sessions after the first bring only new classes.
@@ -66,7 +66,7 @@ class BCT(Method):
 
     def loss(self, model, batch, context):
         p = self.params
-        terms = {"ce": normalized_softmax_ce(model.cosine(batch.embeddings), batch.rows, p.temperature)}
+        terms = {"ce": self.classification_loss(model, batch.embeddings, batch.rows)}
         if self._old_weight is not None and p.weight > 0:
             keep = self._valid[batch.rows]
             if bool(keep.any()):

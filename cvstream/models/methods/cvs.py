@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from cvstream.models.losses import class_mean_loss, hardest_negative_triplet, normalized_softmax_ce
+from cvstream.models.losses import class_mean_loss, hardest_negative_triplet
 from cvstream.models.methods.base import METHODS, Method, MethodParams
 
 
@@ -21,7 +21,7 @@ class CVS(Method):
 
     def loss(self, model, batch, context):
         p = self.params
-        terms = {"ce": normalized_softmax_ce(model.cosine(batch.embeddings), batch.rows, p.temperature)}
+        terms = {"ce": self.classification_loss(model, batch.embeddings, batch.rows)}
         if context.previous_embed is not None and p.alpha > 0:
             old = context.previous_embed(batch.inputs)
             terms["triplet"] = p.alpha * hardest_negative_triplet(batch.embeddings, old, old, batch.class_ids, p.margin)

@@ -7,7 +7,6 @@ its training and its generation changes.
 
 from __future__ import annotations
 
-from cvstream.models.losses import normalized_softmax_ce
 from cvstream.models.methods.base import METHODS, Method
 
 
@@ -17,4 +16,4 @@ class Frozen(Method):
         return session == 0
 
     def loss(self, model, batch, context):
-        return {"ce": normalized_softmax_ce(model.cosine(batch.embeddings), batch.rows, self.params.temperature)}
+        return {"ce": self.classification_loss(model, batch.embeddings, batch.rows)}

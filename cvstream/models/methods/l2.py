@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from cvstream.models.losses import embedding_distance, normalized_softmax_ce
+from cvstream.models.losses import embedding_distance
 from cvstream.models.methods.base import METHODS, Method, ReplayParams
 
 
@@ -24,7 +24,7 @@ class L2(Method):
 
     def loss(self, model, batch, context):
         p = self.params
-        terms = {"ce": normalized_softmax_ce(model.cosine(batch.embeddings), batch.rows, p.temperature)}
+        terms = {"ce": self.classification_loss(model, batch.embeddings, batch.rows)}
         if context.previous_embed is not None and p.weight > 0:
             old = context.previous_embed(batch.inputs)
             terms["l2"] = p.weight * embedding_distance(batch.embeddings, old, p.hinge)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from pydantic import Field
 
-from cvstream.models.losses import distillation, normalized_softmax_ce
+from cvstream.models.losses import distillation
 from cvstream.models.methods.base import METHODS, Method, ReplayParams
 
 
@@ -21,7 +21,7 @@ class LwF(Method):
 
     def loss(self, model, batch, context):
         p = self.params
-        terms = {"ce": normalized_softmax_ce(model.cosine(batch.embeddings), batch.rows, p.temperature)}
+        terms = {"ce": self.classification_loss(model, batch.embeddings, batch.rows)}
         if context.previous_embed is not None and p.weight > 0:
             known = context.previous_known
             old = context.previous_embed(batch.inputs)

@@ -22,7 +22,6 @@ from pydantic import Field
 
 from cvstream.errors import ScenarioError
 from cvstream.models.backbones import BACKBONES
-from cvstream.models.losses import normalized_softmax_ce
 from cvstream.models.methods.base import METHODS, Method, MethodParams, old_classifier
 
 # Setups whose later sessions bring only new classes: a frozen model loses nothing there.

@@ -13,7 +13,6 @@ import torch
 from pydantic import Field
 
 from cvstream.errors import ScenarioError
-from cvstream.models.losses import normalized_softmax_ce
 from cvstream.models.methods.base import METHODS, Method, ReplayParams
 
 
@@ -69,5 +68,5 @@ class MixBCT(Method):
             # The batch is already shuffled, so its first credible samples are a random choice.
             replace = credible & (torch.cumsum(credible.long(), 0) <= quota)
             embeddings = torch.where(replace[:, None], old, embeddings)
-        terms["ce"] = normalized_softmax_ce(model.cosine(embeddings), batch.rows, p.temperature)
+        terms["ce"] = self.classification_loss(model, embeddings, batch.rows)
         return terms

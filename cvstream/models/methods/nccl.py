@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from cvstream.models.losses import normalized_softmax_ce
 from cvstream.models.methods.base import METHODS, Method, ReplayParams, old_classifier
 
 
@@ -78,7 +77,7 @@ class NCCL(Method):
 
     def loss(self, model, batch, context):
         p = self.params
-        terms = {"ce": normalized_softmax_ce(model.cosine(batch.embeddings), batch.rows, p.temperature)}
+        terms = {"ce": self.classification_loss(model, batch.embeddings, batch.rows)}
         if self._old_weight is None or context.previous_embed is None:
             return terms
         old = context.previous_embed(batch.inputs)
