@@ -38,6 +38,15 @@ def tiny_dict(**sections) -> dict:
     return data
 
 
+def write_scenario(tmp_path: Path, data, name: str = "s.yaml") -> Path:
+    """A scenario file in tmp_path: a mapping dumped as YAML, or text written as it is."""
+    import yaml
+
+    path = Path(tmp_path) / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
 def tiny_scenario(**sections):
     from cvstream.scenario import Scenario
 

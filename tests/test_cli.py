@@ -6,16 +6,10 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
-from conftest import tiny_dict
+from conftest import tiny_dict, write_scenario
 from cvstream.cli import main
 
-
-def _write(tmp_path, data, name="s.yaml"):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 @pytest.mark.parametrize("command", ["validate", "run"])
@@ -32,7 +26,7 @@ def _write(tmp_path, data, name="s.yaml"):
 def test_bad_scenarios_exit_2_with_a_message(tmp_path, capsys, command, data, expected):
     if data["dataset"]["name"] == "omniglot":
         data["dataset"] = {"name": "omniglot", "root": "no-such-folder"}
-    path = _write(tmp_path, data)
+    path = write_scenario(tmp_path, data)
     args = [command, str(path), "--data-root", str(tmp_path)]
     if command == "run":
         args += ["--out", str(tmp_path / "out"), "--no-progress"]
@@ -44,20 +38,20 @@ def test_bad_scenarios_exit_2_with_a_message(tmp_path, capsys, command, data, ex
 
 
 def test_impossible_stream_says_how_many_classes_exist(tmp_path, capsys):
-    path = _write(tmp_path, tiny_dict(stream={"setup": "disjoint", "sessions": 5, "initial_classes": 4, "classes_per_session": 4}))
+    path = write_scenario(tmp_path, tiny_dict(stream={"setup": "disjoint", "sessions": 5, "initial_classes": 4, "classes_per_session": 4}))
     assert main(["validate", str(path)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "needs 20 classes, the data set has 12" in err
 
 
 def test_validate_accepts_a_good_file(tmp_path, capsys):
-    path = _write(tmp_path, tiny_dict())
+    path = write_scenario(tmp_path, tiny_dict())
     assert main(["validate", str(path)]) == 0
     assert "valid" in capsys.readouterr().out
 
 
 def test_console_script_exits_2_without_traceback(tmp_path):
-    path = _write(tmp_path, tiny_dict(model={"backbone": "convnett"}))
+    path = write_scenario(tmp_path, tiny_dict(model={"backbone": "convnett"}))
     done = subprocess.run([sys.executable, "-m", "cvstream.cli", "validate", str(path)], capture_output=True, text=True)
     assert done.returncode == 2
     assert "model.backbone" in done.stderr and "did you mean 'convnet'" in " ".join(done.stderr.split())
@@ -65,6 +59,6 @@ def test_console_script_exits_2_without_traceback(tmp_path):
 
 
 def test_override_from_the_command_line_is_validated(tmp_path, capsys):
-    path = _write(tmp_path, tiny_dict())
+    path = write_scenario(tmp_path, tiny_dict())
     assert main(["validate", str(path), "--set", "training.epochs=-1"]) == 2
     assert "training.epochs" in capsys.readouterr().err

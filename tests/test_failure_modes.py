@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_dict
+from conftest import tiny_dict, write_scenario
 from cvstream.cli import main
 from cvstream.errors import DataError, UserError
 from cvstream.sessions.datasets import DATASETS
@@ -21,11 +21,6 @@ from cvstream.simulator import checkpoint
 from cvstream.simulator.engine import resolve_device
 from cvstream.simulator.sweep import load_sweep, read_results
 
-
-def _write(tmp_path, data, name="s.yaml"):
-    path = tmp_path / name
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
-    return path
 
 
 def _err(capsys) -> str:
@@ -42,13 +37,13 @@ def test_missing_scenario_file_exits_2(tmp_path, capsys):
 
 
 def test_scenario_whose_top_level_is_not_a_mapping_exits_2(tmp_path, capsys):
-    path = _write(tmp_path, "- a\n- b\n")
+    path = write_scenario(tmp_path, "- a\n- b\n")
     assert main(["validate", str(path)]) == 2
     assert "the top level must be a mapping of keys, got list" in _err(capsys)
 
 
 def test_component_section_that_is_not_a_mapping_exits_2(tmp_path, capsys):
-    path = _write(tmp_path, tiny_dict(method=5))
+    path = write_scenario(tmp_path, tiny_dict(method=5))
     assert main(["validate", str(path)]) == 2
     assert "method: must be a mapping with a 'name' key" in _err(capsys)
 
@@ -58,7 +53,7 @@ def test_component_section_that_is_not_a_mapping_exits_2(tmp_path, capsys):
     [("training.epochs", "expected key.path=value"), ("training..epochs=1", "empty key"), ("name.x=1", "name is not a mapping")],
 )
 def test_malformed_set_override_exits_2(tmp_path, capsys, item, expected):
-    path = _write(tmp_path, tiny_dict())
+    path = write_scenario(tmp_path, tiny_dict())
     assert main(["validate", str(path), "--set", item]) == 2
     assert expected in _err(capsys)
 
@@ -75,7 +70,7 @@ def test_malformed_set_override_exits_2(tmp_path, capsys, item, expected):
     ids=["general-hold-back-0", "explicit-with-class-order", "explicit-empty-session", "explicit-class-twice", "explicit-too-many-samples"],
 )
 def test_cross_field_stream_checks_exit_2(tmp_path, capsys, stream, expected):
-    path = _write(tmp_path, tiny_dict(stream=stream))
+    path = write_scenario(tmp_path, tiny_dict(stream=stream))
     assert main(["validate", str(path)]) == 2
     err = _err(capsys)
     assert expected in err and "stream" in err
@@ -86,14 +81,14 @@ def test_cross_field_stream_checks_exit_2(tmp_path, capsys, stream, expected):
 def test_yaml_python_tags_are_refused_by_the_safe_loader(tmp_path, capsys):
     marker = tmp_path / "ran"
     text = yaml.safe_dump(tiny_dict()) + f"evil: !!python/object/apply:os.system ['touch {marker}']\n"
-    assert main(["validate", str(_write(tmp_path, text))]) == 2
+    assert main(["validate", str(write_scenario(tmp_path, text))]) == 2
     assert "not valid YAML" in _err(capsys)
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("name", ["os.system", "cvstream.cli:main", "__import__('os')"])
 def test_a_method_name_is_looked_up_in_the_registry_never_imported(tmp_path, capsys, name):
-    path = _write(tmp_path, tiny_dict(method={"name": name}))
+    path = write_scenario(tmp_path, tiny_dict(method={"name": name}))
     assert main(["validate", str(path)]) == 2
     err = _err(capsys)
     assert "method.name" in err and "finetune" in err  # the message lists the registered methods
@@ -215,7 +210,7 @@ def test_a_malformed_stream_table_is_a_data_error_naming_stream_path(change, exp
 # -- runs and files ------------------------------------------------------------------------
 
 def test_run_with_both_a_scenario_and_resume_is_refused(tmp_path, capsys):
-    path = _write(tmp_path, tiny_dict())
+    path = write_scenario(tmp_path, tiny_dict())
     assert main(["run", str(path), "--resume", str(tmp_path), "--no-progress"]) == 2
     assert "give no scenario, --set or --out" in _err(capsys)
 
@@ -233,7 +228,7 @@ def test_cuda_asked_for_without_a_device_is_a_user_error(monkeypatch):
 
 def test_an_out_folder_that_cannot_be_created_exits_2(tmp_path, capsys):
     (tmp_path / "file").write_text("not a folder")
-    path = _write(tmp_path, tiny_dict())
+    path = write_scenario(tmp_path, tiny_dict())
     assert main(["run", str(path), "--out", str(tmp_path / "file" / "run"), "--no-progress"]) == 2
     assert "cannot create the run folder" in _err(capsys)
 
@@ -264,7 +259,7 @@ def test_compare_into_a_folder_that_holds_a_comparison_exits_2(tmp_path, capsys)
     out = tmp_path / "cmp"
     out.mkdir()
     (out / "comparison.parquet").write_bytes(b"")
-    path = _write(tmp_path, tiny_dict())
+    path = write_scenario(tmp_path, tiny_dict())
     assert main(["compare", str(path), "--out", str(out), "--backfill", "none,full", "--no-progress"]) == 2
     assert "already holds a comparison" in _err(capsys)
 

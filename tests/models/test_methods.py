@@ -8,9 +8,8 @@ import weakref
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from conftest import tiny_dict, tiny_scenario
+from conftest import tiny_dict, tiny_scenario, write_scenario
 from cvstream.cli import main
 from cvstream.models import METHODS, build_method
 from cvstream.models.methods.base import NEEDS, Batch, TrainContext
@@ -159,11 +158,6 @@ def test_at_most_two_generations_live_during_training(monkeypatch):
     assert live_at_copy == [1, 1]
 
 
-def _write(tmp_path, data):
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
 
 @pytest.mark.parametrize(
     "method, replay, expected",
@@ -174,19 +168,19 @@ def _write(tmp_path, data):
     ],
 )
 def test_method_the_setup_cannot_serve_exits_2(tmp_path, capsys, method, replay, expected):
-    path = _write(tmp_path, tiny_dict(method=method, replay=replay))
+    path = str(write_scenario(tmp_path, tiny_dict(method=method, replay=replay)))
     assert main(["run", path, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
 
 
 def test_validate_runs_the_method_checks(tmp_path, capsys):
-    path = _write(tmp_path, tiny_dict(method={"name": "bct", "synthesize_rows": False, "replay": False}))
+    path = str(write_scenario(tmp_path, tiny_dict(method={"name": "bct", "synthesize_rows": False, "replay": False})))
     assert main(["validate", path]) == 2
     assert "method.synthesize_rows" in capsys.readouterr().err
 
 
 def test_backbone_that_does_not_fit_the_data_exits_2(tmp_path, capsys):
-    path = _write(tmp_path, tiny_dict(model={"backbone": "mlp"}))
+    path = str(write_scenario(tmp_path, tiny_dict(model={"backbone": "mlp"})))
     assert main(["run", path, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "takes vectors" in capsys.readouterr().err

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
-from conftest import tiny_dict, tiny_scenario
+from conftest import tiny_dict, tiny_scenario, write_scenario
 from cvstream.cli import main
 from cvstream.models import build_method
 from cvstream.models.methods.advbct import adversarial, point_to_sphere, ramp, reverse_gradient
@@ -248,11 +247,6 @@ def test_m2sd_few_shot_trains_the_base_session_then_adds_prototype_rows():
             assert torch.allclose(model.weight[row].detach(), mean, atol=1e-5)
 
 
-def _write(tmp_path, data):
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
 
 @pytest.mark.parametrize(
     "sections, expected",
@@ -263,7 +257,7 @@ def _write(tmp_path, data):
     ],
 )
 def test_a_setup_the_method_cannot_serve_exits_2(tmp_path, capsys, sections, expected):
-    path = _write(tmp_path, tiny_dict(**sections))
+    path = str(write_scenario(tmp_path, tiny_dict(**sections)))
     assert main(["run", path, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
