@@ -112,7 +112,9 @@ class Gallery:
         if not self.index.is_trained and n:
             self._train(vectors, session=session)
         item_ids = np.arange(len(self), len(self) + n, dtype=np.int64)
-        if n:
+        if n and isinstance(self.index, faiss.IndexIVF):
+            self.index.add(vectors)  # the array direct map numbers them ntotal, ntotal + 1, ...: the item ids
+        elif n:
             self.index.add_with_ids(vectors, item_ids)
         self._sample_ids.extend(np.asarray(sample_ids, dtype=np.int64))
         self._class_ids.extend(np.asarray(class_ids, dtype=np.int64))
@@ -143,8 +145,7 @@ class Gallery:
             # Item id == position in the flat storage (ids are appended in order and never removed): write in place.
             self._flat_storage()[item_ids] = vectors
         elif kind in ("ivf", "ivfpq"):
-            self.index.remove_ids(faiss.IDSelectorArray(len(item_ids), faiss.swig_ptr(item_ids)))
-            self.index.add_with_ids(vectors, item_ids)
+            self.index.update_vectors(item_ids, vectors)
         else:
             # HNSW cannot unlink a node: rebuild the graph over the stored vectors (cost grows with the gallery).
             stored = self.vectors(np.arange(len(self), dtype=np.int64))
@@ -340,8 +341,8 @@ class Gallery:
                 problems.append(f"the ids in {INDEX_FILE} do not match the item ids of {META_FILE}")
         if problems:
             raise UserError(f"{folder}: the saved gallery does not match its metadata: " + "; ".join(problems))
-        if isinstance(index, faiss.IndexIVF) and index.direct_map.type != faiss.DirectMap.Hashtable:
-            index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        if isinstance(index, faiss.IndexIVF) and index.direct_map.type != faiss.DirectMap.Array:
+            index.set_direct_map_type(faiss.DirectMap.Array)
         gallery.index = index
         trained = info.get("trained") or {}
         gallery.trained_session, gallery.trained_vectors = int(trained.get("session", -1)), int(trained.get("vectors", 0))
@@ -384,6 +385,8 @@ def _build_index(dim: int, spec) -> faiss.Index:
         raise ValueError(f"unsupported index {spec.index!r}")
     index.cp.spherical = True  # unit vectors: centroids on the sphere suit inner-product search
     index.nprobe = min(spec.nprobe, spec.nlist)
-    # A hash table from item id to list position: reconstruct and remove cost what their items cost.
-    index.set_direct_map_type(faiss.DirectMap.Hashtable)
+    # Item ids are 0..n-1 in the order added, so the id -> list position map is an array: appending to it
+    # costs the same at any gallery size (a hash table's inserts slow down as it grows), and
+    # update_vectors replaces an item's vector in place.
+    index.set_direct_map_type(faiss.DirectMap.Array)
     return index
