@@ -93,13 +93,11 @@ def _load(args):
 
 def _validate(args, console: Console) -> int:
     from cvstream.models import build_method
-    from cvstream.sessions import build_stream, load_labels, open_dataset
+    from cvstream.sessions import scenario_stream
 
     scenario = _load(args)
     build_method(scenario)  # the method's own checks: can the setup give it what it needs?
-    source = open_dataset(scenario, data_root=args.data_root)
-    label_set = load_labels(scenario, source)
-    stream = build_stream(scenario, label_set, source=scenario.source, data_root=args.data_root)
+    _, label_set, stream = scenario_stream(scenario, data_root=args.data_root)
     if len(stream):  # can the gallery index hold the first session's items?
         from cvstream.gallery import Gallery
 
@@ -113,12 +111,11 @@ def _validate(args, console: Console) -> int:
 
 
 def _stream(args, console: Console) -> int:
-    from cvstream.sessions import build_stream, load_labels, open_dataset
+    from cvstream.sessions import scenario_stream
     from cvstream.simulator.outputs import write_parquet
 
     scenario = _load(args)
-    label_set = load_labels(scenario, open_dataset(scenario, data_root=args.data_root))
-    stream = build_stream(scenario, label_set, source=scenario.source, data_root=args.data_root)
+    _, _, stream = scenario_stream(scenario, data_root=args.data_root)
     summary = stream.summary()
     table = Table(title=f"{scenario.name}: {scenario.stream.name} stream of {scenario.dataset.name}")
     headers = {"session": "session", "new_classes": "new classes", "old_classes_present": "old present",

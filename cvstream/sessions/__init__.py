@@ -42,4 +42,13 @@ def build_stream(scenario, label_set: LabelSet, *, source: str | None = None, da
         raise ScenarioError(str(exc), source=source, key_path=exc.key_path) from None
 
 
-__all__ = ["DATASETS", "SETUPS", "DatasetSource", "LabelSet", "Session", "Stream", "open_dataset", "load_labels", "build_stream", "paths"]
+def scenario_stream(
+    scenario, *, data_root: str | Path | None = None, cache_dir: str | Path | None = None
+) -> tuple[DatasetSource, LabelSet, Stream]:
+    """The data set, its labels and the stream of a scenario: what every command needs before it works."""
+    source = open_dataset(scenario, data_root=data_root, cache_dir=cache_dir)
+    label_set = load_labels(scenario, source)
+    return source, label_set, build_stream(scenario, label_set, source=scenario.source, data_root=data_root)
+
+
+__all__ = ["DATASETS", "SETUPS", "DatasetSource", "LabelSet", "Session", "Stream", "open_dataset", "load_labels", "build_stream", "scenario_stream", "paths"]

@@ -116,6 +116,7 @@ def run_comparison(
 ) -> pd.DataFrame:
     """Run every variant on the same scenario and seed; write each run and comparison.parquet under `out_dir`."""
     from cvstream.scenario import Scenario
+    from cvstream.sessions import scenario_stream
     from cvstream.simulator import Simulator
     from cvstream.simulator.outputs import write_parquet
 
@@ -124,7 +125,8 @@ def run_comparison(
         raise UserError(f"{out_dir} already holds a comparison (comparison.parquet); choose another --out, or remove it")
     curve_variant = next((v for v in variants if v.policy == "none"), variants[0])
     if curve_session is not None:
-        sessions = _stream_length(Scenario.from_yaml(scenario_path, overrides=list(overrides)), data_root)
+        _, _, stream = scenario_stream(Scenario.from_yaml(scenario_path, overrides=list(overrides)), data_root=data_root)
+        sessions = len(stream)
         curve_session += sessions if curve_session < 0 else 0  # counted from the end: -1 is the last session
         if not 0 <= curve_session < sessions:
             raise UserError(f"--curve-session: the stream has {sessions} sessions (0..{sessions - 1}, or -1 for the last)")
@@ -148,8 +150,3 @@ def run_comparison(
         shutil.copyfile(curve, out_dir / "backfill_curve.parquet")
     return table
 
-
-def _stream_length(scenario, data_root) -> int:
-    from cvstream.sessions import build_stream, open_dataset
-
-    return len(build_stream(scenario, open_dataset(scenario, data_root=data_root).label_set(), source=scenario.source))

@@ -24,7 +24,7 @@ from cvstream.gallery.backfill import fit_transform, order_items, plan_backfill,
 from cvstream.models import build_method, build_model
 from cvstream.models.methods.base import TrainContext
 from cvstream.models.trainer import embed, train_session
-from cvstream.sessions import build_stream, load_labels, open_dataset
+from cvstream.sessions import scenario_stream
 from cvstream.sessions.rng import numpy_rng, torch_generator, torch_seed
 from cvstream.simulator import events as ev
 from cvstream.simulator.evaluate import AnytimeHook, Evaluator
@@ -64,9 +64,7 @@ class Simulator:
 
         self.scenario = scenario
         self.device = resolve_device(scenario.device)
-        self.source = open_dataset(scenario, data_root=data_root, cache_dir=cache_dir)
-        self.label_set = load_labels(scenario, self.source)
-        self.stream = build_stream(scenario, self.label_set, source=scenario.source, data_root=data_root)
+        self.source, self.label_set, self.stream = scenario_stream(scenario, data_root=data_root, cache_dir=cache_dir)
         self.resuming = resume
         self.shard = shard  # a cvstream.models.distributed.Shard: this process trains its slice of each batch (DDP)
         if resume:  # continue the run in out_dir after its last completed session
