@@ -85,6 +85,11 @@ class GallerySpec(_Section):
     ef_construction: int = Field(40, ge=1, description="hnsw: candidate list while inserting")
     ef_search: int = Field(64, ge=1, description="hnsw: candidate list while searching")
     train_size: int | None = Field(None, ge=1, description="ivf, ivfpq: train once on a seeded sample of this many first-session vectors (None: all)")
+    segment_size: int = Field(
+        131_072, ge=1, le=1 << 30,
+        description="items per index segment: adds go to the newest segment and an hnsw rebuild touches only the segments it changes, "
+        "so neither grows with the gallery; a search visits every segment",
+    )
     gpu: bool = Field(True, description="use the Faiss GPU index when faiss has GPU support and a CUDA device is present")
 
 

@@ -1,14 +1,19 @@
-"""The gallery: a Faiss index over L2-normalised vectors with stable int64 item ids, plus metadata.
+"""The gallery: Faiss index segments over L2-normalised vectors with stable int64 item ids, plus metadata.
 
-Backends: `flat` (exact), `ivf` (IVF-Flat), `ivfpq` (IVF-PQ), `hnsw`. A session adds only
-its new items, so an update costs what its new items cost; coarse quantisers are trained
-once, on the first vectors added (or a seeded sample of them). Under backfill policy
-`none` a stored vector never changes; `replace` is the only way a stored vector changes.
+Backends: `flat` (exact), `ivf` (IVF-Flat), `ivfpq` (IVF-PQ), `hnsw`. The items live in
+segments of at most `segment_size` items: item id `i` is position `i % segment_size` of
+segment `i // segment_size`, so ids are stable and need no id map. A session appends only
+its new items to the newest segment, so an update costs what its new items cost: no list,
+graph or array whose size is the gallery's is ever grown, copied or searched while adding.
+A search visits every segment and merges their top k. The IVF segments share one coarse
+quantiser, trained once on the first vectors added (or a seeded sample of them). Under
+backfill policy `none` a stored vector never changes; `replace` is the only way one does.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import faiss
@@ -17,8 +22,14 @@ import pandas as pd
 
 from cvstream.errors import UserError
 
-FORMAT_VERSION = 1
-INDEX_FILE, META_FILE, INFO_FILE = "gallery.faiss", "gallery.parquet", "gallery.json"
+FORMAT_VERSION = 2
+META_FILE, INFO_FILE = "gallery.parquet", "gallery.json"
+SEGMENT_FILE = re.compile(r"gallery-(\d{4,})\.faiss")
+
+
+def segment_file(number: int) -> str:
+    """The file of one index segment in a saved gallery (a plain Faiss index: `faiss.read_index` reads it)."""
+    return f"gallery-{number:04d}.faiss"
 
 
 class _Column:
@@ -56,23 +67,31 @@ def gpu_available() -> bool:
 
 
 class Gallery:
-    """Faiss index + per-item metadata + running per-class sums of the stored vectors."""
+    """Faiss index segments + per-item metadata + running per-class sums of the stored vectors."""
 
-    # Every attribute is an array, a number, a string, a Faiss index or a _Column, so that a
-    # checkpoint can save it field by field.
+    # Every checkpointed attribute is an array, a number, a string, a Faiss index (or a list of
+    # them) or a _Column, so that a checkpoint can save it field by field. These are caches,
+    # rebuilt on demand: what was copied to the GPU and what was last written to disk.
+    _not_checkpointed = ("_gpu", "_saved")
+    _gpu = None
+    _saved = None
+
     def __init__(self, dim: int, spec=None, *, seed: int = 0):
         spec = spec if spec is not None else _default_spec()
         self.dim = dim
         self._spec_json = spec.model_dump_json()
         self.index_type = spec.index
+        self.segment_size = spec.segment_size
         self.seed = seed
         _check_spec(dim, spec)
-        self.index = _build_index(dim, spec)
+        self._template = _build_index(dim, spec)  # empty; for ivf and ivfpq, the trained coarse quantiser every segment shares
+        self.segments: list[faiss.Index] = []
+        self._versions = np.zeros(0, dtype=np.int64)  # per segment, bumped at every change (what a cached copy is checked against)
         self.trained_session = -1  # the session whose vectors trained the coarse quantiser (-1: not yet, or none needed)
         self.trained_vectors = 0
         self.gpu = bool(spec.gpu and gpu_available() and spec.index != "hnsw")
         self.gpu_error = ""
-        self.rebuilds = 0  # hnsw: graph rebuilds forced by replaced vectors
+        self.rebuilds = 0  # hnsw: segment graphs rebuilt because vectors in them were replaced
         self._sample_ids = _Column(np.int64)
         self._class_ids = _Column(np.int64)
         self._session_added = _Column(np.int64)
@@ -109,13 +128,18 @@ class Gallery:
     def add(self, vectors: np.ndarray, *, sample_ids: np.ndarray, class_ids: np.ndarray, session: int, generation: int) -> np.ndarray:
         vectors = self._as_vectors(vectors)
         n = len(vectors)
-        if not self.index.is_trained and n:
+        if not self._template.is_trained and n:
             self._train(vectors, session=session)
         item_ids = np.arange(len(self), len(self) + n, dtype=np.int64)
-        if n and isinstance(self.index, faiss.IndexIVF):
-            self.index.add(vectors)  # the array direct map numbers them ntotal, ntotal + 1, ...: the item ids
-        elif n:
-            self.index.add_with_ids(vectors, item_ids)
+        start = 0
+        while start < n:  # fill the newest segment, then open the next
+            if not self.segments or self.segments[-1].ntotal >= self.segment_size:
+                self.segments.append(self._empty_segment())
+                self._versions = np.append(self._versions, 0)
+            chunk = vectors[start : start + self.segment_size - self.segments[-1].ntotal]
+            self.segments[-1].add(chunk)  # positions ntotal, ntotal + 1, ...: the item ids, less the segment's offset
+            self._versions[-1] += 1
+            start += len(chunk)
         self._sample_ids.extend(np.asarray(sample_ids, dtype=np.int64))
         self._class_ids.extend(np.asarray(class_ids, dtype=np.int64))
         self._session_added.extend(np.full(n, session, dtype=np.int64))
@@ -140,19 +164,21 @@ class Gallery:
             raise ValueError("item ids must be distinct ids of this gallery")
         classes = self._class_ids.values[item_ids]
         self._accumulate(classes, self.vectors(item_ids).astype(np.float64), sign=-1)
-        kind = self.index_type
-        if kind == "flat":
-            # Item id == position in the flat storage (ids are appended in order and never removed): write in place.
-            self._flat_storage()[item_ids] = vectors
-        elif kind in ("ivf", "ivfpq"):
-            self.index.update_vectors(item_ids, vectors)
-        else:
-            # HNSW cannot unlink a node: rebuild the graph over the stored vectors (cost grows with the gallery).
-            stored = self.vectors(np.arange(len(self), dtype=np.int64))
-            stored[item_ids] = vectors
-            self.index = _build_index(self.dim, self.spec)
-            self.index.add_with_ids(stored, np.arange(len(self), dtype=np.int64))
-            self.rebuilds += 1
+        for number, rows, local in self._by_segment(item_ids):
+            segment = self.segments[number]
+            if self.index_type == "flat":
+                _stored(segment, self.dim)[local] = vectors[rows]  # in place
+            elif self.index_type in ("ivf", "ivfpq"):
+                segment.update_vectors(local, vectors[rows])
+            else:
+                # HNSW cannot unlink a node: rebuild this segment's graph (at most segment_size items).
+                stored = _stored(segment, self.dim).copy()
+                stored[local] = vectors[rows]
+                segment = self._empty_segment()
+                segment.add(stored)
+                self.segments[number] = segment
+                self.rebuilds += 1
+            self._versions[number] += 1
         stored = self.vectors(item_ids) if self.lossy else vectors
         self._accumulate(classes, stored.astype(np.float64), sign=1)
         if generation is not None:
@@ -173,6 +199,11 @@ class Gallery:
         """Whether the index stores an approximation (PQ codes) of what was added."""
         return self.index_type == "ivfpq"
 
+    @property
+    def quantizer(self) -> faiss.Index | None:
+        """ivf, ivfpq: the coarse quantiser all segments share (None for flat and hnsw)."""
+        return self._template.quantizer if isinstance(self._template, faiss.IndexIVF) else None
+
     def _as_vectors(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
@@ -186,12 +217,45 @@ class Gallery:
         if self.spec.train_size and self.spec.train_size < n_first:
             rng = np.random.default_rng([self.seed, session, 0x1D3])  # a private generator for the training sample
             sample = vectors[np.sort(rng.choice(n_first, self.spec.train_size, replace=False))]
-        self.index.train(sample)
+        self._template.train(sample)
         self.trained_session, self.trained_vectors = session, int(len(sample))
 
-    def _flat_storage(self) -> np.ndarray:
-        inner = faiss.downcast_index(self.index.index)
-        return faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * self.dim).reshape(inner.ntotal, self.dim)
+    def _empty_segment(self, taking_over: faiss.Index | None = None) -> faiss.Index:
+        """A new, empty segment; for ivf and ivfpq, sharing the trained quantiser (and copying the PQ codebooks).
+
+        `taking_over`, a deserialised IVF segment with its own copy of the quantiser, hands its
+        inverted lists to the new segment, so that a loaded gallery shares one quantiser again.
+        """
+        if not isinstance(self._template, faiss.IndexIVF):
+            return _build_index(self.dim, self.spec)
+        template, ip = self._template, faiss.METRIC_INNER_PRODUCT
+        if self.index_type == "ivf":
+            segment = faiss.IndexIVFFlat(template.quantizer, self.dim, template.nlist, ip)
+        else:
+            segment = faiss.IndexIVFPQ(template.quantizer, self.dim, template.nlist, template.pq.M, template.pq.nbits, ip)
+            segment.pq = template.pq  # a copy of the trained codebooks
+        segment.is_trained = True
+        segment.nprobe = template.nprobe
+        if taking_over is not None:
+            segment.replace_invlists(taking_over.invlists, True)
+            taking_over.own_invlists = False
+            segment.ntotal = taking_over.ntotal
+        # Positions are 0..n-1 in the order added, so the position -> list entry map is an array:
+        # appending to it costs the same at any size, and update_vectors replaces a vector in place.
+        segment.set_direct_map_type(faiss.DirectMap.Array)
+        return segment
+
+    def _by_segment(self, item_ids: np.ndarray):
+        """(segment number, rows of `item_ids` in it, positions in the segment), per segment they touch."""
+        if len(self.segments) == 1:
+            yield 0, slice(None), item_ids
+            return
+        number = item_ids // self.segment_size
+        order = np.argsort(number, kind="stable")
+        present, starts = np.unique(number[order], return_index=True)
+        for seg, begin, end in zip(present, starts, [*starts[1:], len(order)]):
+            rows = order[begin:end]
+            yield int(seg), rows, item_ids[rows] - int(seg) * self.segment_size
 
     def _accumulate(self, class_ids: np.ndarray, vectors: np.ndarray, *, sign: int) -> None:
         top = int(class_ids.max()) + 1 if len(class_ids) else 0
@@ -207,19 +271,7 @@ class Gallery:
         self._class_sum[classes] += sign * sums
         self._class_count[classes] += sign * np.bincount(inverse, minlength=len(classes))
 
-    def _gpu_search(self, queries: np.ndarray, k: int):
-        """Search a GPU copy of the index, made for this call (one transfer of the gallery, no state kept)."""
-        try:
-            resources = faiss.StandardGpuResources()
-            flat = self.index_type == "flat"
-            # The flat copy has no id map: its positions are the item ids.
-            replica = faiss.index_cpu_to_gpu(resources, 0, faiss.downcast_index(self.index.index) if flat else self.index)
-            return replica.search(queries, k)
-        except RuntimeError as exc:  # e.g. a PQ layout the GPU kernels do not support: stay on the CPU
-            self.gpu, self.gpu_error = False, str(exc)
-            return self.index.search(queries, k)
-
-    # -- reading --------------------------------------------------------------------------
+    # -- searching ------------------------------------------------------------------------
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Inner-product search: (scores, item ids), -1 where fewer than k items were found."""
@@ -227,16 +279,48 @@ class Gallery:
         k = min(k, max(len(self), 1))
         if len(self) == 0:
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
-        return self._gpu_search(queries, k) if self.gpu else self.index.search(queries, k)
+        parts = self._gpu_search(queries, k) if self.gpu else self._cpu_search(queries, k)
+        return _merge(parts, self.segment_size, k)
+
+    def _cpu_search(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        if len(self.segments) > 1 and isinstance(self._template, faiss.IndexIVF):
+            # One coarse assignment for all segments: they share the quantiser.
+            coarse_scores, coarse_lists = self._template.quantizer.search(queries, self._template.nprobe)
+            return [segment.search_preassigned(queries, k, coarse_lists, coarse_scores) for segment in self.segments]
+        return [segment.search(queries, k) for segment in self.segments]
+
+    def _gpu_search(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Search GPU copies of the segments, each copied once and again only after it changed."""
+        try:
+            if self._gpu is None:
+                self._gpu = {"resources": faiss.StandardGpuResources(), "copies": {}}
+            copies = self._gpu["copies"]
+            parts = []
+            for number, segment in enumerate(self.segments):
+                version = int(self._versions[number])
+                if copies.get(number, (None,))[0] != version:
+                    copies[number] = (version, faiss.index_cpu_to_gpu(self._gpu["resources"], 0, segment))
+                parts.append(copies[number][1].search(queries, k))
+            return parts
+        except RuntimeError as exc:  # e.g. a PQ layout the GPU kernels do not support: stay on the CPU
+            self.gpu, self.gpu_error, self._gpu = False, str(exc), None
+            return self._cpu_search(queries, k)
+
+    # -- reading --------------------------------------------------------------------------
 
     def vectors(self, item_ids: np.ndarray) -> np.ndarray:
         """The stored vectors of these items, exactly as indexed (decoded, for ivfpq)."""
         item_ids = np.asarray(item_ids, dtype=np.int64)
+        out = np.empty((len(item_ids), self.dim), np.float32)
         if len(item_ids) == 0:
-            return np.empty((0, self.dim), np.float32)
-        if self.index_type == "flat":
-            return self._flat_storage()[item_ids].copy()
-        return np.ascontiguousarray(self.index.reconstruct_batch(item_ids), dtype=np.float32)
+            return out
+        for number, rows, local in self._by_segment(item_ids):
+            segment = self.segments[number]
+            if self.index_type in ("flat", "hnsw"):
+                out[rows] = _stored(segment, self.dim)[local]
+            else:
+                out[rows] = segment.reconstruct_batch(local)
+        return out
 
     def class_of(self, item_ids: np.ndarray) -> np.ndarray:
         item_ids = np.asarray(item_ids)
@@ -288,23 +372,38 @@ class Gallery:
         )
 
     def describe(self) -> dict:
-        """The index choice as recorded next to the index: type, parameters, how it was trained."""
+        """The index choice as recorded next to the index: type, parameters, how it was trained, its segments."""
         return {
             "format_version": FORMAT_VERSION, "dim": self.dim, "index": self.index_type, "spec": json.loads(self._spec_json),
             "trained": {"session": self.trained_session, "vectors": self.trained_vectors} if self.trained_session >= 0 else None,
             "gpu": self.gpu, "gpu_error": self.gpu_error, "items": len(self), "seed": self.seed, "hnsw_rebuilds": self.rebuilds,
+            "segment_size": self.segment_size,
+            "segments": [{"file": segment_file(i), "items": int(s.ntotal)} for i, s in enumerate(self.segments)],
         }
 
     # -- persistence ----------------------------------------------------------------------
 
     def save(self, folder: str | Path) -> None:
-        """Write gallery.faiss, gallery.json and gallery.parquet (each atomically) into `folder`."""
+        """Write the segment files, gallery.json and gallery.parquet (each atomically) into `folder`.
+
+        A segment this object already wrote to `folder`, unchanged since, is not written again,
+        so a session's save costs its new segment data, not the gallery.
+        """
         from cvstream.simulator.outputs import atomic_write_bytes, write_json, write_parquet
 
         folder = Path(folder)
-        atomic_write_bytes(folder / INDEX_FILE, faiss.serialize_index(self.index).tobytes())
+        written = self._saved.get("versions", {}) if self._saved is not None and self._saved.get("folder") == str(folder.resolve()) else {}
+        for number, segment in enumerate(self.segments):
+            name = segment_file(number)
+            if written.get(number) != int(self._versions[number]) or not (folder / name).is_file():
+                atomic_write_bytes(folder / name, faiss.serialize_index(segment).tobytes())
+        for path in folder.glob("gallery-*.faiss"):  # segments of a longer gallery saved here before (a resumed run)
+            match = SEGMENT_FILE.fullmatch(path.name)
+            if match and int(match.group(1)) >= len(self.segments):
+                path.unlink()
         write_json(folder / INFO_FILE, self.describe())
         write_parquet(folder / META_FILE, self.metadata())
+        self._saved = {"folder": str(folder.resolve()), "versions": {i: int(v) for i, v in enumerate(self._versions)}}
 
     @classmethod
     def load(cls, folder: str | Path) -> "Gallery":
@@ -312,38 +411,37 @@ class Gallery:
         from cvstream.scenario import GallerySpec
 
         folder = Path(folder)
-        paths = {name: folder / name for name in (INDEX_FILE, META_FILE, INFO_FILE)}
-        missing = [name for name, path in paths.items() if not path.is_file()]
+        missing = [name for name in (INFO_FILE, META_FILE) if not (folder / name).is_file()]
         if missing:
             raise UserError(f"{folder}: no saved gallery ({', '.join(missing)} missing)")
         try:
-            info = json.loads(paths[INFO_FILE].read_text())
-            meta = pd.read_parquet(paths[META_FILE])
-            index = faiss.deserialize_index(np.fromfile(paths[INDEX_FILE], dtype=np.uint8))
-        except (OSError, ValueError, RuntimeError) as exc:
+            info = json.loads((folder / INFO_FILE).read_text())
+        except (OSError, ValueError) as exc:
             raise UserError(f"{folder}: the saved gallery cannot be read ({exc})") from None
-        if info.get("format_version") != FORMAT_VERSION:
-            raise UserError(f"{paths[INFO_FILE]}: format {info.get('format_version')}, expected {FORMAT_VERSION}")
-        gallery = cls(int(info["dim"]), GallerySpec(**info["spec"]), seed=int(info.get("seed", 0)))
-        expected = np.arange(len(meta), dtype=np.int64)
-        problems = []
-        if index.d != gallery.dim:
-            problems.append(f"{INDEX_FILE} holds {index.d}-d vectors, {INFO_FILE} says {gallery.dim}")
-        if index.ntotal != len(meta):
-            problems.append(f"{INDEX_FILE} holds {index.ntotal} vectors but {META_FILE} lists {len(meta)} items")
-        if not np.array_equal(meta["item_id"].to_numpy(dtype=np.int64), expected):
+        if not isinstance(info, dict) or info.get("format_version") != FORMAT_VERSION:
+            version = info.get("format_version") if isinstance(info, dict) else None
+            raise UserError(f"{folder / INFO_FILE}: gallery format {version}, expected {FORMAT_VERSION} (saved by another cvstream)")
+        files = [str(entry.get("file", "")) for entry in info.get("segments", [])]
+        missing = [name for name in files if not SEGMENT_FILE.fullmatch(name) or not (folder / name).is_file()]
+        if missing:
+            raise UserError(f"{folder}: no saved gallery ({', '.join(missing)} missing)")
+        try:
+            meta = pd.read_parquet(folder / META_FILE)
+            segments = [faiss.deserialize_index(np.fromfile(folder / name, dtype=np.uint8)) for name in files]
+            gallery = cls(int(info["dim"]), GallerySpec(**info["spec"]), seed=int(info.get("seed", 0)))
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+            raise UserError(f"{folder}: the saved gallery cannot be read ({exc})") from None
+        problems = gallery._check_segments(segments, files)
+        total = sum(int(s.ntotal) for s in segments)
+        if total != len(meta):
+            problems.append(f"the index segments hold {total} vectors but {META_FILE} lists {len(meta)} items")
+        if not np.array_equal(meta["item_id"].to_numpy(dtype=np.int64), np.arange(len(meta), dtype=np.int64)):
             problems.append(f"{META_FILE}: item ids are not 0..{len(meta) - 1} in order")
         if int(info.get("items", len(meta))) != len(meta):
             problems.append(f"{INFO_FILE} says {info.get('items')} items, {META_FILE} lists {len(meta)}")
-        if not problems and len(meta):
-            ids = faiss.vector_to_array(index.id_map) if hasattr(index, "id_map") else None
-            if ids is not None and not np.array_equal(np.sort(ids), expected):
-                problems.append(f"the ids in {INDEX_FILE} do not match the item ids of {META_FILE}")
         if problems:
             raise UserError(f"{folder}: the saved gallery does not match its metadata: " + "; ".join(problems))
-        if isinstance(index, faiss.IndexIVF) and index.direct_map.type != faiss.DirectMap.Array:
-            index.set_direct_map_type(faiss.DirectMap.Array)
-        gallery.index = index
+        gallery._adopt(segments)
         trained = info.get("trained") or {}
         gallery.trained_session, gallery.trained_vectors = int(trained.get("session", -1)), int(trained.get("vectors", 0))
         gallery.rebuilds = int(info.get("hnsw_rebuilds", 0))
@@ -358,8 +456,58 @@ class Gallery:
         gallery._backfilled_at.extend(ints("backfilled_at"))
         gallery._transformed_at.extend(ints("transformed_at") if "transformed_at" in meta else np.full(len(meta), -1, np.int64))
         if len(meta):
-            gallery._accumulate(ints("class_id"), gallery.vectors(expected).astype(np.float64), sign=1)
+            gallery._accumulate(ints("class_id"), gallery.vectors(np.arange(len(meta), dtype=np.int64)).astype(np.float64), sign=1)
         return gallery
+
+    def _check_segments(self, segments: list[faiss.Index], names: list[str]) -> list[str]:
+        """What is wrong with deserialised segments for this gallery's dimension, backend and segment size."""
+        kind = {"flat": faiss.IndexFlat, "ivf": faiss.IndexIVFFlat, "ivfpq": faiss.IndexIVFPQ, "hnsw": faiss.IndexHNSW}[self.index_type]
+        problems = []
+        for number, (segment, name) in enumerate(zip(segments, names)):
+            if segment.d != self.dim:
+                problems.append(f"{name} holds {segment.d}-d vectors, {INFO_FILE} says {self.dim}")
+            elif not isinstance(segment, kind) or segment.metric_type != faiss.METRIC_INNER_PRODUCT:
+                problems.append(f"{name} is a {type(segment).__name__}, not the inner-product {self.index_type} index {INFO_FILE} names")
+            elif number < len(segments) - 1 and segment.ntotal != self.segment_size or segment.ntotal > self.segment_size:
+                problems.append(f"{name} holds {segment.ntotal} items; segments hold {self.segment_size}, the last one at most that")
+        return problems
+
+    def _adopt(self, segments: list[faiss.Index]) -> None:
+        """Take deserialised segments as this gallery's (after a load or a checkpoint restore)."""
+        if isinstance(self._template, faiss.IndexIVF) and segments:
+            # A template trained with the first segment's centroids (and codebooks) holds the shared quantiser;
+            # every segment hands its inverted lists to a segment built around it.
+            first = segments[0]
+            self._template = _build_index(self.dim, self.spec)
+            self._template.quantizer.add(first.quantizer.reconstruct_n(0, first.nlist))
+            if self.index_type == "ivfpq":
+                self._template.pq = first.pq
+            self._template.is_trained = True
+            segments = [self._empty_segment(taking_over=segment) for segment in segments]
+        self.segments = segments
+        self._versions = np.zeros(len(segments), dtype=np.int64)
+        self._gpu = self._saved = None
+
+    def restored(self) -> None:
+        """Called by a checkpoint restore after setting the fields: share the IVF quantiser again."""
+        self._adopt(list(self.segments))
+
+
+def _stored(segment: faiss.Index, dim: int) -> np.ndarray:
+    """The float vectors of a flat or HNSW segment, in place (writable)."""
+    flat = faiss.downcast_index(segment.storage) if isinstance(segment, faiss.IndexHNSW) else segment
+    return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * dim).reshape(flat.ntotal, dim)
+
+
+def _merge(parts: list[tuple[np.ndarray, np.ndarray]], segment_size: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top k over per-segment results (positions made item ids); ties go to the lower item id's segment."""
+    if len(parts) == 1:
+        return parts[0]
+    ids = np.concatenate([np.where(i >= 0, i + n * segment_size, -1) for n, (_, i) in enumerate(parts)], axis=1)
+    scores = np.concatenate([s for s, _ in parts], axis=1)
+    scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, best, axis=1), np.take_along_axis(ids, best, axis=1)
 
 
 def _check_spec(dim: int, spec) -> None:
@@ -368,14 +516,15 @@ def _check_spec(dim: int, spec) -> None:
 
 
 def _build_index(dim: int, spec) -> faiss.Index:
+    """An empty segment (flat, hnsw) or the untrained template of the IVF segments."""
     ip = faiss.METRIC_INNER_PRODUCT
     if spec.index == "flat":
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        return faiss.IndexFlatIP(dim)
     if spec.index == "hnsw":
         hnsw = faiss.IndexHNSWFlat(dim, spec.hnsw_m, ip)
         hnsw.hnsw.efConstruction = spec.ef_construction
         hnsw.hnsw.efSearch = spec.ef_search
-        return faiss.IndexIDMap2(hnsw)
+        return hnsw
     quantizer = faiss.IndexFlatIP(dim)
     if spec.index == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, spec.nlist, ip)
@@ -385,8 +534,4 @@ def _build_index(dim: int, spec) -> faiss.Index:
         raise ValueError(f"unsupported index {spec.index!r}")
     index.cp.spherical = True  # unit vectors: centroids on the sphere suit inner-product search
     index.nprobe = min(spec.nprobe, spec.nlist)
-    # Item ids are 0..n-1 in the order added, so the id -> list position map is an array: appending to it
-    # costs the same at any gallery size (a hash table's inserts slow down as it grows), and
-    # update_vectors replaces an item's vector in place.
-    index.set_direct_map_type(faiss.DirectMap.Array)
     return index

@@ -23,7 +23,7 @@ import torch
 from cvstream.errors import UserError
 from cvstream.simulator.outputs import OutputError, atomic_write_bytes, read_parquet, write_json
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: galleries hold a list of index segments
 SCALARS = ("generation", "_next_generation")  # engine attributes that carry over between sessions
 STRUCTURES = ("gallery", "replay")  # engine objects saved attribute by attribute
 
@@ -34,14 +34,22 @@ STRUCTURES = ("gallery", "replay")  # engine objects saved attribute by attribut
 def pack(obj, prefix: str, arrays: dict[str, np.ndarray]) -> dict:
     """Describe `obj`'s attributes as JSON values; arrays and Faiss indexes go into `arrays`."""
     fields = {}
+    skip = getattr(type(obj), "_not_checkpointed", ())  # caches the class rebuilds on demand
     for name, value in vars(obj).items():
         key = f"{prefix}.{name}"
+        if name in skip:
+            continue
         if isinstance(value, np.ndarray):
             arrays[key] = value
             fields[name] = {"array": key}
         elif isinstance(value, faiss.Index):
             arrays[key] = faiss.serialize_index(value)
             fields[name] = {"faiss": key}
+        elif isinstance(value, list) and all(isinstance(v, faiss.Index) for v in value):
+            keys = [f"{key}[{i}]" for i in range(len(value))]
+            for item_key, index in zip(keys, value):
+                arrays[item_key] = faiss.serialize_index(index)
+            fields[name] = {"faiss_list": keys}
         elif isinstance(value, dict) and all(isinstance(v, np.ndarray) for v in value.values()):
             for k, v in value.items():
                 arrays[f"{key}[{k}]"] = v
@@ -69,6 +77,8 @@ def unpack(spec: dict, arrays) -> object:
             value = np.array(arrays[field["array"]])
         elif "faiss" in field:
             value = faiss.deserialize_index(np.array(arrays[field["faiss"]]))
+        elif "faiss_list" in field:
+            value = [faiss.deserialize_index(np.array(arrays[k])) for k in field["faiss_list"]]
         elif "arrays" in field:
             value = {json.loads(k): np.array(arrays[v]) for k, v in field["arrays"].items()}
         elif "object" in field:
@@ -76,6 +86,8 @@ def unpack(spec: dict, arrays) -> object:
         else:
             value = field["value"]
         setattr(obj, name, value)
+    if callable(getattr(obj, "restored", None)):
+        obj.restored()  # the object re-links what a field-by-field copy cannot (e.g. shared Faiss parts)
     return obj
 
 

@@ -58,8 +58,8 @@ def index_bytes(index: faiss.Index) -> int:
         links = faiss.vector_to_array(index.hnsw.neighbors).nbytes if n else 0
         return index_bytes(index.storage) + links
     if isinstance(index, faiss.IndexIVF):
-        # codes + ids per item, a direct map entry per item, and the coarse centroids
-        return n * (index.code_size + 8 + 16) + index.nlist * index.d * 4
+        # codes + ids per item and a direct map entry per item (the coarse centroids are shared by the segments)
+        return n * (index.code_size + 8 + 8)
     if isinstance(index, faiss.IndexFlatCodes):
         return n * index.code_size
     return n * index.d * 4
@@ -69,7 +69,8 @@ def gallery_bytes(gallery) -> int:
     """The index plus the metadata columns (their allocated capacity) and the per-class sums."""
     columns = sum(value._data.nbytes for value in vars(gallery).values() if hasattr(value, "_data") and isinstance(value._data, np.ndarray))
     sums = gallery._class_sum.nbytes + gallery._class_count.nbytes
-    return index_bytes(gallery.index) + columns + sums
+    quantizer = gallery.quantizer.ntotal * gallery.dim * 4 if gallery.quantizer is not None else 0  # shared by the IVF segments
+    return sum(index_bytes(segment) for segment in gallery.segments) + quantizer + columns + sums
 
 
 def snapshot(gallery=None) -> dict[str, int]:

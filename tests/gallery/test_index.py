@@ -10,12 +10,14 @@ from cvstream.gallery import Gallery
 from cvstream.scenario import GallerySpec
 
 DIM = 16
-SPECS = {
+ONE_SEGMENT = {
     "flat": GallerySpec(index="flat"),
     "ivf": GallerySpec(index="ivf", nlist=4, nprobe=4),
     "ivfpq": GallerySpec(index="ivfpq", nlist=2, nprobe=2, pq_m=4, pq_bits=4),
     "hnsw": GallerySpec(index="hnsw", hnsw_m=8),
 }
+# The same backends with 50-item segments: the 120 items of `filled` span three of them.
+SPECS = {**ONE_SEGMENT, **{f"{k}/segments": v.model_copy(update={"segment_size": 50}) for k, v in ONE_SEGMENT.items()}}
 
 
 def unit(rng, n, dim=DIM):
@@ -43,20 +45,28 @@ def recomputed_means(gallery: Gallery, classes: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("kind", list(SPECS))
 def test_every_backend_finds_its_own_items(kind):
     gallery, _ = filled(kind)
-    assert len(gallery) == 120 and gallery.index.ntotal == 120
+    assert len(gallery) == 120 and sum(s.ntotal for s in gallery.segments) == 120
+    assert [s.ntotal for s in gallery.segments] == ([50, 50, 20] if kind.endswith("/segments") else [120])
     stored = gallery.vectors(np.arange(120))
     _, ids = gallery.search(stored, 1)
-    assert (ids[:, 0] == np.arange(120)).mean() >= (0.6 if kind == "ivfpq" else 0.95)
+    assert (ids[:, 0] == np.arange(120)).mean() >= (0.6 if kind.startswith("ivfpq") else 0.95)
     assert list(gallery.metadata().generation) == [0] * 60 + [1] * 60
 
 
-@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def shares_one_quantiser(gallery: Gallery) -> bool:
+    address = int(gallery.quantizer.this)
+    return all(int(segment.quantizer.this) == address for segment in gallery.segments)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "ivf/segments", "ivfpq/segments"])
 def test_coarse_quantiser_is_trained_once_on_the_first_session_and_recorded(kind):
     gallery, rng = filled(kind, sessions=1)
-    centroids = gallery.index.quantizer.reconstruct_n(0, gallery.index.nlist).copy()
+    nlist = gallery.spec.nlist
+    centroids = gallery.quantizer.reconstruct_n(0, nlist).copy()
     gallery.add(unit(rng, 30), sample_ids=np.arange(30), class_ids=np.zeros(30, int), session=1, generation=1)
-    assert np.array_equal(gallery.index.quantizer.reconstruct_n(0, gallery.index.nlist), centroids)
+    assert np.array_equal(gallery.quantizer.reconstruct_n(0, nlist), centroids)
     assert gallery.describe()["trained"] == {"session": 0, "vectors": 60}
+    assert len(gallery.segments) == (2 if kind.endswith("/segments") else 1) and shares_one_quantiser(gallery)
 
 
 def test_training_on_a_seeded_sample():
@@ -76,7 +86,7 @@ def test_replace_changes_only_the_chosen_items_and_keeps_class_sums_right(kind):
     after = gallery.vectors(np.arange(120))
     untouched = np.setdiff1d(np.arange(120), chosen)
     assert np.array_equal(after[untouched], before[untouched])  # bit for bit
-    if kind != "ivfpq":  # PQ stores codes: what comes back is the decoded approximation
+    if not gallery.lossy:  # PQ stores codes: what comes back is the decoded approximation
         assert np.array_equal(after[chosen], fresh)
     meta = gallery.metadata()
     assert list(meta.generation[chosen]) == [2] * 4 and list(meta.backfilled_at[chosen]) == [2] * 4
@@ -86,7 +96,7 @@ def test_replace_changes_only_the_chosen_items_and_keeps_class_sums_right(kind):
     assert has.all()
     np.testing.assert_allclose(means, recomputed_means(gallery, classes), atol=1e-6)
     _, ids = gallery.search(fresh, 1)
-    if kind in ("flat", "hnsw"):
+    if kind.startswith(("flat", "hnsw")):
         assert list(ids[:, 0]) == list(chosen)
 
 
@@ -120,10 +130,10 @@ def test_a_saved_gallery_that_does_not_match_its_metadata_is_a_user_error(tmp_pa
     gallery.save(tmp_path)
     meta = gallery.metadata()
     meta.iloc[:-1].to_parquet(tmp_path / "gallery.parquet", index=False)
-    with pytest.raises(UserError, match="holds 120 vectors but gallery.parquet lists 119"):
+    with pytest.raises(UserError, match="segments hold 120 vectors but gallery.parquet lists 119"):
         Gallery.load(tmp_path)
-    (tmp_path / "gallery.faiss").unlink()
-    with pytest.raises(UserError, match="gallery.faiss missing"):
+    (tmp_path / "gallery-0000.faiss").unlink()
+    with pytest.raises(UserError, match="gallery-0000.faiss missing"):
         Gallery.load(tmp_path)
 
 
@@ -146,9 +156,9 @@ def test_without_faiss_gpu_the_gallery_stays_on_the_cpu():
     assert gallery.gpu == (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf"])
-def test_the_gpu_search_replica_answers_like_the_cpu_index(kind, monkeypatch):
-    """faiss-gpu stood in for by CPU clones: checks the replica's id handling, not CUDA."""
+@pytest.mark.parametrize("kind", ["flat", "ivf", "flat/segments", "ivf/segments"])
+def test_gpu_copies_answer_like_the_cpu_index_and_are_made_again_only_for_changed_segments(kind, monkeypatch):
+    """faiss-gpu stood in for by CPU clones: checks the copies' id handling and caching, not CUDA."""
     import faiss
 
     import cvstream.gallery.index as index_module
@@ -164,10 +174,108 @@ def test_the_gpu_search_replica_answers_like_the_cpu_index(kind, monkeypatch):
     monkeypatch.setattr(faiss, "index_cpu_to_gpu", fake_to_gpu, raising=False)
     gallery, rng = filled(kind)
     assert gallery.gpu
-    gallery.replace(np.array([2, 90]), unit(rng, 2), session=2, generation=2)
+    segments = len(gallery.segments)
     queries = unit(rng, 20)
-    on_gpu = gallery.search(queries, 5)
-    gallery.gpu = False
-    on_cpu = gallery.search(queries, 5)
-    assert np.array_equal(on_gpu[1], on_cpu[1]) and np.allclose(on_gpu[0], on_cpu[0])
-    assert made == (["IndexFlatIP"] if kind == "flat" else ["IndexIVFFlat"])  # the flat copy has no id map
+
+    def both():
+        on_gpu = gallery.search(queries, 5)
+        gallery.gpu = False
+        on_cpu = gallery.search(queries, 5)
+        gallery.gpu = True
+        assert np.array_equal(on_gpu[1], on_cpu[1]) and np.allclose(on_gpu[0], on_cpu[0])
+
+    both()
+    assert made == [("IndexFlatIP" if kind.startswith("flat") else "IndexIVFFlat")] * segments
+    both()
+    assert len(made) == segments  # nothing changed: no new copy
+    gallery.replace(np.array([2]), unit(rng, 1), session=2, generation=2)  # in the first segment
+    gallery.add(unit(rng, 5), sample_ids=np.arange(5), class_ids=np.zeros(5, int), session=2, generation=2)  # the newest
+    both()
+    assert len(made) == segments + (2 if segments > 1 else 1)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
+def test_a_session_adds_to_the_newest_segment_only(kind):
+    gallery, rng = filled(f"{kind}/segments")
+    sealed = gallery.segments[:2]
+    before = gallery.vectors(np.arange(100))
+    gallery.add(unit(rng, 45), sample_ids=np.arange(45), class_ids=np.zeros(45, int), session=2, generation=2)
+    assert gallery.segments[:2] == sealed and all(a is b for a, b in zip(gallery.segments, sealed))
+    assert [s.ntotal for s in gallery.segments] == [50, 50, 50, 15]
+    assert np.array_equal(gallery.vectors(np.arange(100)), before)
+
+
+def test_a_search_over_segments_is_the_exact_top_k_of_all_items():
+    gallery, rng = filled("flat/segments")
+    queries = unit(rng, 30)
+    scores, ids = gallery.search(queries, 7)
+    exact = queries @ gallery.vectors(np.arange(120)).T
+    np.testing.assert_allclose(scores, -np.sort(-exact, axis=1)[:, :7], atol=1e-6)
+    np.testing.assert_allclose(np.take_along_axis(exact, ids, axis=1), scores, atol=1e-6)
+    assert (np.diff(scores, axis=1) <= 0).all() and all(len(set(row)) == 7 for row in ids)
+    few, few_ids = filled("flat/segments", sessions=1, per_session=55)[0].search(queries, 200)
+    assert few_ids.shape == (30, 55) and (np.sort(few_ids, axis=1) == np.arange(55)).all()
+
+
+def test_hnsw_rebuilds_only_the_segments_whose_vectors_were_replaced():
+    gallery, rng = filled("hnsw/segments")
+    first, second, third = gallery.segments
+    gallery.replace(np.array([60, 75]), unit(rng, 2), session=2, generation=2)  # both in the second segment
+    assert gallery.rebuilds == 1 and gallery.segments[0] is first and gallery.segments[2] is third
+    assert gallery.segments[1] is not second and gallery.segments[1].ntotal == 50
+
+
+@pytest.mark.parametrize("kind", ["ivf/segments", "ivfpq/segments", "hnsw/segments", "flat/segments"])
+def test_a_checkpoint_copy_of_a_segmented_gallery_answers_alike_and_shares_the_quantiser_again(kind):
+    from cvstream.simulator.checkpoint import pack, unpack
+
+    gallery, rng = filled(kind)
+    arrays = {}
+    spec = pack(gallery, "gallery", arrays)
+    assert not any("_gpu" in key or "_saved" in key for key in arrays)
+    copy = unpack(spec, arrays)
+    queries = unit(rng, 25)
+    assert np.array_equal(copy.search(queries, 5)[1], gallery.search(queries, 5)[1])
+    assert np.array_equal(copy.vectors(np.arange(120)), gallery.vectors(np.arange(120)))
+    if copy.quantizer is not None:
+        assert shares_one_quantiser(copy)
+    copy.add(unit(rng, 40), sample_ids=np.arange(40), class_ids=np.zeros(40, int), session=2, generation=2)
+    assert [s.ntotal for s in copy.segments] == [50, 50, 50, 10]
+
+
+def test_saving_again_writes_only_the_segments_that_changed(tmp_path):
+    gallery, rng = filled("flat/segments")
+    gallery.save(tmp_path)
+    files = [tmp_path / f"gallery-{i:04d}.faiss" for i in range(3)]
+    inode = [f.stat().st_ino for f in files]
+    gallery.add(unit(rng, 10), sample_ids=np.arange(10), class_ids=np.zeros(10, int), session=2, generation=2)
+    gallery.save(tmp_path)
+    assert [f.stat().st_ino for f in files[:2]] == inode[:2] and files[2].stat().st_ino != inode[2]
+    inode = [f.stat().st_ino for f in files]
+    gallery.replace(np.array([7]), unit(rng, 1), session=2, generation=2)
+    gallery.save(tmp_path)
+    assert [f.stat().st_ino for f in files] != inode and [f.stat().st_ino for f in files[1:]] == inode[1:]
+    loaded = Gallery.load(tmp_path)
+    assert np.array_equal(loaded.vectors(np.arange(130)), gallery.vectors(np.arange(130)))
+    inode = [f.stat().st_ino for f in files]
+    loaded.save(tmp_path)  # a loaded gallery has written nothing yet: it writes every segment
+    assert all(f.stat().st_ino != i for f, i in zip(files, inode))
+    (tmp_path / "gallery-0007.faiss").write_bytes(b"left over")
+    loaded.save(tmp_path)
+    assert not (tmp_path / "gallery-0007.faiss").exists()
+
+
+def test_segments_that_do_not_fit_the_saved_description_are_a_user_error(tmp_path):
+    import faiss
+
+    gallery, _ = filled("flat/segments")
+    gallery.save(tmp_path)
+    faiss.write_index(faiss.IndexFlatIP(DIM), str(tmp_path / "gallery-0001.faiss"))  # an empty middle segment
+    with pytest.raises(UserError, match="gallery-0001.faiss holds 0 items; segments hold 50"):
+        Gallery.load(tmp_path)
+    faiss.write_index(faiss.IndexFlatL2(DIM), str(tmp_path / "gallery-0001.faiss"))
+    with pytest.raises(UserError, match="not the inner-product flat index"):
+        Gallery.load(tmp_path)
+    faiss.write_index(faiss.IndexFlatIP(DIM * 2), str(tmp_path / "gallery-0001.faiss"))
+    with pytest.raises(UserError, match="holds 32-d vectors, gallery.json says 16"):
+        Gallery.load(tmp_path)
