@@ -24,6 +24,7 @@ from cvstream.errors import UserError
 
 FORMAT_VERSION = 2
 META_FILE, INFO_FILE = "gallery.parquet", "gallery.json"
+_BLOCK = 4096  # rows per block of the running class sums
 SEGMENT_FILE = re.compile(r"gallery-(\d{4,})\.faiss")
 
 
@@ -147,7 +148,7 @@ class Gallery:
         self._backfilled_at.extend(np.full(n, -1, dtype=np.int64))
         self._transformed_at.extend(np.full(n, -1, dtype=np.int64))
         stored = self.vectors(item_ids) if self.lossy else vectors
-        self._accumulate(np.asarray(class_ids, dtype=np.int64), stored.astype(np.float64), sign=1)
+        self._accumulate(np.asarray(class_ids, dtype=np.int64), stored, sign=1)
         return item_ids
 
     def replace(
@@ -163,7 +164,7 @@ class Gallery:
         if len(np.unique(item_ids)) != len(item_ids) or item_ids.min() < 0 or item_ids.max() >= len(self):
             raise ValueError("item ids must be distinct ids of this gallery")
         classes = self._class_ids.values[item_ids]
-        self._accumulate(classes, self.vectors(item_ids).astype(np.float64), sign=-1)
+        self._accumulate(classes, self.vectors(item_ids), sign=-1)
         for number, rows, local in self._by_segment(item_ids):
             segment = self.segments[number]
             if self.index_type == "flat":
@@ -180,7 +181,7 @@ class Gallery:
                 self.rebuilds += 1
             self._versions[number] += 1
         stored = self.vectors(item_ids) if self.lossy else vectors
-        self._accumulate(classes, stored.astype(np.float64), sign=1)
+        self._accumulate(classes, stored, sign=1)
         if generation is not None:
             self._generation.values[item_ids] = generation
             self._backfilled_at.values[item_ids] = session
@@ -258,18 +259,22 @@ class Gallery:
             yield int(seg), rows, item_ids[rows] - int(seg) * self.segment_size
 
     def _accumulate(self, class_ids: np.ndarray, vectors: np.ndarray, *, sign: int) -> None:
+        """Add (sign 1) or remove (sign -1) vectors in the per-class sums, summed in float64."""
         top = int(class_ids.max()) + 1 if len(class_ids) else 0
         if top > len(self._class_count):
             self._class_sum = np.vstack([self._class_sum, np.zeros((top - len(self._class_count), self.dim))])
             self._class_count = np.concatenate([self._class_count, np.zeros(top - len(self._class_count), np.int64)])
-        if len(class_ids) == 0:
-            return
-        # One bincount over (class, dimension) cells of the classes present: np.add.at on rows is ~50x slower.
-        classes, inverse = np.unique(class_ids, return_inverse=True)
-        cells = (inverse[:, None] * self.dim + np.arange(self.dim)).ravel()
-        sums = np.bincount(cells, weights=vectors.ravel(), minlength=len(classes) * self.dim).reshape(len(classes), self.dim)
-        self._class_sum[classes] += sign * sums
-        self._class_count[classes] += sign * np.bincount(inverse, minlength=len(classes))
+        # Blocks of rows sorted by class and summed per run of one class: a few small temporaries
+        # (no gallery-sized or float64 copy of the batch, whose fresh pages cost more than the sums).
+        for start in range(0, len(class_ids), _BLOCK):
+            block = class_ids[start : start + _BLOCK]
+            order = np.argsort(block, kind="stable")
+            ordered = block[order]
+            runs = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+            sums = np.add.reduceat(vectors[start : start + _BLOCK][order], runs, axis=0, dtype=np.float64)
+            classes = ordered[runs]
+            self._class_sum[classes] += sign * sums
+            self._class_count[classes] += sign * np.diff(np.r_[runs, len(block)])
 
     # -- searching ------------------------------------------------------------------------
 
@@ -456,7 +461,7 @@ class Gallery:
         gallery._backfilled_at.extend(ints("backfilled_at"))
         gallery._transformed_at.extend(ints("transformed_at") if "transformed_at" in meta else np.full(len(meta), -1, np.int64))
         if len(meta):
-            gallery._accumulate(ints("class_id"), gallery.vectors(np.arange(len(meta), dtype=np.int64)).astype(np.float64), sign=1)
+            gallery._accumulate(ints("class_id"), gallery.vectors(np.arange(len(meta), dtype=np.int64)), sign=1)
         return gallery
 
     def _check_segments(self, segments: list[faiss.Index], names: list[str]) -> list[str]:
@@ -468,6 +473,8 @@ class Gallery:
                 problems.append(f"{name} holds {segment.d}-d vectors, {INFO_FILE} says {self.dim}")
             elif not isinstance(segment, kind) or segment.metric_type != faiss.METRIC_INNER_PRODUCT:
                 problems.append(f"{name} is a {type(segment).__name__}, not the inner-product {self.index_type} index {INFO_FILE} names")
+            elif isinstance(segment, faiss.IndexIVF) and segment.nlist != self.spec.nlist:
+                problems.append(f"{name} has {segment.nlist} inverted lists, {INFO_FILE} says nlist = {self.spec.nlist}")
             elif number < len(segments) - 1 and segment.ntotal != self.segment_size or segment.ntotal > self.segment_size:
                 problems.append(f"{name} holds {segment.ntotal} items; segments hold {self.segment_size}, the last one at most that")
         return problems
