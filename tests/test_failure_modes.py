@@ -132,7 +132,9 @@ def interrupted_run(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("damaged", ["latest.json", "state.json", "state.pt", "arrays.npz", "metrics.parquet"])
+@pytest.mark.parametrize(
+    "damaged", ["latest.json", "state.json", "state.pt", "arrays.npz", "metrics.parquet", "gallery/gallery-0000.faiss", "gallery/gallery.parquet"]
+)
 def test_a_damaged_checkpoint_or_table_stops_resume_with_a_message(interrupted_run, tmp_path, capsys, damaged):
     import shutil
 

@@ -70,10 +70,7 @@ def gpu_available() -> bool:
 class Gallery:
     """Faiss index segments + per-item metadata + running per-class sums of the stored vectors."""
 
-    # Every checkpointed attribute is an array, a number, a string, a Faiss index (or a list of
-    # them) or a _Column, so that a checkpoint can save it field by field. These are caches,
-    # rebuilt on demand: what was copied to the GPU and what was last written to disk.
-    _not_checkpointed = ("_gpu", "_saved")
+    # Caches, rebuilt on demand: the segments' GPU copies, and which files were last written where.
     _gpu = None
     _saved = None
 
@@ -88,6 +85,7 @@ class Gallery:
         self._template = _build_index(dim, spec)  # empty; for ivf and ivfpq, the trained coarse quantiser every segment shares
         self.segments: list[faiss.Index] = []
         self._versions = np.zeros(0, dtype=np.int64)  # per segment, bumped at every change (what a cached copy is checked against)
+        self._changes = 0  # bumped at every add and replace (what a saved metadata table is checked against)
         self.trained_session = -1  # the session whose vectors trained the coarse quantiser (-1: not yet, or none needed)
         self.trained_vectors = 0
         self.gpu = bool(spec.gpu and gpu_available() and spec.index != "hnsw")
@@ -132,6 +130,7 @@ class Gallery:
         if not self._template.is_trained and n:
             self._train(vectors, session=session)
         item_ids = np.arange(len(self), len(self) + n, dtype=np.int64)
+        self._changes += 1
         start = 0
         while start < n:  # fill the newest segment, then open the next
             if not self.segments or self.segments[-1].ntotal >= self.segment_size:
@@ -164,6 +163,7 @@ class Gallery:
         if len(np.unique(item_ids)) != len(item_ids) or item_ids.min() < 0 or item_ids.max() >= len(self):
             raise ValueError("item ids must be distinct ids of this gallery")
         classes = self._class_ids.values[item_ids]
+        self._changes += 1
         self._accumulate(classes, self.vectors(item_ids), sign=-1)
         for number, rows, local in self._by_segment(item_ids):
             segment = self.segments[number]
@@ -391,24 +391,39 @@ class Gallery:
     def save(self, folder: str | Path) -> None:
         """Write the segment files, gallery.json and gallery.parquet (each atomically) into `folder`.
 
-        A segment this object already wrote to `folder`, unchanged since, is not written again,
-        so a session's save costs its new segment data, not the gallery.
+        What this object already wrote and has not changed since is not written again: a file
+        still current in `folder` is kept, one current in a folder saved to before (the run's
+        own gallery, for a checkpoint) is hard-linked. A session's save thus costs its new
+        segment data and the metadata, not the gallery.
         """
-        from cvstream.simulator.outputs import atomic_write_bytes, write_json, write_parquet
+        from cvstream.simulator.outputs import atomic_write_bytes, link_or_copy, write_json, write_parquet
 
         folder = Path(folder)
-        written = self._saved.get("versions", {}) if self._saved is not None and self._saved.get("folder") == str(folder.resolve()) else {}
+        folder.mkdir(parents=True, exist_ok=True)
+        here = str(folder.resolve())
+        saved = dict(self._saved or {})  # folder -> {file name: the version it holds}
+        current = {segment_file(i): int(v) for i, v in enumerate(self._versions)} | {META_FILE: self._changes}
+
+        def put(name: str, write) -> None:
+            if saved.get(here, {}).get(name) == current[name] and (folder / name).is_file():
+                return
+            source = next((Path(f) / name for f, files in saved.items() if f != here and files.get(name) == current[name]
+                           and (Path(f) / name).is_file()), None)
+            if source is not None:
+                link_or_copy(source, folder / name)
+            else:
+                write(folder / name)
+
         for number, segment in enumerate(self.segments):
-            name = segment_file(number)
-            if written.get(number) != int(self._versions[number]) or not (folder / name).is_file():
-                atomic_write_bytes(folder / name, faiss.serialize_index(segment).tobytes())
+            put(segment_file(number), lambda path, segment=segment: atomic_write_bytes(path, faiss.serialize_index(segment).tobytes()))
         for path in folder.glob("gallery-*.faiss"):  # segments of a longer gallery saved here before (a resumed run)
             match = SEGMENT_FILE.fullmatch(path.name)
             if match and int(match.group(1)) >= len(self.segments):
                 path.unlink()
+        put(META_FILE, lambda path: write_parquet(path, self.metadata()))
         write_json(folder / INFO_FILE, self.describe())
-        write_parquet(folder / META_FILE, self.metadata())
-        self._saved = {"folder": str(folder.resolve()), "versions": {i: int(v) for i, v in enumerate(self._versions)}}
+        saved.pop(here, None)
+        self._saved = {**dict(list(saved.items())[-1:]), here: current}  # this folder and the one saved to before it
 
     @classmethod
     def load(cls, folder: str | Path) -> "Gallery":
@@ -422,20 +437,27 @@ class Gallery:
         try:
             info = json.loads((folder / INFO_FILE).read_text())
         except (OSError, ValueError) as exc:
-            raise UserError(f"{folder}: the saved gallery cannot be read ({exc})") from None
+            raise UserError(f"{folder / INFO_FILE}: the saved gallery cannot be read ({exc})") from None
         if not isinstance(info, dict) or info.get("format_version") != FORMAT_VERSION:
             version = info.get("format_version") if isinstance(info, dict) else None
             raise UserError(f"{folder / INFO_FILE}: gallery format {version}, expected {FORMAT_VERSION} (saved by another cvstream)")
-        files = [str(entry.get("file", "")) for entry in info.get("segments", [])]
+        entries = info.get("segments", [])
+        if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+            raise UserError(f"{folder / INFO_FILE}: the saved gallery cannot be read (its segment list is malformed)")
+        files = [str(entry.get("file", "")) for entry in entries]
         missing = [name for name in files if not SEGMENT_FILE.fullmatch(name) or not (folder / name).is_file()]
         if missing:
             raise UserError(f"{folder}: no saved gallery ({', '.join(missing)} missing)")
+        reading = INFO_FILE
         try:
-            meta = pd.read_parquet(folder / META_FILE)
-            segments = [faiss.deserialize_index(np.fromfile(folder / name, dtype=np.uint8)) for name in files]
             gallery = cls(int(info["dim"]), GallerySpec(**info["spec"]), seed=int(info.get("seed", 0)))
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise UserError(f"{folder}: the saved gallery cannot be read ({exc})") from None
+            reading = META_FILE
+            meta = pd.read_parquet(folder / META_FILE)
+            segments = []
+            for reading in files:
+                segments.append(faiss.deserialize_index(np.fromfile(folder / reading, dtype=np.uint8)))
+        except Exception as exc:  # pyarrow, Faiss and pydantic raise many types for a damaged file
+            raise UserError(f"{folder / reading}: the saved gallery cannot be read ({type(exc).__name__}: {exc})") from None
         problems = gallery._check_segments(segments, files)
         total = sum(int(s.ntotal) for s in segments)
         if total != len(meta):
@@ -450,6 +472,8 @@ class Gallery:
         trained = info.get("trained") or {}
         gallery.trained_session, gallery.trained_vectors = int(trained.get("session", -1)), int(trained.get("vectors", 0))
         gallery.rebuilds = int(info.get("hnsw_rebuilds", 0))
+        gallery.gpu_error = str(info.get("gpu_error", ""))
+        gallery.gpu = gallery.gpu and not gallery.gpu_error  # a GPU index that failed once is not tried again
 
         def ints(column: str) -> np.ndarray:
             return meta[column].astype("Int64").fillna(-1).to_numpy(dtype=np.int64)
@@ -495,9 +519,16 @@ class Gallery:
         self._versions = np.zeros(len(segments), dtype=np.int64)
         self._gpu = self._saved = None
 
-    def restored(self) -> None:
-        """Called by a checkpoint restore after setting the fields: share the IVF quantiser again."""
-        self._adopt(list(self.segments))
+    def class_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """The running per-class sums and counts (copies), as a checkpoint keeps them."""
+        return self._class_sum.copy(), self._class_count.copy()
+
+    def set_class_sums(self, sums: np.ndarray, counts: np.ndarray) -> None:
+        """Take running sums saved with this gallery (exactly what the saving run held, rounding included)."""
+        sums, counts = np.asarray(sums, dtype=np.float64), np.asarray(counts, dtype=np.int64)
+        if sums.shape != (len(counts), self.dim) or not np.array_equal(counts, self._class_count) or counts.sum() != len(self):
+            raise UserError("the saved class sums do not match the saved gallery; the run cannot be resumed")
+        self._class_sum, self._class_count = sums.copy(), counts.copy()
 
 
 def _stored(segment: faiss.Index, dim: int) -> np.ndarray:

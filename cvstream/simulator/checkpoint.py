@@ -1,8 +1,12 @@
 """Resume: the state of a run at the end of each completed session, saved atomically.
 
 `checkpoint/session-<t>/` holds the models and torch generators (`state.pt`, read back
-with `weights_only=True`), the gallery, replay buffer and evaluation state as arrays
-(`arrays.npz`) and plain values (`state.json`); `checkpoint/latest.json`, written last,
+with `weights_only=True`), the replay buffer, evaluation state and the gallery's running
+class sums as arrays (`arrays.npz`) and plain values (`state.json`), and the gallery as a
+saved gallery folder (`gallery/`, read back with `Gallery.load`), whose files are hard
+links to the run's own gallery files of that session: the run replaces a changed file by
+renaming a new one over it, so the link keeps the session's version, and a checkpoint
+costs the gallery's new segments, not the gallery. `checkpoint/latest.json`, written last,
 names the newest complete one. Table rows are not copied: the run's Parquet files are
 append-only, so a resumed run keeps their first rows up to the counts saved here.
 """
@@ -21,11 +25,13 @@ import numpy as np
 import torch
 
 from cvstream.errors import UserError
+from cvstream.gallery.index import Gallery
 from cvstream.simulator.outputs import OutputError, atomic_write_bytes, read_parquet, write_json
 
-CHECKPOINT_VERSION = 2  # 2: galleries hold a list of index segments
+CHECKPOINT_VERSION = 2  # 2: the gallery is a saved gallery folder (hard links to the run's own files)
 SCALARS = ("generation", "_next_generation")  # engine attributes that carry over between sessions
-STRUCTURES = ("gallery", "replay")  # engine objects saved attribute by attribute
+STRUCTURES = ("replay",)  # engine objects saved attribute by attribute
+GALLERY = "gallery"  # the checkpoint's gallery folder: Gallery.save, hard-linked from the run's files where unchanged
 
 
 # -- objects as arrays and plain values (a small, closed alternative to pickle) -------------
@@ -34,22 +40,14 @@ STRUCTURES = ("gallery", "replay")  # engine objects saved attribute by attribut
 def pack(obj, prefix: str, arrays: dict[str, np.ndarray]) -> dict:
     """Describe `obj`'s attributes as JSON values; arrays and Faiss indexes go into `arrays`."""
     fields = {}
-    skip = getattr(type(obj), "_not_checkpointed", ())  # caches the class rebuilds on demand
     for name, value in vars(obj).items():
         key = f"{prefix}.{name}"
-        if name in skip:
-            continue
         if isinstance(value, np.ndarray):
             arrays[key] = value
             fields[name] = {"array": key}
         elif isinstance(value, faiss.Index):
             arrays[key] = faiss.serialize_index(value)
             fields[name] = {"faiss": key}
-        elif isinstance(value, list) and all(isinstance(v, faiss.Index) for v in value):
-            keys = [f"{key}[{i}]" for i in range(len(value))]
-            for item_key, index in zip(keys, value):
-                arrays[item_key] = faiss.serialize_index(index)
-            fields[name] = {"faiss_list": keys}
         elif isinstance(value, dict) and all(isinstance(v, np.ndarray) for v in value.values()):
             for k, v in value.items():
                 arrays[f"{key}[{k}]"] = v
@@ -77,8 +75,6 @@ def unpack(spec: dict, arrays) -> object:
             value = np.array(arrays[field["array"]])
         elif "faiss" in field:
             value = faiss.deserialize_index(np.array(arrays[field["faiss"]]))
-        elif "faiss_list" in field:
-            value = [faiss.deserialize_index(np.array(arrays[k])) for k in field["faiss_list"]]
         elif "arrays" in field:
             value = {json.loads(k): np.array(arrays[v]) for k, v in field["arrays"].items()}
         elif "object" in field:
@@ -86,8 +82,6 @@ def unpack(spec: dict, arrays) -> object:
         else:
             value = field["value"]
         setattr(obj, name, value)
-    if callable(getattr(obj, "restored", None)):
-        obj.restored()  # the object re-links what a field-by-field copy cannot (e.g. shared Faiss parts)
     return obj
 
 
@@ -130,6 +124,10 @@ def save(sim, session: int) -> None:
             values["numpy_generators"][name] = value.bit_generator.state
     values["scalars"] = {name: getattr(sim, name) for name in SCALARS if hasattr(sim, name)}
     values["structures"] = {name: pack(getattr(sim, name), name, arrays) for name in STRUCTURES}
+    # The gallery as saved files (the run's own gallery was just saved: its files are linked, not copied),
+    # plus its running class sums, which a reload would otherwise recompute with different rounding.
+    sim.gallery.save(folder / GALLERY)
+    arrays["gallery.class_sum"], arrays["gallery.class_count"] = sim.gallery.class_sums()
     evaluation_arrays, values["evaluator"] = sim.evaluator.state()
     arrays.update({f"evaluator.{k}": v for k, v in evaluation_arrays.items()})
     values["rows"] = dict(sim.recorder.committed)
@@ -185,6 +183,10 @@ def restore(sim) -> int:
         setattr(sim, name, value)
     for name, spec in values["structures"].items():
         setattr(sim, name, unpack(spec, arrays))
+    sim.gallery = Gallery.load(folder / GALLERY)
+    if "gallery.class_sum" not in arrays or "gallery.class_count" not in arrays:
+        raise UserError(f"{folder / 'arrays.npz'} lacks the gallery's class sums; the run cannot be resumed")
+    sim.gallery.set_class_sums(arrays["gallery.class_sum"], arrays["gallery.class_count"])
     prefix = "evaluator."
     sim.evaluator.restore({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}, values["evaluator"])
     sim.recorder.restore(_tables(sim.run_dir, values["rows"]))

@@ -40,6 +40,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
 
 
+def link_or_copy(source: Path, path: Path) -> None:
+    """Make `path` a hard link to `source` (atomically); where links are not supported, a copy.
+
+    Safe because every writer here replaces a file by rename, never in place: the linked
+    content stays what it was when linked.
+    """
+    tmp = _tmp(Path(path))
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        atomic_write_bytes(path, Path(source).read_bytes())
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n").encode())
 

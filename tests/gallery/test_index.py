@@ -226,21 +226,31 @@ def test_hnsw_rebuilds_only_the_segments_whose_vectors_were_replaced():
 
 
 @pytest.mark.parametrize("kind", ["ivf/segments", "ivfpq/segments", "hnsw/segments", "flat/segments"])
-def test_a_checkpoint_copy_of_a_segmented_gallery_answers_alike_and_shares_the_quantiser_again(kind):
-    from cvstream.simulator.checkpoint import pack, unpack
-
+def test_a_loaded_segmented_gallery_answers_alike_shares_the_quantiser_and_grows_on(kind, tmp_path):
     gallery, rng = filled(kind)
-    arrays = {}
-    spec = pack(gallery, "gallery", arrays)
-    assert not any("_gpu" in key or "_saved" in key for key in arrays)
-    copy = unpack(spec, arrays)
+    gallery.save(tmp_path)
+    loaded = Gallery.load(tmp_path)
     queries = unit(rng, 25)
-    assert np.array_equal(copy.search(queries, 5)[1], gallery.search(queries, 5)[1])
-    assert np.array_equal(copy.vectors(np.arange(120)), gallery.vectors(np.arange(120)))
-    if copy.quantizer is not None:
-        assert shares_one_quantiser(copy)
-    copy.add(unit(rng, 40), sample_ids=np.arange(40), class_ids=np.zeros(40, int), session=2, generation=2)
-    assert [s.ntotal for s in copy.segments] == [50, 50, 50, 10]
+    assert np.array_equal(loaded.search(queries, 5)[1], gallery.search(queries, 5)[1])
+    assert np.array_equal(loaded.vectors(np.arange(120)), gallery.vectors(np.arange(120)))
+    if loaded.quantizer is not None:
+        assert shares_one_quantiser(loaded)
+    loaded.add(unit(rng, 40), sample_ids=np.arange(40), class_ids=np.zeros(40, int), session=2, generation=2)
+    assert [s.ntotal for s in loaded.segments] == [50, 50, 50, 10]
+    if loaded.quantizer is not None:
+        assert shares_one_quantiser(loaded)
+
+
+def test_a_save_to_a_second_folder_links_the_files_already_written(tmp_path):
+    gallery, rng = filled("flat/segments")
+    gallery.save(tmp_path / "run")
+    gallery.save(tmp_path / "copy")  # as a checkpoint does, just after the run's own save
+    for name in ["gallery-0000.faiss", "gallery-0001.faiss", "gallery-0002.faiss", "gallery.parquet"]:
+        assert (tmp_path / "copy" / name).stat().st_ino == (tmp_path / "run" / name).stat().st_ino
+    gallery.add(unit(rng, 5), sample_ids=np.arange(5), class_ids=np.zeros(5, int), session=2, generation=2)
+    gallery.save(tmp_path / "run")  # a new version of the newest segment: the copy keeps the old one
+    assert Gallery.load(tmp_path / "copy").metadata().equals(filled("flat/segments")[0].metadata())
+    assert len(Gallery.load(tmp_path / "run")) == 125
 
 
 def test_saving_again_writes_only_the_segments_that_changed(tmp_path):

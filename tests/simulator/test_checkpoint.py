@@ -1,4 +1,4 @@
-"""Checkpoint pieces: every gallery index type and the replay buffer survive pack/unpack exactly."""
+"""Checkpoint pieces: every gallery index type survives save/load with its class sums, the replay buffer pack/unpack, exactly."""
 
 from __future__ import annotations
 
@@ -16,25 +16,41 @@ def _unit(rng, n, dim=16):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+@pytest.mark.parametrize("segment_size", [131_072, 250])
 @pytest.mark.parametrize("index", ["flat", "ivf", "ivfpq", "hnsw"])
-def test_gallery_round_trip_searches_the_same(index):
+def test_gallery_round_trip_searches_the_same(index, segment_size, tmp_path):
     rng = np.random.default_rng(0)
-    spec = GallerySpec(index=index, nlist=4, nprobe=2, pq_m=4, pq_bits=4, gpu=False)
+    spec = GallerySpec(index=index, nlist=4, nprobe=2, pq_m=4, pq_bits=4, gpu=False, segment_size=segment_size)
     gallery = Gallery(16, spec, seed=1)
     for session in range(2):
         vectors = _unit(rng, 300)
         gallery.add(vectors, sample_ids=np.arange(300) + 300 * session, class_ids=rng.integers(0, 7, 300), session=session, generation=session)
-    arrays: dict = {}
-    restored = unpack(pack(gallery, "gallery", arrays), arrays)
+    gallery.replace(np.array([3, 290, 599]), _unit(rng, 3), session=1, generation=1)  # running sums after a subtraction
+    gallery.save(tmp_path)  # what a checkpoint keeps: the saved gallery and the running class sums
+    restored = Gallery.load(tmp_path)
+    restored.set_class_sums(*gallery.class_sums())
     queries = _unit(rng, 20)
     for a, b in zip(gallery.search(queries, 5), restored.search(queries, 5)):
         np.testing.assert_array_equal(a, b)
-    assert restored.metadata().equals(gallery.metadata())
+    assert restored.metadata().equals(gallery.metadata()) and restored.describe() == gallery.describe()
     np.testing.assert_array_equal(restored.class_means(np.arange(7))[0], gallery.class_means(np.arange(7))[0])
     more = _unit(rng, 10)  # and it keeps growing as the original would
     gallery.add(more, sample_ids=np.arange(10) + 900, class_ids=np.zeros(10, np.int64), session=2, generation=2)
     restored.add(more, sample_ids=np.arange(10) + 900, class_ids=np.zeros(10, np.int64), session=2, generation=2)
     assert restored.metadata().equals(gallery.metadata())
+    np.testing.assert_array_equal(restored.class_means(np.arange(7))[0], gallery.class_means(np.arange(7))[0])
+
+
+def test_class_sums_of_another_gallery_are_refused(tmp_path):
+    from cvstream.errors import UserError
+
+    gallery = Gallery(16, GallerySpec(gpu=False))
+    gallery.add(_unit(np.random.default_rng(0), 10), sample_ids=np.arange(10), class_ids=np.arange(10) % 3, session=0, generation=0)
+    sums, counts = gallery.class_sums()
+    with pytest.raises(UserError, match="class sums do not match"):
+        gallery.set_class_sums(sums, counts + 1)
+    with pytest.raises(UserError, match="class sums do not match"):
+        gallery.set_class_sums(sums[:2], counts[:2])
 
 
 def test_replay_round_trip():

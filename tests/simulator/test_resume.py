@@ -17,7 +17,13 @@ from cvstream.simulator import Hook, Simulator
 from cvstream.simulator.checkpoint import latest
 from conftest import REPO, tiny_dict
 
-SCENARIO = tiny_dict(evaluation={"probe_items": 30, "every_steps": 3})
+# An IVF gallery in 25-item segments with a partial backfill: the checkpoint must keep each
+# segment as it was at its session's end while the run's own files move on.
+SCENARIO = tiny_dict(
+    evaluation={"probe_items": 30, "every_steps": 3},
+    gallery={"index": "ivf", "nlist": 4, "nprobe": 2, "segment_size": 25},
+    backfill={"policy": "partial", "budget": 0.3, "order": "random"},
+)
 
 KILLER = """
 import os, signal, sys
@@ -67,6 +73,14 @@ def test_sigkill_mid_session_then_resume_gives_the_same_tables(uninterrupted, tm
     pd.testing.assert_frame_equal(whole["costs"][key], resumed["costs"][key])
     assert resumed["events"].event_index.tolist() == list(range(len(whole["events"])))
     assert (resumed["events"].kind == whole["events"].kind).all()
+
+
+def test_the_checkpoint_links_the_run_gallery_files_instead_of_copying_them(uninterrupted):
+    folder = uninterrupted / "checkpoint" / f"session-{latest(uninterrupted)['session']}" / "gallery"
+    segments = sorted(p.name for p in folder.glob("gallery-*.faiss"))
+    assert len(segments) == 8  # 180 items in 25-item segments
+    for name in [*segments, "gallery.parquet"]:
+        assert (folder / name).stat().st_ino == (uninterrupted / name).stat().st_ino
 
 
 def test_resume_of_a_finished_run_says_so(uninterrupted, capsys):
