@@ -401,18 +401,23 @@ class Gallery:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         here = str(folder.resolve())
-        saved = dict(self._saved or {})  # folder -> {file name: the version it holds}
+        saved = dict(self._saved or {})  # folder -> {file name: (version it holds, its inode, size and mtime then)}
         current = {segment_file(i): int(v) for i, v in enumerate(self._versions)} | {META_FILE: self._changes}
+        record: dict[str, tuple] = {}
+
+        def holds_current(where: str, name: str) -> bool:
+            """Whether `where/name` is still the file this object put there, with the current version."""
+            entry = saved.get(where, {}).get(name)
+            return entry is not None and entry[0] == current[name] and _signature(Path(where) / name) == entry[1]
 
         def put(name: str, write) -> None:
-            if saved.get(here, {}).get(name) == current[name] and (folder / name).is_file():
-                return
-            source = next((Path(f) / name for f, files in saved.items() if f != here and files.get(name) == current[name]
-                           and (Path(f) / name).is_file()), None)
-            if source is not None:
-                link_or_copy(source, folder / name)
-            else:
-                write(folder / name)
+            if not holds_current(here, name):
+                source = next((Path(f) / name for f in saved if f != here and holds_current(f, name)), None)
+                if source is not None:
+                    link_or_copy(source, folder / name)
+                else:
+                    write(folder / name)
+            record[name] = (current[name], _signature(folder / name))
 
         for number, segment in enumerate(self.segments):
             put(segment_file(number), lambda path, segment=segment: atomic_write_bytes(path, faiss.serialize_index(segment).tobytes()))
@@ -423,7 +428,7 @@ class Gallery:
         put(META_FILE, lambda path: write_parquet(path, self.metadata()))
         write_json(folder / INFO_FILE, self.describe())
         saved.pop(here, None)
-        self._saved = {**dict(list(saved.items())[-1:]), here: current}  # this folder and the one saved to before it
+        self._saved = {**dict(list(saved.items())[-1:]), here: record}  # this folder and the one saved to before it
 
     @classmethod
     def load(cls, folder: str | Path) -> "Gallery":
@@ -529,6 +534,15 @@ class Gallery:
         if sums.shape != (len(counts), self.dim) or not np.array_equal(counts, self._class_count) or counts.sum() != len(self):
             raise UserError("the saved class sums do not match the saved gallery; the run cannot be resumed")
         self._class_sum, self._class_count = sums.copy(), counts.copy()
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """Inode, size and modification time: what tells that a file is still the one written."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _stored(segment: faiss.Index, dim: int) -> np.ndarray:
