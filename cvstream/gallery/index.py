@@ -284,32 +284,35 @@ class Gallery:
         k = min(k, max(len(self), 1))
         if len(self) == 0:
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
-        parts = self._gpu_search(queries, k) if self.gpu else self._cpu_search(queries, k)
-        return _merge(parts, self.segment_size, k)
+        coarse = None
+        if len(self.segments) > 1 and isinstance(self._template, faiss.IndexIVF) and not self.gpu:
+            # One coarse assignment for all segments: they share the quantiser (GPU copies assign on the GPU).
+            coarse = self._template.quantizer.search(queries, self._template.nprobe)
+        best = None
+        for number, segment in enumerate(self.segments):  # one segment's results at a time: memory of two searches
+            scores, ids = self._search_segment(number, segment, queries, k, coarse)
+            ids = np.where(ids >= 0, ids + number * self.segment_size, -1)
+            best = (scores, ids) if best is None else _merge(best, (scores, ids))
+        return best
 
-    def _cpu_search(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        if len(self.segments) > 1 and isinstance(self._template, faiss.IndexIVF):
-            # One coarse assignment for all segments: they share the quantiser.
-            coarse_scores, coarse_lists = self._template.quantizer.search(queries, self._template.nprobe)
-            return [segment.search_preassigned(queries, k, coarse_lists, coarse_scores) for segment in self.segments]
-        return [segment.search(queries, k) for segment in self.segments]
+    def _search_segment(self, number: int, segment: faiss.Index, queries: np.ndarray, k: int, coarse) -> tuple[np.ndarray, np.ndarray]:
+        if self.gpu:
+            try:
+                return self._gpu_copy(number, segment).search(queries, k)
+            except RuntimeError as exc:  # e.g. a PQ layout the GPU kernels do not support: stay on the CPU
+                self.gpu, self.gpu_error, self._gpu = False, str(exc), None
+        if coarse is not None:
+            return segment.search_preassigned(queries, k, coarse[1], coarse[0])
+        return segment.search(queries, k)
 
-    def _gpu_search(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Search GPU copies of the segments, each copied once and again only after it changed."""
-        try:
-            if self._gpu is None:
-                self._gpu = {"resources": faiss.StandardGpuResources(), "copies": {}}
-            copies = self._gpu["copies"]
-            parts = []
-            for number, segment in enumerate(self.segments):
-                version = int(self._versions[number])
-                if copies.get(number, (None,))[0] != version:
-                    copies[number] = (version, faiss.index_cpu_to_gpu(self._gpu["resources"], 0, segment))
-                parts.append(copies[number][1].search(queries, k))
-            return parts
-        except RuntimeError as exc:  # e.g. a PQ layout the GPU kernels do not support: stay on the CPU
-            self.gpu, self.gpu_error, self._gpu = False, str(exc), None
-            return self._cpu_search(queries, k)
+    def _gpu_copy(self, number: int, segment: faiss.Index):
+        """The GPU copy of a segment: made once, and again only after the segment changed."""
+        if self._gpu is None:
+            self._gpu = {"resources": faiss.StandardGpuResources(), "copies": {}}
+        copies, version = self._gpu["copies"], int(self._versions[number])
+        if copies.get(number, (None,))[0] != version:
+            copies[number] = (version, faiss.index_cpu_to_gpu(self._gpu["resources"], 0, segment))
+        return copies[number][1]
 
     # -- reading --------------------------------------------------------------------------
 
@@ -551,15 +554,9 @@ def _stored(segment: faiss.Index, dim: int) -> np.ndarray:
     return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * dim).reshape(flat.ntotal, dim)
 
 
-def _merge(parts: list[tuple[np.ndarray, np.ndarray]], segment_size: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The top k over per-segment results (positions made item ids); ties go to the lower item id's segment."""
-    if len(parts) == 1:
-        return parts[0]
-    ids = np.concatenate([np.where(i >= 0, i + n * segment_size, -1) for n, (_, i) in enumerate(parts)], axis=1)
-    scores = np.concatenate([s for s, _ in parts], axis=1)
-    scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
-    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, best, axis=1), np.take_along_axis(ids, best, axis=1)
+def _merge(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of two sorted (scores, item ids) results of k columns each (-1: no item)."""
+    return faiss.merge_knn_results(np.stack([first[0], second[0]]), np.stack([first[1], second[1]]), keep_max=True)
 
 
 def _check_spec(dim: int, spec) -> None:
