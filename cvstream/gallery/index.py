@@ -291,7 +291,8 @@ class Gallery:
         best = None
         for number, segment in enumerate(self.segments):  # one segment's results at a time: memory of two searches
             scores, ids = self._search_segment(number, segment, queries, k, coarse)
-            ids = np.where(ids >= 0, ids + number * self.segment_size, -1)
+            if number:  # positions -> item ids; the first segment's are its item ids already
+                ids = np.where(ids >= 0, ids + number * self.segment_size, -1)
             best = (scores, ids) if best is None else _merge(best, (scores, ids))
         return best
 
@@ -385,7 +386,6 @@ class Gallery:
             "format_version": FORMAT_VERSION, "dim": self.dim, "index": self.index_type, "spec": json.loads(self._spec_json),
             "trained": {"session": self.trained_session, "vectors": self.trained_vectors} if self.trained_session >= 0 else None,
             "gpu": self.gpu, "gpu_error": self.gpu_error, "items": len(self), "seed": self.seed, "hnsw_rebuilds": self.rebuilds,
-            "segment_size": self.segment_size,
             "segments": [{"file": segment_file(i), "items": int(s.ntotal)} for i, s in enumerate(self.segments)],
         }
 
@@ -434,8 +434,13 @@ class Gallery:
         self._saved = {**dict(list(saved.items())[-1:]), here: record}  # this folder and the one saved to before it
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Gallery":
-        """Read a gallery saved by `save`; a mismatch between its files is a UserError."""
+    def load(cls, folder: str | Path, *, class_sums: tuple[np.ndarray, np.ndarray] | None = None) -> "Gallery":
+        """Read a gallery saved by `save`; a mismatch between its files is a UserError.
+
+        `class_sums`, the (sums, counts) that `class_sums()` gave when it was saved, are taken
+        as they are (a checkpoint's: exactly the saving run's rounding, and no pass over the
+        stored vectors); without them the sums are recomputed from the stored vectors.
+        """
         from cvstream.scenario import GallerySpec
 
         folder = Path(folder)
@@ -492,7 +497,9 @@ class Gallery:
         gallery._generation.extend(ints("generation"))
         gallery._backfilled_at.extend(ints("backfilled_at"))
         gallery._transformed_at.extend(ints("transformed_at") if "transformed_at" in meta else np.full(len(meta), -1, np.int64))
-        if len(meta):
+        if class_sums is not None:
+            gallery._take_class_sums(*class_sums)
+        elif len(meta):
             gallery._accumulate(ints("class_id"), gallery.vectors(np.arange(len(meta), dtype=np.int64)), sign=1)
         return gallery
 
@@ -531,10 +538,12 @@ class Gallery:
         """The running per-class sums and counts (copies), as a checkpoint keeps them."""
         return self._class_sum.copy(), self._class_count.copy()
 
-    def set_class_sums(self, sums: np.ndarray, counts: np.ndarray) -> None:
-        """Take running sums saved with this gallery (exactly what the saving run held, rounding included)."""
+    def _take_class_sums(self, sums: np.ndarray, counts: np.ndarray) -> None:
+        """Take running sums saved with this gallery, once its items are in: counts must be its class counts."""
         sums, counts = np.asarray(sums, dtype=np.float64), np.asarray(counts, dtype=np.int64)
-        if sums.shape != (len(counts), self.dim) or not np.array_equal(counts, self._class_count) or counts.sum() != len(self):
+        held = self._class_ids.values
+        expected = np.bincount(held, minlength=int(held.max()) + 1 if len(held) else 0)
+        if sums.shape != (len(counts), self.dim) or not np.array_equal(counts, expected):
             raise UserError("the saved class sums do not match the saved gallery; the run cannot be resumed")
         self._class_sum, self._class_count = sums.copy(), counts.copy()
 

@@ -183,10 +183,9 @@ def restore(sim) -> int:
         setattr(sim, name, value)
     for name, spec in values["structures"].items():
         setattr(sim, name, unpack(spec, arrays))
-    sim.gallery = Gallery.load(folder / GALLERY)
     if "gallery.class_sum" not in arrays or "gallery.class_count" not in arrays:
         raise UserError(f"{folder / 'arrays.npz'} lacks the gallery's class sums; the run cannot be resumed")
-    sim.gallery.set_class_sums(arrays["gallery.class_sum"], arrays["gallery.class_count"])
+    sim.gallery = Gallery.load(folder / GALLERY, class_sums=(arrays["gallery.class_sum"], arrays["gallery.class_count"]))
     prefix = "evaluator."
     sim.evaluator.restore({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}, values["evaluator"])
     sim.recorder.restore(_tables(sim.run_dir, values["rows"]))

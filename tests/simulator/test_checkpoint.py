@@ -27,8 +27,7 @@ def test_gallery_round_trip_searches_the_same(index, segment_size, tmp_path):
         gallery.add(vectors, sample_ids=np.arange(300) + 300 * session, class_ids=rng.integers(0, 7, 300), session=session, generation=session)
     gallery.replace(np.array([3, 290, 599]), _unit(rng, 3), session=1, generation=1)  # running sums after a subtraction
     gallery.save(tmp_path)  # what a checkpoint keeps: the saved gallery and the running class sums
-    restored = Gallery.load(tmp_path)
-    restored.set_class_sums(*gallery.class_sums())
+    restored = Gallery.load(tmp_path, class_sums=gallery.class_sums())
     queries = _unit(rng, 20)
     for a, b in zip(gallery.search(queries, 5), restored.search(queries, 5)):
         np.testing.assert_array_equal(a, b)
@@ -46,11 +45,12 @@ def test_class_sums_of_another_gallery_are_refused(tmp_path):
 
     gallery = Gallery(16, GallerySpec(gpu=False))
     gallery.add(_unit(np.random.default_rng(0), 10), sample_ids=np.arange(10), class_ids=np.arange(10) % 3, session=0, generation=0)
+    gallery.save(tmp_path)
     sums, counts = gallery.class_sums()
     with pytest.raises(UserError, match="class sums do not match"):
-        gallery.set_class_sums(sums, counts + 1)
+        Gallery.load(tmp_path, class_sums=(sums, counts + 1))
     with pytest.raises(UserError, match="class sums do not match"):
-        gallery.set_class_sums(sums[:2], counts[:2])
+        Gallery.load(tmp_path, class_sums=(sums[:2], counts[:2]))
 
 
 def test_replay_round_trip():
