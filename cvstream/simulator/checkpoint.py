@@ -20,7 +20,6 @@ import json
 import shutil
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
@@ -38,16 +37,13 @@ GALLERY = "gallery"  # the checkpoint's gallery folder: Gallery.save, hard-linke
 
 
 def pack(obj, prefix: str, arrays: dict[str, np.ndarray]) -> dict:
-    """Describe `obj`'s attributes as JSON values; arrays and Faiss indexes go into `arrays`."""
+    """Describe `obj`'s attributes as JSON values; arrays go into `arrays`."""
     fields = {}
     for name, value in vars(obj).items():
         key = f"{prefix}.{name}"
         if isinstance(value, np.ndarray):
             arrays[key] = value
             fields[name] = {"array": key}
-        elif isinstance(value, faiss.Index):
-            arrays[key] = faiss.serialize_index(value)
-            fields[name] = {"faiss": key}
         elif isinstance(value, dict) and all(isinstance(v, np.ndarray) for v in value.values()):
             for k, v in value.items():
                 arrays[f"{key}[{k}]"] = v
@@ -73,8 +69,6 @@ def unpack(spec: dict, arrays) -> object:
     for name, field in spec["fields"].items():
         if "array" in field:
             value = np.array(arrays[field["array"]])
-        elif "faiss" in field:
-            value = faiss.deserialize_index(np.array(arrays[field["faiss"]]))
         elif "arrays" in field:
             value = {json.loads(k): np.array(arrays[v]) for k, v in field["arrays"].items()}
         elif "object" in field:
