@@ -72,13 +72,8 @@ def search_figures(gallery: Gallery, rng: np.random.Generator, queries: int = 10
     clock = time.perf_counter()
     _, ids = gallery.search(q, 10)
     seconds = time.perf_counter() - clock
-    best_score, best_id = np.full(queries, -np.inf, np.float32), np.zeros(queries, np.int64)
-    for start in range(0, len(gallery), 200_000):  # exact top 1, in blocks
-        block = gallery.vectors(np.arange(start, min(start + 200_000, len(gallery)))) @ q.T
-        top = block.argmax(axis=0)
-        better = block[top, np.arange(queries)] > best_score
-        best_score[better], best_id[better] = block[top, np.arange(queries)][better], top[better] + start
-    return seconds * 1e3, float((ids[:, 0] == best_id).mean())
+    _, exact = faiss.knn(q, gallery.vectors(np.arange(len(gallery))), 1, metric=faiss.METRIC_INNER_PRODUCT)
+    return seconds * 1e3, float((ids[:, 0] == exact[:, 0]).mean())
 
 
 def main() -> int:
