@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cvstream.sessions.streams import equal_shares
+
 
 def herding(vectors: np.ndarray, m: int) -> np.ndarray:
     """iCaRL herding: indices, in selection order, whose running mean best tracks the class mean."""
@@ -48,19 +50,9 @@ ALL_SELECTIONS = (*SELECTIONS, "reservoir")
 
 def balanced_quotas(available: dict[int, int], size: int) -> dict[int, int]:
     """Split `size` over classes as evenly as their sample counts allow (water-filling), every slot used if possible."""
-    quotas = {c: 0 for c in available}
-    left = size
-    open_classes = sorted(c for c in available if available[c] > 0)
-    while left > 0 and open_classes:
-        share, extra = divmod(left, len(open_classes))
-        for i, c in enumerate(open_classes):
-            give = min(share + (1 if i < extra else 0), available[c] - quotas[c])
-            quotas[c] += give
-            left -= give
-        open_classes = [c for c in open_classes if quotas[c] < available[c]]
-        if share == 0:
-            break
-    return quotas
+    classes = sorted(available)
+    shares = equal_shares(np.array([available[c] for c in classes], dtype=np.int64), size)
+    return {c: int(n) for c, n in zip(classes, shares)}
 
 
 class ReplayBuffer:
@@ -87,13 +79,31 @@ class ReplayBuffer:
             return np.empty(0, dtype=np.int64)
         return np.concatenate([self._ids[c] for c in sorted(self._ids)])
 
+    def class_samples(self) -> dict[int, np.ndarray]:
+        """Class -> its exemplars' sample ids, in the buffer's order."""
+        return {c: v.copy() for c, v in sorted(self._ids.items())}
+
     def per_class(self) -> dict[int, int]:
         return {c: len(v) for c, v in sorted(self._ids.items())}
 
-    def update(self, arrivals: dict[int, tuple[np.ndarray, np.ndarray]], *, classes_seen: int, rng: np.random.Generator) -> None:
-        """Merge this session's arrivals (class -> (sample ids, vectors)) and rebalance."""
+    def update(
+        self, arrivals: dict[int, tuple[np.ndarray, np.ndarray]], *, classes_seen: int, rng: np.random.Generator,
+        current: dict[int, np.ndarray] | None = None,
+    ) -> None:
+        """Merge this session's arrivals (class -> (sample ids, vectors)) and rebalance.
+
+        `current` (class -> vectors of its exemplars, in the buffer's order) replaces the stored
+        embeddings by the current generation's; every class is then selected again on them, as
+        the CVS code herds over the session's arrivals plus the old exemplars, all re-embedded.
+        Without it, a class that received nothing keeps its first exemplars (iCaRL's reduction).
+        """
         if self.size == 0:
             return
+        if current is not None:
+            for c, vecs in current.items():
+                if len(vecs) != len(self._ids.get(c, ())):
+                    raise ValueError(f"class {c}: {len(vecs)} current vectors for {len(self._ids.get(c, ()))} exemplars")
+                self._vectors[c] = np.ascontiguousarray(vecs, dtype=np.float32)
         if self.selection == "reservoir":
             self._reservoir(arrivals, rng)
             return
@@ -101,19 +111,19 @@ class ReplayBuffer:
         for c in sorted(set(self._ids) | set(arrivals)):
             ids = self._ids.get(c, np.empty(0, np.int64))
             vecs = self._vectors.get(c)
-            fresh = c in arrivals
-            if fresh:
+            select = c in arrivals or current is not None
+            if c in arrivals:
                 new_ids, new_vecs = arrivals[c]
                 ids = np.concatenate([ids, np.asarray(new_ids, np.int64)])
                 vecs = new_vecs if vecs is None else np.vstack([vecs, new_vecs])
-            merged[c] = (ids, vecs, fresh)
+            merged[c] = (ids, vecs, select)
         if self.selection == "class-balanced":
             quotas = balanced_quotas({c: len(ids) for c, (ids, _, _) in merged.items()}, self.size)
         else:
             quota = max(self.size // max(classes_seen, 1), 0)
             quotas = {c: quota for c in merged}
-        for c, (ids, vecs, fresh) in merged.items():
-            keep = SELECTIONS[self.selection](vecs, quotas[c], rng) if fresh else np.arange(min(quotas[c], len(ids)))
+        for c, (ids, vecs, select) in merged.items():
+            keep = SELECTIONS[self.selection](vecs, quotas[c], rng) if select else np.arange(min(quotas[c], len(ids)))
             self._store(c, ids[keep], vecs[keep])
 
     def _reservoir(self, arrivals: dict[int, tuple[np.ndarray, np.ndarray]], rng: np.random.Generator) -> None:

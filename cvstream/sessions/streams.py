@@ -24,6 +24,31 @@ from cvstream.sessions.rng import numpy_rng
 ROLES = ("train", "gallery", "query")
 
 
+def equal_shares(available: np.ndarray, total: int, priority: np.ndarray | None = None) -> np.ndarray:
+    """Split `total` as equally as `available` allows (water-filling, largest remainder); never more than a slot holds.
+
+    Where equal shares leave a remainder, the extra units go to the slots first in `priority`
+    (default: index order). A slot that runs dry frees its share for the others, so the
+    result sums to min(total, available.sum()).
+    """
+    available = np.asarray(available, dtype=np.int64)
+    rank = np.empty(len(available), dtype=np.int64)
+    rank[np.arange(len(available)) if priority is None else np.asarray(priority, np.int64)] = np.arange(len(available))
+    shares = np.zeros(len(available), dtype=np.int64)
+    left = int(total)
+    open_slots = np.flatnonzero(available > 0)
+    while left > 0 and len(open_slots):
+        open_slots = open_slots[np.argsort(rank[open_slots], kind="stable")]
+        share, extra = divmod(left, len(open_slots))
+        give = np.minimum(share + (np.arange(len(open_slots)) < extra), available[open_slots] - shares[open_slots])
+        shares[open_slots] += give
+        left -= int(give.sum())
+        open_slots = open_slots[shares[open_slots] < available[open_slots]]
+        if share == 0:
+            break
+    return shares
+
+
 def _stream_file_error(message: str) -> DataError:
     return DataError(message, key_path="stream.path")
 

@@ -30,5 +30,11 @@ def test_general10_matches_the_cvs_collections():
             share = (home < s.index).mean()
             assert abs(share - 0.1) < 0.005  # about 10% of the session from earlier classes
             assert len(np.unique(stream.labels[s.train_ids][home < s.index])) == 20 * s.index  # drawn from every earlier class
+    # Every earlier class gives an equal share: CVS's general10 files, 40 per class in session 1, 9-10 in session 4.
+    for t, expected in ((1, {40}), (2, {20}), (3, {13, 14}), (4, {10})):
+        s = stream[t]
+        old = stream.labels[s.train_ids][stream.home_of(stream.labels[s.train_ids]) < t]
+        _, per_class = np.unique(old, return_counts=True)
+        assert set(per_class.tolist()) <= expected and len(per_class) == 20 * t
     # 100 x 360 at home plus 800 old images in each of sessions 1-4, none used twice.
     assert len(distinct) == sum(len(s.train_ids) for s in stream) == 100 * 360 + 4 * 800

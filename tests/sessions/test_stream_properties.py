@@ -106,6 +106,19 @@ def general_shape(params: dict, counts: list[int]) -> tuple[dict, list[int]]:
     return params, [max(30, min(c, 45)) for c in counts] + [30] * params["initial_classes"]
 
 
+def assert_equal_shares(stream, t: int) -> None:
+    """Earlier classes give equal shares within one sample, except a class whose held-back samples ran out."""
+    labels = stream.labels
+    arrived = labels[np.concatenate([stream[i].train_ids for i in range(t + 1)])]
+    queries = labels[np.unique(np.concatenate([s.query_ids for s in stream]))]
+    now = labels[stream[t].train_ids]
+    counts = {c: int((now == c).sum()) for c, h in stream.home_session.items() if h < t}
+    top = max(counts.values())
+    for c, n in counts.items():
+        held_left = int((labels == c).sum() - (queries == c).sum() - (arrived == c).sum())
+        assert n >= top - 1 or held_left == 0, (t, c, n, top)
+
+
 @FAST
 @given(shapes(min_samples=30, max_samples=45), st.floats(0.1, 0.3))
 def test_general_past_only_share_and_no_reuse(shape, ratio):
@@ -121,6 +134,7 @@ def test_general_past_only_share_and_no_reuse(shape, ratio):
             new = len(home) - old
             assert old == round(ratio / (1 - ratio) * new)  # the share M within rounding
             assert abs(old / len(home) - ratio) <= 1 / len(home)
+            assert_equal_shares(stream, s.index)
     assert all(sorted(s.new_classes.tolist()) == sorted(c for c, h in stream.home_session.items() if h == s.index) for s in stream)
 
 

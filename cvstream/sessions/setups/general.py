@@ -1,9 +1,11 @@
 """`general` (CVS general-M): after session 0, a share M of each session comes from past classes only.
 
 Each class keeps `1 - hold_back` of its training samples for its home session and holds
-the rest back; later sessions draw their old-class samples, without replacement, from the
-held-back samples of classes already seen. Future classes never leak; no sample is used
-twice; held-back samples nobody draws never arrive.
+the rest back. A later session's old quota is shared equally among all earlier classes
+(largest remainder, the extra units to a seeded draw of classes), each drawing without
+replacement from its own held-back samples, as CVS's collection files do; a class that runs
+dry frees its share for the others. Future classes never leak; no sample is used twice;
+held-back samples nobody draws never arrive.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from cvstream.errors import ScenarioError
 from cvstream.sessions.datasets import LabelSet
 from cvstream.sessions.rng import numpy_rng
 from cvstream.sessions.setups.disjoint import Disjoint, DisjointParams
-from cvstream.sessions.streams import SETUPS, Stream, assemble, class_order, group_by_session, split_pools
+from cvstream.sessions.streams import SETUPS, Stream, assemble, class_order, equal_shares, group_by_session, split_pools
 
 
 class GeneralParams(DisjointParams):
@@ -50,28 +52,28 @@ class General(Disjoint):
         at_home = np.maximum(counts - np.round(p.held_share * counts).astype(np.int64), 1)
         cls = pools.class_index()
         session = np.where(pools.rank() < at_home[cls], home[cls], -1)
-        held = np.flatnonzero(session < 0)
-        held = held[np.argsort(home[cls[held]], kind="stable")]  # held-back samples by their class's home session
-        held_home = home[cls[held]]
-        available = np.ones(len(held), dtype=bool)
+        # Each class's held-back samples, in a seeded order: a session takes the next ones of each earlier class.
         rng = numpy_rng(seed, "leakage")
+        held = [rng.permutation(np.flatnonzero((session < 0) & (cls == c))) for c in range(len(order))]
+        drawn = np.zeros(len(order), dtype=np.int64)
         ratio = p.old_ratio / (1 - p.old_ratio)  # old = M / (1 - M) * new gives a share M of the session
         for t in range(1, p.sessions):
-            new_count = int(at_home[home == t].sum())
-            wanted = int(round(ratio * new_count))
+            wanted = int(round(ratio * int(at_home[home == t].sum())))
             if wanted == 0:
                 continue
-            past = np.searchsorted(held_home, t)  # held[:past] belong to classes seen before t
-            pool = np.flatnonzero(available[:past])
-            if wanted > len(pool):
+            earlier = np.flatnonzero(home < t)
+            left = np.array([len(held[c]) for c in earlier]) - drawn[earlier]
+            if wanted > left.sum():
                 raise ScenarioError(
-                    f"session {t} needs {wanted} samples of past classes, only {len(pool)} are held back: "
+                    f"session {t} needs {wanted} samples of past classes, only {int(left.sum())} are held back: "
                     f"raise stream.hold_back (now {p.held_share:g}) or lower old_ratio",
                     key_path="stream.old_ratio",
                 )
-            picked = pool[rng.choice(len(pool), wanted, replace=False)]
-            available[picked] = False
-            session[held[picked]] = t
+            # An equal share per earlier class; the remainder goes to a seeded draw of classes, not always the first.
+            shares = equal_shares(left, wanted, priority=rng.permutation(len(earlier)))
+            for c, n in zip(earlier, shares):
+                session[held[c][drawn[c] : drawn[c] + n]] = t
+                drawn[c] += n
         arrivals = group_by_session(pools.train_ids, session, p.sessions)
         new_classes = [order[home == t] for t in range(p.sessions)]
         return assemble(p, label_set, arrivals=arrivals, new_classes=new_classes, queries=pools.queries(), seed=seed)
