@@ -31,16 +31,21 @@ def hardest_negative_triplet(
     return F.relu(d_pos[valid] - d_neg[valid] + margin).mean()
 
 
-def class_mean_loss(embeddings: torch.Tensor, means: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """L_d: ||f_t(x) - E_c||^2 for samples of old classes (mask), summed and divided by the batch size.
+def class_mean_loss(embeddings: torch.Tensor, means: torch.Tensor, mask: torch.Tensor, reduction: str = "covered") -> torch.Tensor:
+    """L_d: ||f_t(x) - E_c||^2 for the samples whose class has a stored mean (mask).
 
-    Dividing by the batch, not by the old samples, keeps the term's weight proportional to
-    how much of the batch is old, like every other term's per-sample average.
+    `covered` (the CVS code's `.mean()` over the picked samples) averages over those samples;
+    `batch` sums them and divides by the batch size, so the term shrinks with the share of
+    the batch it covers.
     """
     if not bool(mask.any()):
         return embeddings.sum() * 0.0
     squared = ((embeddings - means) ** 2).sum(dim=1)
-    return (squared * mask).sum() / len(embeddings)
+    if reduction == "covered":
+        return squared[mask].mean()
+    if reduction == "batch":
+        return (squared * mask).sum() / len(embeddings)
+    raise ValueError(f"unknown reduction {reduction!r}; use covered or batch")
 
 
 def old_classifier_ce(embeddings: torch.Tensor, old_weight: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -50,10 +55,9 @@ def old_classifier_ce(embeddings: torch.Tensor, old_weight: torch.Tensor, rows: 
 
 
 def embedding_distance(new: torch.Tensor, old: torch.Tensor, hinge: float = 0.0) -> torch.Tensor:
-    """||f_t(x) - f_{t-1}(x)||^2 per sample, averaged; with `hinge` > 0 only the part of the distance above it counts."""
-    if hinge > 0:
-        return F.relu((new - old).norm(dim=1) - hinge).pow(2).mean()
-    return ((new - old) ** 2).sum(dim=1).mean()
+    """||f_t(x) - f_{t-1}(x)|| per sample (the distance, not its square, as the MixBCT code), averaged;
+    with `hinge` > 0, max(0, ||.|| - hinge)."""
+    return F.relu((new - old).norm(dim=1) - hinge).mean()
 
 
 def distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -74,11 +74,13 @@ def test_hardest_negative_triplet_single_class_batch_is_zero_not_nan():
     assert torch.isfinite(anchor.grad).all()
 
 
-def test_class_mean_loss_counts_old_samples_over_the_batch():
-    f = t([[1.0, 0.0], [0.0, 1.0]])
-    means = torch.tensor([[0.0, 0.0], [0.0, 0.5]], dtype=torch.float64)
-    loss = class_mean_loss(f, means, torch.tensor([False, True]))
-    assert loss.item() == pytest.approx(0.25 / 2)
+def test_class_mean_loss_averages_over_the_samples_it_covers():
+    f = t([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    means = torch.tensor([[0.0, 0.0], [0.0, 0.5], [0.0, 1.0]], dtype=torch.float64)
+    covered = torch.tensor([False, True, True])
+    assert class_mean_loss(f, means, covered, "batch").item() == pytest.approx((0.25 + 2.0) / 3)  # over the batch
+    loss = class_mean_loss(f, means, covered)  # the CVS code: the mean over the picked samples
+    assert loss.item() == pytest.approx((0.25 + 2.0) / 2)
     loss.backward()
     assert f.grad[1, 1] > 0 and torch.all(f.grad[0] == 0)  # pulls sample 1 down toward its mean only
 
@@ -95,8 +97,8 @@ def test_old_classifier_ce_uses_normalised_frozen_rows():
 def test_embedding_distance_plain_and_hinged():
     new = t([[1.0, 0.0]])
     old = torch.tensor([[0.6, 0.8]], dtype=torch.float64)
-    assert embedding_distance(new, old).item() == pytest.approx(0.8)
-    assert embedding_distance(new, old, hinge=0.2).item() == pytest.approx((math.sqrt(0.8) - 0.2) ** 2)
+    assert embedding_distance(new, old).item() == pytest.approx(math.sqrt(0.8))  # the distance, not its square
+    assert embedding_distance(new, old, hinge=0.2).item() == pytest.approx(math.sqrt(0.8) - 0.2)
     assert embedding_distance(new, old, hinge=1.0).item() == 0.0
     embedding_distance(new, old).backward()
     assert float(-new.grad[0] @ (old[0] - new.detach()[0])) > 0  # the step moves f_t toward f_{t-1}

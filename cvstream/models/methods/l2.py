@@ -1,4 +1,5 @@
-"""l2: L_c + lambda ||f_t(x) - f_{t-1}(x)||^2, lambda = 10 (MixBCT repo); `l2-weakened` only counts the distance above 0.2."""
+"""l2: L_c + lambda ||f_t(x) - f_{t-1}(x)||, lambda = 10 (MixBCT repo: the distance, not squared);
+`l2-weakened`: lambda max(0, ||f_t(x) - f_{t-1}(x)|| - 0.2)."""
 
 from __future__ import annotations
 
