@@ -38,7 +38,9 @@ class Component(BaseModel):
 class ModelSpec(_Section):
     backbone: str = "convnet"
     embedding_dim: int = Field(128, ge=2, le=8192)
-    width: int = Field(32, ge=4, le=1024, description="base channel count of the backbone")
+    width: int | None = Field(
+        None, ge=4, le=1024, description="base channel count of the backbone; default the backbone's own (convnet 32, resnet18-cifar 64)"
+    )
 
     @field_validator("backbone")
     @classmethod
@@ -48,6 +50,18 @@ class ModelSpec(_Section):
         if value not in BACKBONES:
             raise ValueError(BACKBONES.unknown_message(value))
         return value
+
+    @model_validator(mode="after")
+    def _backbone_width(self) -> "ModelSpec":
+        """Fill in the backbone's own width, so the resolved scenario says which network ran."""
+        from cvstream.models.backbones import BACKBONES
+
+        backbone = BACKBONES.get(self.backbone)
+        if self.width is None:
+            object.__setattr__(self, "width", backbone.default_width)  # frozen model: set once, while validating
+        elif getattr(backbone, "fixed_width", False) and self.width != backbone.default_width:
+            raise ValueError(f"backbone {self.backbone} has fixed widths; width must be {backbone.default_width} or left out, not {self.width}")
+        return self
 
 
 class TrainingSpec(_Section):

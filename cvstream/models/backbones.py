@@ -27,6 +27,7 @@ class ConvNet(nn.Module):
     """
 
     input_kind = "images"
+    default_width = 32
 
     def __init__(self, *, in_channels: int, width: int = 32):
         super().__init__()
@@ -67,6 +68,7 @@ class ResNet18Cifar(nn.Module):
     """ResNet-18 in its CIFAR form: 3x3 stride-1 stem, no max-pool; widths w, 2w, 4w, 8w (w = 64 in the papers)."""
 
     input_kind = "images"
+    default_width = 64  # the papers' ResNet-18
 
     def __init__(self, *, in_channels: int, width: int = 64):
         super().__init__()
@@ -88,10 +90,12 @@ class ResNet18Cifar(nn.Module):
 class ResNet18(nn.Module):
     """torchvision's ResNet-18 (ImageNet form: 7x7 stride-2 stem, max-pool), randomly initialised.
 
-    Its widths are fixed (64..512); `model.width` does not apply. No pretrained weights are downloaded.
+    Its widths are fixed (64..512), so `model.width` must be 64. No pretrained weights are downloaded.
     """
 
     input_kind = "images"
+    default_width = 64
+    fixed_width = True
 
     def __init__(self, *, in_channels: int, width: int = 64):
         super().__init__()
@@ -113,6 +117,7 @@ class MLP(nn.Module):
     """Two hidden layers (8w units each, BN, ReLU) over precomputed feature vectors (N, D)."""
 
     input_kind = "vectors"
+    default_width = 32
 
     def __init__(self, *, in_channels: int, width: int = 32):
         super().__init__()

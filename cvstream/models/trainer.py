@@ -34,6 +34,7 @@ class TrainStats:
     last_terms: dict[str, float] = field(default_factory=dict)
     validation: list[float] = field(default_factory=list)  # score after each epoch, if validated
     best_epoch: int | None = None  # the epoch whose weights were kept
+    term_samples: dict[str, int] = field(default_factory=dict)  # per loss term, the training samples it acted on
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
@@ -144,6 +145,7 @@ def train_session(
         return torch.from_numpy(out).to(device)
 
     forward = distributed.wrap(model) if shard is not None else model
+    covered: dict[str, int | torch.Tensor] = {}  # summed on the device, read once at the end
     for epoch in range(spec.epochs):
         order = torch.randperm(n, generator=generator).to(device)
         for i in range(steps_per_epoch):
@@ -166,6 +168,9 @@ def train_session(
                 batch = Batch(inputs=x, rows=rows[pick], class_ids=classes[pick], embeddings=embeddings)
                 terms = method.loss(model, batch, context)
             stats.backbone_forwards += drawn * (1 + method.extra_forwards)
+            for name in terms:
+                mask = batch.covered.get(name)
+                covered[name] = covered.get(name, 0) + (len(batch.rows) if mask is None else mask.sum())
             loss = sum(terms.values())
             values = {name: float(value.detach()) for name, value in terms.items()}
             bad = [name for name, value in values.items() if not math.isfinite(value)]
@@ -190,6 +195,7 @@ def train_session(
             if stats.best_epoch is None or stats.validation[-1] > stats.validation[stats.best_epoch]:
                 stats.best_epoch = epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    stats.term_samples = {name: int(count) for name, count in covered.items()}
     if validate is not None and stats.best_epoch != spec.epochs - 1:
         model.load_state_dict(best_state)
     model.eval()

@@ -217,8 +217,9 @@ class Simulator:
         needs = self.method.needs
         replay_ids = self.replay.sample_ids() if "replay" in needs else np.empty(0, np.int64)
         seen_ids = np.unique(np.concatenate([self.stream[i].train_ids for i in range(t + 1)])) if "seen_data" in needs else None
+        val_ids = self._split_validation(session.train_ids, t)
         ids = self.method.training_ids(session_ids=session.train_ids, replay_ids=replay_ids, seen_ids=seen_ids)
-        ids, val_ids = self._split_validation(ids, t)
+        ids = ids[~np.isin(ids, val_ids)]
         classes = self.labels_of(ids)
         keep_previous = bool(needs & {"previous_model", "previous_embeddings"}) and self.generation >= 0
         # The previous generation, frozen before the classifier grows: only it and the current model live.
@@ -245,9 +246,11 @@ class Simulator:
         if "class_means" in needs and len(self.gallery):
             rows_classes = self.model.class_ids.cpu().numpy()
             means, has = self.gallery.class_means(rows_classes)
-            old = has & (self.stream.home_of(rows_classes) < t) if rows_classes.size else has
+            # L_d covers every class with stored vectors from an earlier session (CVS's Pi and Gamma sets): on
+            # blurry and general streams that includes classes whose home session is now or later.
             context.class_means = torch.from_numpy(means).to(self.device)
-            context.old_rows = torch.from_numpy(old).to(self.device)
+            context.old_rows = torch.from_numpy(has).to(self.device)
+        validate, validate_forwards = self._validator(val_ids, t) if len(val_ids) else (None, 0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch_seed(s.seed, "train", t))  # anything that still reads the global RNG
             stats = train_session(
@@ -262,10 +265,10 @@ class Simulator:
                 augment_images=self.augment,
                 flip=self.source.flip_ok,
                 on_step=lambda step, total, terms: [h.on_train_step(self, step, total, terms) for h in self.hooks],
-                validate=self._validator(val_ids, ids) if len(val_ids) else None,
+                validate=validate,
                 shard=self.shard,
             )
-        extra_forwards += len(val_ids) * len(stats.validation) + len(ids) * len(stats.validation)
+        extra_forwards += validate_forwards * len(stats.validation)
         trained = stats.steps > 0 or self.generation < 0
         self._next_generation = t if trained else self.generation
         return ev.Outcome(
@@ -276,38 +279,42 @@ class Simulator:
             cost_phase="train",
             detail={
                 "steps": stats.steps, "training_samples": int(len(ids)), "replay_samples": int(len(replay_ids)), "loss": stats.last_terms,
-                "validation_r1": stats.validation, "best_epoch": stats.best_epoch,
+                "validation_r1": stats.validation, "best_epoch": stats.best_epoch, "term_samples": stats.term_samples,
             },
         )
 
-    def _split_validation(self, ids: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
-        """Hold out `training.validation_fraction` of each class's training samples (seeded), CVS-style."""
+    def _split_validation(self, arrivals: np.ndarray, t: int) -> np.ndarray:
+        """The validation queries: `training.validation_fraction` of each class's arrivals this session (seeded),
+        CVS-style. Replay exemplars are never held out: they are already gallery items."""
         fraction = self.scenario.training.validation_fraction
         if fraction == 0:
-            return ids, np.empty(0, np.int64)
+            return np.empty(0, np.int64)
         rng = numpy_rng(self.scenario.seed, "validation", t)
-        labels = self.labels_of(ids)
-        held = np.zeros(len(ids), dtype=bool)
+        labels = self.labels_of(arrivals)
+        held = np.zeros(len(arrivals), dtype=bool)
         for c in np.unique(labels):
             members = np.flatnonzero(labels == c)
             held[rng.permutation(members)[: int(len(members) * fraction)]] = True
-        return ids[~held], ids[held]
+        return arrivals[held]
 
-    def _validator(self, val_ids: np.ndarray, train_ids: np.ndarray):
-        """R@1 of held-out samples against the mixed gallery as it would be after this session's index step."""
+    def _validator(self, val_ids: np.ndarray, session: int):
+        """(validate, backbone forwards per call): R@1 of the validation queries against the mixed gallery as it would be after this session's index step,
+        without the validation samples themselves: a query never matches itself."""
         s = self.scenario
-        stored = self.gallery.vectors(np.arange(len(self.gallery)))
-        stored_classes = self.gallery.class_of(np.arange(len(self.gallery), dtype=np.int64))
+        items = np.flatnonzero(~np.isin(self.gallery.sample_ids_of(np.arange(len(self.gallery))), val_ids))
+        stored = self.gallery.vectors(items)
+        stored_classes = self.gallery.class_of(items.astype(np.int64))
+        fresh_ids = np.setdiff1d(self.stream[session].gallery_ids, val_ids)
 
         def validate(model: torch.nn.Module) -> float:
-            fresh = embed(model, self.images, train_ids, batch_size=s.training.eval_batch_size, amp=s.training.amp)
+            fresh = embed(model, self.images, fresh_ids, batch_size=s.training.eval_batch_size, amp=s.training.amp)
             queries = embed(model, self.images, val_ids, batch_size=s.training.eval_batch_size, amp=s.training.amp)
-            gallery = np.vstack([stored, fresh])
-            gallery_classes = np.concatenate([stored_classes, self.labels_of(train_ids)])
+            gallery = np.vstack([stored, fresh]) if len(stored) else fresh
+            gallery_classes = np.concatenate([stored_classes, self.labels_of(fresh_ids)])
             nearest = np.argmax(queries @ gallery.T, axis=1)
             return float(np.mean(gallery_classes[nearest] == self.labels_of(val_ids)))
 
-        return validate
+        return validate, len(fresh_ids) + len(val_ids)
 
     def _deploy(self, event: ev.Deploy) -> ev.Outcome:
         previous = self.generation
@@ -332,17 +339,33 @@ class Simulator:
         )
 
     def _update_replay(self, event: ev.UpdateReplay) -> ev.Outcome:
+        """Rebalance the buffer; herding runs on the deployed generation's embeddings of the arrivals (the index
+        step's) and of the exemplars already held (re-embedded here, as the CVS code does, billed to `replay`)."""
         session = self.stream[event.session]
         if "replay" not in self.method.needs or self.replay.size == 0:
             return ev.Outcome(generation=self.generation, detail={"buffer": 0})
+        clock = time.perf_counter()
         gallery_ids, vectors = self._fresh
         train_mask = np.isin(gallery_ids, session.train_ids)
         ids, vecs = gallery_ids[train_mask], vectors[train_mask]
+        unindexed = np.setdiff1d(session.train_ids, gallery_ids)  # arrivals that are training-only, if any
+        exemplars = self.replay.class_samples() if self.replay.selection == "herding" else {}
+        to_embed = np.concatenate([unindexed, *exemplars.values()]).astype(np.int64)
+        embedded = self._embed(to_embed) if len(to_embed) else np.empty((0, vectors.shape[1]), np.float32)
+        ids, vecs = np.concatenate([ids, unindexed]), np.vstack([vecs, embedded[: len(unindexed)]])
         labels = self.labels_of(ids)
         arrivals = {int(c): (ids[labels == c], vecs[labels == c]) for c in np.unique(labels)}
+        current, at = None, len(unindexed)
+        if exemplars:
+            current = {}
+            for c, held in exemplars.items():
+                current[c], at = embedded[at : at + len(held)], at + len(held)
         seen = len(set(self.replay.per_class()) | set(arrivals))
-        self.replay.update(arrivals, classes_seen=seen, rng=self.replay_rng)
-        return ev.Outcome(generation=self.generation, detail={"buffer": len(self.replay), "classes": seen})
+        self.replay.update(arrivals, classes_seen=seen, rng=self.replay_rng, current=current)
+        return ev.Outcome(
+            generation=self.generation, seconds=time.perf_counter() - clock, backbone_forwards=len(to_embed),
+            items=len(to_embed), cost_phase="replay", detail={"buffer": len(self.replay), "classes": seen},
+        )
 
     def _transform(self, event: ev.Transform) -> ev.Outcome:
         """FCT: learn psi (stored -> current generation) on items embedded by both, map the other stale items."""
@@ -388,8 +411,10 @@ class Simulator:
         spec, t = self.scenario.backfill, event.session
         detail: dict = {"policy": spec.policy}
         if spec.curve_session == t:
-            self.backfill_curve = self._measure_curve(t)
+            clock = time.perf_counter()
+            self.backfill_curve, forwards = self._measure_curve(t)
             detail["curve_seconds"] = float(self.backfill_curve.attrs["seconds"])
+            self.evaluator.bill(forwards, time.perf_counter() - clock)  # a measurement, not backfill work
         clock = time.perf_counter()
         chosen = plan_backfill(
             spec, gallery=self.gallery, generation=self.generation, rng=numpy_rng(self.scenario.seed, "backfill", t),
@@ -408,7 +433,7 @@ class Simulator:
         return embed(self.model, self.images, sample_ids, batch_size=s.training.eval_batch_size, amp=s.training.amp)
 
     def _measure_curve(self, t: int):
-        """FastFill's backfill curve at session t, on copies: the gallery itself is untouched."""
+        """FastFill's backfill curve at session t, on copies (the gallery itself is untouched), and its backbone forwards."""
         s = self.scenario
         session = self.stream[t]
         order = order_items(
@@ -417,12 +442,13 @@ class Simulator:
         )
         query_classes = self.labels_of(session.query_ids)
         home = self.stream.home_of(query_classes)
-        return backfill_curve(
+        curve = backfill_curve(
             gallery=self.gallery, order=order, new_vectors=self._embed(self.gallery.sample_ids_of(order)),
             queries=self._embed(session.query_ids), query_classes=query_classes,
             subsets={"old": home < t, "new": home == t, "all": np.ones(len(home), dtype=bool)},
             steps=s.backfill.curve_steps, session=t, order_name=s.backfill.curve_order,
         )
+        return curve, len(order) + len(session.query_ids)
 
     def _evaluate(self, event: ev.Evaluate) -> ev.Outcome:
         done = self.evaluator.evaluate(

@@ -56,7 +56,9 @@ def aggregate(per_query: dict[str, np.ndarray], subsets: dict[str, np.ndarray]) 
         for metric, values in per_query.items():
             chosen = values[mask]
             chosen = chosen[~np.isnan(chosen)]
-            rows.append({"subset": subset, "metric": metric, "value": float(chosen.mean()) if len(chosen) else float("nan"), "n_queries": n})
+            # n_queries: the queries that entered the mean (a query whose class has no gallery item has no AP@R).
+            rows.append({"subset": subset, "metric": metric, "value": float(chosen.mean()) if len(chosen) else float("nan"),
+                         "n_queries": len(chosen)})
     return rows
 
 
@@ -108,14 +110,15 @@ class Evaluator:
         gallery_vectors = embed(model, images, self.probe.gallery_ids, batch_size=self.batch_size, amp=self.amp)
         query_vectors = embed(model, images, self.probe.query_ids, batch_size=self.batch_size, amp=self.amp)
         self.probe.add_generation(generation, gallery_vectors=gallery_vectors, query_vectors=query_vectors)
-        self._bill(len(self.probe.gallery_ids) + len(self.probe.query_ids), time.perf_counter() - clock)
+        self.bill(len(self.probe.gallery_ids) + len(self.probe.query_ids), time.perf_counter() - clock)
         self._new_probe = {
             "probe_gallery_vectors": gallery_vectors, "probe_gallery_sample_ids": self.probe.gallery_ids,
             "probe_gallery_class_ids": self.probe.gallery_classes, "probe_query_vectors": query_vectors,
             "probe_query_sample_ids": self.probe.query_ids, "probe_query_class_ids": self.probe.query_classes,
         }
 
-    def _bill(self, forwards: int, seconds: float) -> None:
+    def bill(self, forwards: int, seconds: float) -> None:
+        """Add work done for measurement outside `evaluate` (probe set, anytime points, backfill curve) to the next evaluation's cost."""
         self._pending_cost[0] += forwards
         self._pending_cost[1] += seconds
 
@@ -143,7 +146,7 @@ class Evaluator:
         for row in aggregate({"recall@1": correct}, subsets):
             self._pending.append({**row, "session": session, "query_generation": session, "gallery_view": f"anytime:{step}"})
         self.anytime_values.append(float(correct.mean()))
-        self._bill(len(s.query_ids) + len(s.gallery_ids), time.perf_counter() - clock)
+        self.bill(len(s.query_ids) + len(s.gallery_ids), time.perf_counter() - clock)
 
     # -- after a session ----------------------------------------------------------------
 

@@ -19,7 +19,7 @@ def test_resnet18_cifar_keeps_resolution_in_its_stem():
 
 
 def test_resnet18_is_torchvisions_imagenet_form():
-    net = BACKBONES.get("resnet18")(in_channels=1, width=32)
+    net = BACKBONES.get("resnet18")(in_channels=1, width=64)
     assert net.net.conv1.kernel_size == (7, 7) and net.net.conv1.in_channels == 1
     assert isinstance(net.net.maxpool, nn.MaxPool2d)
     assert net(torch.zeros(2, 1, 64, 64)).shape == (2, 512)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
 import numpy as np
@@ -30,6 +30,9 @@ class Batch:
     rows: torch.Tensor  # classifier row of each sample
     class_ids: torch.Tensor  # original class ids
     embeddings: torch.Tensor  # f_t(x), L2-normalised, with gradient
+    # Per loss term that acts on only part of the batch, the bool mask of the samples it covered (train events'
+    # `term_samples`); a term not named here covered the whole batch.
+    covered: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -45,7 +48,7 @@ class TrainContext:
     previous_embeddings: torch.Tensor | None = None
     training_rows: torch.Tensor | None = None
     class_means: torch.Tensor | None = None  # (classifier rows, dim): E_c per row, zeros where unknown
-    old_rows: torch.Tensor | None = None  # bool per row: class has a home session < t and a mean
+    old_rows: torch.Tensor | None = None  # bool per row: the class has stored gallery vectors from an earlier session
 
 
 class Method:

@@ -78,4 +78,5 @@ class BCT(Method):
             else:
                 influence = batch.embeddings.sum() * 0.0
             terms["influence"] = p.weight * influence
+            batch.covered["influence"] = keep
         return terms
