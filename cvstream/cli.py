@@ -36,9 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a scenario file, its data and its stream, without running")
     scenario_args(validate)
 
-    stream = sub.add_parser("stream", help="describe a scenario's stream per session and write it to stream.parquet")
+    stream = sub.add_parser("stream", help="describe a scenario's stream per session and write it to stream.parquet or CVS JSON collections")
     scenario_args(stream)
-    stream.add_argument("--out", default=None, help="folder for stream.parquet (default <output.dir>/<scenario name>)")
+    stream.add_argument("--out", default=None, help="folder for the files (default <output.dir>/<scenario name>)")
+    stream.add_argument(
+        "--format", default="parquet", choices=["parquet", "cvs-json"],
+        help="parquet: stream.parquet; cvs-json: Rainbow-Memory / CVS JSON collections, for data sets with file names (default: %(default)s)",
+    )
 
     compare = sub.add_parser("compare", help="run a scenario under several backfill policies and compare accuracy and cost")
     scenario_args(compare)
@@ -111,11 +115,12 @@ def _validate(args, console: Console) -> int:
 
 
 def _stream(args, console: Console) -> int:
-    from cvstream.sessions import scenario_stream
+    from cvstream.sessions import paths, scenario_stream
+    from cvstream.sessions.collections import cvs_setup, write_collections
     from cvstream.simulator.outputs import write_parquet
 
     scenario = _load(args)
-    _, _, stream = scenario_stream(scenario, data_root=args.data_root)
+    _, label_set, stream = scenario_stream(scenario, data_root=args.data_root)
     summary = stream.summary()
     table = Table(title=f"{scenario.name}: {scenario.stream.name} stream of {scenario.dataset.name}")
     headers = {"session": "session", "new_classes": "new classes", "old_classes_present": "old present",
@@ -127,6 +132,18 @@ def _stream(args, console: Console) -> int:
         table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
     console.print(table)
     out = Path(args.out) if args.out else Path(scenario.output.dir) / scenario.name
+    if args.format == "cvs-json":
+        files = write_collections(
+            stream, label_set, out, dataset=scenario.dataset.name, setup=cvs_setup(scenario.stream.name, scenario.stream.params),
+            seed=scenario.seed, validation_fraction=scenario.training.validation_fraction,
+        )
+        root = paths.data_root(args.data_root)
+        try:
+            where = out.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            where = f"<the folder, moved under the data root {root}>"
+        console.print(f"{len(files)} collection files -> {out}; read back with stream: {{setup: explicit, collections: {where}}}")
+        return 0
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_parquet(out / "stream.parquet", stream.to_frame())

@@ -49,6 +49,22 @@ def equal_shares(available: np.ndarray, total: int, priority: np.ndarray | None 
     return shares
 
 
+def validation_split(arrivals: np.ndarray, labels: np.ndarray, *, fraction: float, seed: int, session: int) -> np.ndarray:
+    """The validation queries of one session (`training.validation_fraction`, as CVS's val files): that share of
+    each class's arrivals, seeded per session. `labels` are the arrivals' classes. Pure, so that the engine and
+    the CVS collection writer hold out the same samples."""
+    if fraction == 0:
+        return np.empty(0, np.int64)
+    order = np.argsort(arrivals, kind="stable")
+    arrivals, labels = np.asarray(arrivals, np.int64)[order], np.asarray(labels)[order]
+    rng = numpy_rng(seed, "validation", session)
+    held = np.zeros(len(arrivals), dtype=bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        held[rng.permutation(members)[: int(len(members) * fraction)]] = True
+    return arrivals[held]
+
+
 def _stream_file_error(message: str) -> DataError:
     return DataError(message, key_path="stream.path")
 

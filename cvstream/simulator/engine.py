@@ -25,6 +25,7 @@ from cvstream.models import build_method, build_model
 from cvstream.models.methods.base import TrainContext
 from cvstream.models.trainer import embed, train_session
 from cvstream.sessions import scenario_stream
+from cvstream.sessions.streams import validation_split
 from cvstream.sessions.rng import numpy_rng, torch_generator, torch_seed
 from cvstream.simulator import events as ev
 from cvstream.simulator.evaluate import AnytimeHook, Evaluator
@@ -284,18 +285,9 @@ class Simulator:
         )
 
     def _split_validation(self, arrivals: np.ndarray, t: int) -> np.ndarray:
-        """The validation queries: `training.validation_fraction` of each class's arrivals this session (seeded),
-        CVS-style. Replay exemplars are never held out: they are already gallery items."""
+        """The validation queries come from the session's arrivals only; replay exemplars are already gallery items."""
         fraction = self.scenario.training.validation_fraction
-        if fraction == 0:
-            return np.empty(0, np.int64)
-        rng = numpy_rng(self.scenario.seed, "validation", t)
-        labels = self.labels_of(arrivals)
-        held = np.zeros(len(arrivals), dtype=bool)
-        for c in np.unique(labels):
-            members = np.flatnonzero(labels == c)
-            held[rng.permutation(members)[: int(len(members) * fraction)]] = True
-        return arrivals[held]
+        return validation_split(arrivals, self.labels_of(arrivals), fraction=fraction, seed=self.scenario.seed, session=t)
 
     def _validator(self, val_ids: np.ndarray, session: int):
         """(validate, backbone forwards per call): R@1 of the validation queries against the mixed gallery as it would be after this session's index step,

@@ -3,15 +3,17 @@
 JSON collections: a directory of `{dataset}_train_{setup}_rand{seed}_cls{n}_task{i}.json`
 files, each a list of `{"klass", "file_name", "label"}` records; `file_name` is relative to
 the data set's root and must name a sample the data set reports (image-folder,
-tiny-imagenet). Their queries are the data set's official test split of the stream's
-classes, or, where it has none, every sample of those classes that no collection names.
+tiny-imagenet). Their queries are what the collection's test files name
+(`{dataset}_test_rand{seed}_cls{n}_task{i}.json`, as CVS's loaders read them), else the data
+set's official test split of the stream's classes, else every sample of those classes that no
+collection names. A `val` file's samples are arrivals of its session (the engine's validation split
+holds them out again). The names are in `cvstream.sessions.collections`.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-import re
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -20,6 +22,7 @@ from pydantic import Field, model_validator
 
 from cvstream.errors import DataError, ScenarioError
 from cvstream.registry import Params
+from cvstream.sessions.collections import TRAIN_FILE, task_file
 from cvstream.sessions.datasets import LabelSet
 from cvstream.sessions.paths import inside
 from cvstream.sessions.streams import SETUPS, Stream, StreamParams, StreamSetup, assemble, split_pools
@@ -27,8 +30,6 @@ from cvstream.sessions.streams import SETUPS, Stream, StreamParams, StreamSetup,
 def _collection_error(message: str) -> DataError:
     return DataError(message, key_path="stream.collections")
 
-
-COLLECTION_FILE = re.compile(r"^(?P<name>.+_train_.+_rand\d+_cls\d+)_task(?P<task>\d+)\.json$")
 
 SessionSpec = list[int | str] | dict[int | str, int]
 
@@ -148,15 +149,26 @@ class Explicit(StreamSetup):
         files = collection_files(folder, p.collection)
         by_name = {name: i for i, name in enumerate(label_set.file_names)}
         arrivals = []
-        for path in files:
-            arrivals.append(read_collection(path, by_name=by_name, label_set=label_set))
+        for path, val in zip(files, validation_files(folder, files)):
+            # A val file's samples arrived in that session too: the engine holds them out again (same seeded split).
+            held = read_collection(val, by_name=by_name, label_set=label_set) if val is not None else np.empty(0, np.int64)
+            arrivals.append(np.concatenate([read_collection(path, by_name=by_name, label_set=label_set), held]))
         named = np.concatenate(arrivals)
         unique, counts = np.unique(named, return_counts=True)
         if (counts > 1).any():
             raise _collection_error(f"{folder}: sample {label_set.file_names[unique[counts > 1][0]]} is named {int(counts.max())} times across the collections")
         classes = np.unique(label_set.labels[named])
         in_stream = np.isin(label_set.labels, classes)
-        if label_set.test_mask is not None:
+        tests = query_files(folder, files)
+        if tests:
+            candidates = np.unique(np.concatenate([read_collection(path, by_name=by_name, label_set=label_set) for path in tests]))
+            trained = np.flatnonzero(np.isin(candidates, named))
+            if len(trained):
+                raise _collection_error(f"{folder}: {label_set.file_names[candidates[trained[0]]]} is named by a test file and a train file; a query is never trained on")
+            foreign = np.flatnonzero(~in_stream[candidates])
+            if len(foreign):
+                raise _collection_error(f"{folder}: the test files name {label_set.file_names[candidates[foreign[0]]]}, of a class that no train file holds")
+        elif label_set.test_mask is not None:
             trained_tests = np.flatnonzero(label_set.test_mask[named])
             if len(trained_tests):
                 raise _collection_error(f"{folder}: {label_set.file_names[named[trained_tests[0]]]} is in the data set's test split; collections may only name training images")
@@ -171,7 +183,8 @@ class Explicit(StreamSetup):
             queries[int(c)] = candidates[cand_labels == c]
         empty = [int(c) for c in classes if len(queries[int(c)]) == 0]
         if empty:
-            raise _collection_error(f"{folder}: class {label_set.class_names[empty[0]]} has no sample left to query: every one is named by a collection")
+            why = "the test files name none of it" if tests else "every one is named by a collection"
+            raise _collection_error(f"{folder}: class {label_set.class_names[empty[0]]} has no sample to query: {why}")
         return arrivals, queries
 
 
@@ -179,7 +192,7 @@ def collection_files(folder: Path, wanted: str | None) -> list[Path]:
     """The task files of one collection, in task order; refuses gaps and ambiguity."""
     groups: dict[str, dict[int, Path]] = {}
     for path in folder.iterdir():
-        match = COLLECTION_FILE.match(path.name)
+        match = TRAIN_FILE.match(path.name)
         if match:
             groups.setdefault(match["name"], {})[int(match["task"])] = path
     if not groups:
@@ -195,6 +208,29 @@ def collection_files(folder: Path, wanted: str | None) -> list[Path]:
     if missing:
         raise _collection_error(f"{folder}: collection {wanted} lacks task {missing[0]} ({wanted}_task{missing[0]}.json)")
     return [tasks[t] for t in sorted(tasks)]
+
+
+def validation_files(folder: Path, train_files: list[Path]) -> list[Path | None]:
+    """Each task's val file (`{dataset}_val_{setup}_...`), or None where it has none."""
+    out = []
+    for path in train_files:
+        val = path.with_name(path.name.replace("_train_", "_val_", 1))
+        out.append(val if val.is_file() else None)
+    return out
+
+
+def query_files(folder: Path, train_files: list[Path]) -> list[Path]:
+    """The collection's test files, one per task (none: the queries come from the data set); refuses gaps."""
+    match = TRAIN_FILE.match(train_files[0].name)
+    paths = [
+        folder / task_file(match["dataset"], "test", setup=None, seed=match["seed"], classes=match["classes"], task=t)
+        for t in range(len(train_files))
+    ]
+    present = [path.is_file() for path in paths]
+    if any(present) and not all(present):
+        missing = paths[present.index(False)]
+        raise _collection_error(f"{folder}: collection {match['name']} has test files, but not {missing.name}")
+    return paths if all(present) else []
 
 
 def read_collection(path: Path, *, by_name: dict[str, int], label_set: LabelSet) -> np.ndarray:
