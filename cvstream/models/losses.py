@@ -6,6 +6,11 @@ import torch
 import torch.nn.functional as F
 
 
+def zero_loss(inputs: torch.Tensor) -> torch.Tensor:
+    """A term with nothing to act on: zero, but still in `inputs`' graph, so that backward and the trainer's sum work."""
+    return inputs.sum() * 0.0
+
+
 def normalized_softmax_ce(cosines: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
     """L_c: -log softmax(W_norm f / T)[y], averaged over the batch."""
     return F.cross_entropy(cosines / temperature, rows)
@@ -27,7 +32,7 @@ def hardest_negative_triplet(
     d_neg, _ = distances.min(dim=1)
     valid = torch.isfinite(d_neg)
     if not bool(valid.any()):
-        return anchor.sum() * 0.0
+        return zero_loss(anchor)
     return F.relu(d_pos[valid] - d_neg[valid] + margin).mean()
 
 
@@ -39,7 +44,7 @@ def class_mean_loss(embeddings: torch.Tensor, means: torch.Tensor, mask: torch.T
     the batch it covers.
     """
     if not bool(mask.any()):
-        return embeddings.sum() * 0.0
+        return zero_loss(embeddings)
     squared = ((embeddings - means) ** 2).sum(dim=1)
     if reduction == "covered":
         return squared[mask].mean()
@@ -52,6 +57,18 @@ def old_classifier_ce(embeddings: torch.Tensor, old_weight: torch.Tensor, rows: 
     """BCT influence loss: normalised-softmax CE of f_t(x) through the frozen old classifier rows."""
     logits = embeddings @ F.normalize(old_weight, dim=1).t() / temperature
     return F.cross_entropy(logits, rows)
+
+
+def influence_loss(
+    embeddings: torch.Tensor, rows: torch.Tensor, old_weight: torch.Tensor, valid: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """BCT influence loss over the samples whose row the old classifier has (`valid[rows]`); the old classifier is
+    only its valid rows. Zero where no sample of the batch has one."""
+    keep = valid[rows]
+    if not bool(keep.any()):
+        return zero_loss(embeddings)
+    index = torch.cumsum(valid.long(), 0) - 1  # each valid row's position among the valid rows
+    return old_classifier_ce(embeddings[keep], old_weight[valid], index[rows[keep]], temperature)
 
 
 def embedding_distance(new: torch.Tensor, old: torch.Tensor, hinge: float = 0.0) -> torch.Tensor:

@@ -21,7 +21,11 @@ class EmbeddingNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The L2-normalised embedding f(x)."""
-        return F.normalize(self.embed(self.backbone(x)).float(), dim=1)
+        return self.embedding(self.backbone(x))
+
+    def embedding(self, features: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised embedding of backbone features, for a method that also uses the features themselves."""
+        return F.normalize(self.embed(features).float(), dim=1)
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of each embedding to each class row: the classifier's logits before 1/T."""

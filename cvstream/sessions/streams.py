@@ -238,6 +238,9 @@ class StreamSetup:
 
     name: ClassVar[str]
     Params: ClassVar[type[Params]]
+    # Whether a later session can bring more samples of a class an earlier session brought (False: only new
+    # classes), for methods that depend on it; a setup that cannot promise otherwise says True.
+    revisits_classes: ClassVar[bool] = True
 
     def __init__(self, params: Params, *, data_root: Path | None = None, base_dir: Path | None = None):
         self.params = params
@@ -343,13 +346,6 @@ def split_pools(params: StreamParams, label_set: LabelSet, classes: np.ndarray, 
         classes=classes, train_ids=ids[~is_query], train_start=np.concatenate([[0], np.cumsum(train_counts)]),
         query_ids=query_ids, query_start=query_start,
     )
-
-
-def split_queries(params: StreamParams, label_set: LabelSet, classes: np.ndarray, seed: int) -> tuple[dict, dict]:
-    """Per class: (training arrivals, held-out queries), as dicts of sorted arrays."""
-    pools = split_pools(params, label_set, classes, seed)
-    train = {int(c): np.sort(pools.train_ids[pools.train_start[i] : pools.train_start[i + 1]]) for i, c in enumerate(pools.classes)}
-    return train, pools.queries()
 
 
 def group_by_session(ids: np.ndarray, session: np.ndarray, sessions: int) -> list[np.ndarray]:

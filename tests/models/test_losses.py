@@ -12,8 +12,10 @@ from cvstream.models.losses import (
     distillation,
     embedding_distance,
     hardest_negative_triplet,
+    influence_loss,
     normalized_softmax_ce,
     old_classifier_ce,
+    zero_loss,
 )
 
 
@@ -94,6 +96,26 @@ def test_old_classifier_ce_uses_normalised_frozen_rows():
     assert f.grad[0, 1] > 0  # leaning toward the wrong old row raises the loss
 
 
+def test_influence_loss_uses_only_the_rows_the_old_classifier_has():
+    f = t([[1.0, 0.0], [0.0, 1.0]])
+    old_weight = torch.tensor([[1.0, 0.0], [5.0, 5.0], [0.0, 2.0]], dtype=torch.float64)
+    valid = torch.tensor([True, False, True])  # row 1 is not part of the old classifier
+    loss = influence_loss(f, torch.tensor([2, 1]), old_weight, valid, temperature=1.0)
+    # Sample 0 (row 2): logits (1, 0) over rows 0 and 2, target row 2; sample 1's row has no old row: left out.
+    assert loss.item() == pytest.approx(math.log(math.e + 1) - 0.0)
+    loss.backward()
+    assert torch.all(f.grad[1] == 0) and f.grad[0, 1] < 0  # leaning toward row 2 lowers it
+    none = influence_loss(f, torch.tensor([1, 1]), old_weight, valid, temperature=1.0)
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_zero_loss_keeps_the_graph():
+    x = t([[1.0, -2.0]])
+    zero = zero_loss(x)
+    zero.backward()
+    assert zero.item() == 0.0 and torch.all(x.grad == 0)
+
+
 def test_embedding_distance_plain_and_hinged():
     new = t([[1.0, 0.0]])
     old = torch.tensor([[0.6, 0.8]], dtype=torch.float64)
@@ -112,4 +134,18 @@ def test_distillation_hand_case():
     assert loss.item() == pytest.approx(4 * 0.5 * math.log(4 / 3))
     loss.backward()
     assert student.grad[0, 0] > 0  # the over-confident logit is pushed down
-    assert distillation(teacher, teacher, temperature=2.0).item() == pytest.approx(0.0)
+
+
+def test_distillation_averages_over_the_batch_and_puts_the_teacher_first():
+    student = torch.tensor([[0.0, 0.0], [math.log(2), 0.0]], dtype=torch.float64)
+    teacher = torch.tensor([[math.log(3), 0.0], [0.0, 0.0]], dtype=torch.float64)
+    # T = 1. Row 0: teacher (3/4, 1/4) against student (1/2, 1/2); row 1: teacher (1/2, 1/2) against student (2/3, 1/3).
+    row0 = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    row1 = 0.5 * math.log(0.5 / (2 / 3)) + 0.5 * math.log(0.5 / (1 / 3))
+    assert distillation(student, teacher, temperature=1.0).item() == pytest.approx((row0 + row1) / 2)
+    # KL is not symmetric: swapping student and teacher gives another value.
+    swapped = (
+        0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25) + (2 / 3) * math.log((2 / 3) / 0.5) + (1 / 3) * math.log((1 / 3) / 0.5)
+    ) / 2
+    assert distillation(teacher, student, temperature=1.0).item() == pytest.approx(swapped)
+    assert swapped != pytest.approx((row0 + row1) / 2)

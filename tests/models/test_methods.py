@@ -1,13 +1,15 @@
-"""Every method runs two sessions; each method's own mechanics on hand-made tensors."""
+"""Every registered method on a hand-made context; each method's own mechanics on hand-computed tensors."""
 
 from __future__ import annotations
 
 import copy
+import math
 import weakref
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import tiny_dict, tiny_scenario, write_scenario
 from cvstream.cli import main
@@ -16,40 +18,10 @@ from cvstream.models.methods.base import NEEDS, Batch, TrainContext
 from cvstream.models.net import EmbeddingNet
 from cvstream.simulator import Simulator
 
-# The loss terms each method must produce once a previous generation exists.
-TERMS = {
-    "finetune": {"ce"},
-    "joint": {"ce"},
-    "cvs": {"ce", "triplet", "class_mean"},
-    "bct": {"ce", "influence"},
-    "l2": {"ce", "l2"},
-    "l2-weakened": {"ce", "l2"},
-    "lwf": {"ce", "distill"},
-    "mixbct": {"ce"},
-    # Issue 9 (tests/models/test_methods_more.py has their own mechanics); frozen and m2sd take no step after session 0.
-    "frozen": set(),
-    "unibct": {"ce", "influence"},
-    "nccl": {"ce", "feat", "logit"},
-    "advbct": {"ce", "p2s", "adv"},
-    "m2sd": set(),
-}
 
-
-def _two_sessions(name, **sections):
-    sections.setdefault("method", {"name": name})
-    scenario = tiny_scenario(stream={"sessions": 2}, **sections)
-    return Simulator(scenario, write=False).run()
-
-
-def _train_details(result):
-    events = result.events
-    return [eval_detail(d) for d in events[events.kind == "train"].detail]
-
-
-def eval_detail(text):
-    import json
-
-    return json.loads(text)
+def _default(name):
+    cls = METHODS.get(name)
+    return cls(cls.Params())
 
 
 def test_methods_ask_only_for_what_the_engine_can_give():
@@ -57,26 +29,94 @@ def test_methods_ask_only_for_what_the_engine_can_give():
         assert METHODS.get(name).needs <= NEEDS
 
 
-@pytest.mark.parametrize("name", sorted(TERMS))
-def test_method_runs_two_sessions(name):
-    result = _two_sessions(name)
-    details = _train_details(result)
-    assert len(details) == 2
-    assert set(details[1]["loss"]) == TERMS[name]
-    assert all(np.isfinite(v) for v in details[1]["loss"].values())
-    assert (details[1]["replay_samples"] > 0) == ("replay" in METHODS.get(name).needs)
-    trained = result.stream[result.stream.role == "train"]
-    arrivals = [int((trained.session == t).sum()) for t in (0, 1)]
-    # joint trains on everything seen so far; the others on the arrivals (plus the buffer).
-    expected = arrivals[0] + arrivals[1] if name == "joint" else arrivals[1] + details[1]["replay_samples"]
-    assert details[1]["training_samples"] == expected
-    r1 = result.recall_table(1)
-    assert list(r1.index) == [0, 1] and r1["all"].between(0, 1).all()
+@pytest.mark.parametrize("name", METHODS.names())
+def test_training_samples_follow_what_the_method_needs(name):
+    method = _default(name)
+    arrivals, replay, seen = np.array([5, 6]), np.array([1, 2]), np.array([1, 2, 3, 5, 6])
+    ids = method.training_ids(session_ids=arrivals, replay_ids=replay, seen_ids=seen if "seen_data" in method.needs else None)
+    if "seen_data" in method.needs:
+        expected = seen
+    elif "replay" in method.needs:
+        expected = np.concatenate([arrivals, replay])
+    else:
+        expected = arrivals
+    assert ids.tolist() == expected.tolist()
 
 
 def test_replay_flag_turns_the_buffer_off():
-    without = _train_details(_two_sessions("bct", method={"name": "bct", "replay": False}))[1]
-    assert without["replay_samples"] == 0 and set(without["loss"]) == {"ce", "influence"}
+    method = build_method(tiny_scenario(method={"name": "bct", "replay": False}))
+    assert "replay" not in method.needs and "replay" in METHODS.get("bct").needs
+    assert method.training_ids(session_ids=np.array([5, 6]), replay_ids=np.array([1, 2])).tolist() == [5, 6]
+
+
+def _session(method, session):
+    """A tiny convnet after `session - 1` sessions, the session's training images and classes, and the context the
+    engine would hand `method`, built from what it declares it needs."""
+    torch.manual_seed(0)  # what the methods draw from the global RNG (m2sd's mixing, fresh modules), as the engine seeds it
+    generator = torch.Generator().manual_seed(1)
+    model = EmbeddingNet(backbone="convnet", in_channels=3, width=4, embedding_dim=16)
+    model.add_classes([0, 1, 2], generator)
+    images = torch.rand(12, 3, 16, 16, generator=generator) * 2 - 1
+    classes = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 0, 3] if session else [0, 0, 1, 1, 2, 2] * 2)
+    context = TrainContext(session=session)
+    previous = None
+    if session > 0 and method.needs & {"previous_model", "previous_embeddings"}:
+        previous = copy.deepcopy(model).eval().requires_grad_(False)  # before the classifier grows, as the engine
+    model.add_classes(classes.unique(), generator)
+    if previous is not None:
+        known = torch.isin(model.class_ids, previous.class_ids)
+        weight = torch.zeros_like(model.weight.detach())
+        weight[known] = F.normalize(previous.weight[previous.rows_of(model.class_ids[known])], dim=1)
+        context.previous_embed, context.previous_weight, context.previous_known = previous, weight, known
+        if "previous_embeddings" in method.needs:
+            with torch.no_grad():
+                context.previous_embeddings = previous(images)
+            context.training_rows = model.rows_of(classes)
+    if session > 0 and "class_means" in method.needs:  # classes 0-2 have stored gallery vectors from session 0
+        context.old_rows = torch.isin(model.class_ids, torch.tensor([0, 1, 2]))
+        context.class_means = torch.zeros(model.num_classes, model.embedding_dim)
+        context.class_means[context.old_rows] = F.normalize(torch.randn(3, model.embedding_dim, generator=generator), dim=1)
+    return model, images, classes, context
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_gives_its_declared_terms_finite_and_with_gradients(name):
+    method = _default(name)
+    trained = {}
+    for session in (0, 1):
+        model, images, classes, context = _session(method, session)
+        model.train()
+        method.begin_session(model, context)
+        if not method.trains(session):
+            continue
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        rows = model.rows_of(classes)
+
+        def embed_training():
+            with torch.no_grad():
+                model.eval()
+                out = model(images)
+            model.train()
+            return out
+
+        for step, pick in enumerate((slice(0, 8), slice(4, 12))):
+            batch = Batch(inputs=images[pick], rows=rows[pick], class_ids=classes[pick], embeddings=model(images[pick]))
+            terms = method.loss(model, batch, context)
+            assert "ce" in terms and set(terms) <= method.loss_terms, (session, sorted(terms))
+            for term, value in terms.items():
+                assert value.dim() == 0 and torch.isfinite(value) and value.requires_grad, (session, term)
+            for term, mask in batch.covered.items():
+                assert term in terms and mask.dtype == torch.bool and mask.shape == batch.rows.shape
+            optimizer.zero_grad(set_to_none=True)
+            sum(terms.values()).backward()
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            assert grads and all(torch.isfinite(g).all() for g in grads) and any(bool(g.any()) for g in grads)
+            optimizer.step()
+            method.after_step(model, fraction=(step + 1) / 2, context=context, embed_training=embed_training)
+        trained[session] = set(terms)
+    assert trained, "the method trains in neither session"
+    # Once it has what it needs (session 1, or session 0 where only the base session trains): every declared term.
+    assert trained[max(trained)] == method.loss_terms
 
 
 def _net(classes, dim=2):
@@ -85,8 +125,22 @@ def _net(classes, dim=2):
     return net
 
 
+def _set_rows(model, rows):
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor(rows))
+
+
+def _softmax(logits):
+    e = [math.exp(v) for v in logits]
+    return [v / sum(e) for v in e]
+
+
+def _ce(logits, target):
+    return math.log(sum(math.exp(v) for v in logits)) - logits[target]
+
+
 def test_bct_synthesises_rows_for_classes_the_old_classifier_never_saw():
-    method = build_method(tiny_scenario(method={"name": "bct"}))
+    method = build_method(tiny_scenario(method={"name": "bct", "temperature": 0.5, "weight": 2.0}))
     model = _net([5, 7, 9])
     context = TrainContext(
         session=1,
@@ -96,46 +150,63 @@ def test_bct_synthesises_rows_for_classes_the_old_classifier_never_saw():
         training_rows=torch.tensor([1, 1, 0]),
     )
     method.begin_session(model, context)
-    # Row 1 (class 7): the normalised mean of its old embeddings; row 2 (class 9) has no sample: no row.
-    expected = torch.nn.functional.normalize(torch.tensor([[0.3, 0.9]]), dim=1)[0]
-    assert torch.allclose(method._old_weight[1], expected)
+    # Row 1 (class 7): the normalised mean of its old embeddings, (1, 3) / sqrt(10); row 2 (class 9) has no sample: no row.
+    assert torch.allclose(method._old_weight[1], torch.tensor([1.0, 3.0]) / math.sqrt(10))
     assert method._valid.tolist() == [True, True, False]
-    embeddings = torch.tensor([[0.0, 1.0]], requires_grad=True)
-    terms = method.loss(model, Batch(inputs=None, rows=torch.tensor([2]), class_ids=torch.tensor([9]), embeddings=embeddings), context)
-    assert terms["influence"].item() == 0.0  # no old row for class 9: the sample is left out
+    embeddings = torch.tensor([[0.6, 0.8], [0.0, 1.0]], requires_grad=True)
+    batch = Batch(inputs=None, rows=torch.tensor([1, 2]), class_ids=torch.tensor([7, 9]), embeddings=embeddings)
+    terms = method.loss(model, batch, context)
+    # Only the class-7 sample, through the old classifier's two rows at T = 0.5: logits (1.2, 3 / sqrt(10) / 0.5).
+    assert terms["influence"].item() == pytest.approx(2.0 * _ce([1.2, 3.0 / math.sqrt(10) / 0.5], 1), rel=1e-6)
+    assert batch.covered["influence"].tolist() == [True, False]
+    terms["influence"].backward()
+    assert embeddings.grad[0].abs().sum() > 0 and torch.all(embeddings.grad[1] == 0)  # class 9 is left out
 
 
-def test_lwf_distillation_is_zero_before_the_model_moves():
-    torch.manual_seed(0)
-    model = _net([0, 1, 2], dim=4)
-    previous = _net([0, 1], dim=4)
-    previous.load_state_dict({k: v[:2] if k in ("weight", "class_ids") else v for k, v in model.state_dict().items()})
-    previous.eval(), model.eval()
-    method = build_method(tiny_scenario(method={"name": "lwf"}))
-    x = torch.randn(6, 3)
+def test_lwf_distils_the_old_logits_over_the_old_classes_only():
+    model = _net([0, 1, 2])
+    _set_rows(model, [[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # class 2 is new: the old generation has no logit for it
+    method = build_method(tiny_scenario(method={"name": "lwf", "temperature": 0.5, "distill_temperature": 2.0}))
+    old = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
     context = TrainContext(
-        session=1, previous_embed=previous,
-        previous_weight=torch.cat([torch.nn.functional.normalize(previous.weight.detach(), dim=1), torch.zeros(1, 4)]),
-        previous_known=torch.tensor([True, True, False]),
+        session=1, previous_embed=lambda x: old,
+        previous_weight=torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), previous_known=torch.tensor([True, True, False]),
     )
-    batch = Batch(inputs=x, rows=torch.tensor([0, 1, 2, 0, 1, 2]), class_ids=torch.tensor([0, 1, 2, 0, 1, 2]), embeddings=model(x))
-    assert method.loss(model, batch, context)["distill"].item() == pytest.approx(0.0, abs=1e-6)
+    new = torch.tensor([[1.0, 0.0], [0.8, 0.6]], requires_grad=True)
+    batch = Batch(inputs=None, rows=torch.tensor([0, 2]), class_ids=torch.tensor([0, 2]), embeddings=new)
+    # Logits over classes 0 and 1 at T = 0.5, then softened by T = 2: teacher (0.6, 0.8) and (1, 0), student (1, 0) and (0.8, 0.6).
+    by_hand = 0.0
+    for teacher, student in (([0.6, 0.8], [1.0, 0.0]), ([1.0, 0.0], [0.8, 0.6])):
+        p, q = _softmax(teacher), _softmax(student)
+        by_hand += sum(pk * math.log(pk / qk) for pk, qk in zip(p, q)) / 2
+    distill = method.loss(model, batch, context)["distill"]
+    assert distill.item() == pytest.approx(4 * by_hand, rel=1e-5)  # times T^2
+    distill.backward()
+    assert float(-new.grad[0] @ torch.tensor([-1.0, 1.0])) > 0  # the first sample moves towards the teacher's class 1
 
 
 def test_mixbct_trains_the_classifier_on_old_embeddings_of_credible_samples():
     model = _net([0, 1])
-    method = build_method(tiny_scenario(method={"name": "mixbct", "mix_ratio": 1.0, "credible_fraction": 0.5}))
-    old = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]])
-    context = TrainContext(session=1, previous_embed=lambda x: old, previous_embeddings=old, training_rows=torch.tensor([0, 0, 1, 1]))
+    _set_rows(model, [[1.0, 0.0], [0.0, 1.0]])
+    method = build_method(
+        tiny_scenario(method={"name": "mixbct", "mix_ratio": 0.5, "credible_fraction": 0.5, "temperature": 1.0})
+    )
+    # Class 0's old mean is (0.6, 0.53); the median distance to it, (1, 0)'s 0.667, is its credible radius.
+    training_old = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.0, 1.0], [0.6, 0.8]])
+    batch_old = torch.tensor([[0.0, 1.0], [0.8, 0.6], [0.28, 0.96], [0.6, 0.8]])
+    context = TrainContext(
+        session=1, previous_embed=lambda x: batch_old, previous_embeddings=training_old, training_rows=torch.tensor([0, 0, 0, 1, 1])
+    )
     method.begin_session(model, context)
-    new = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    new = torch.tensor([[0.6, 0.8], [0.0, 1.0], [1.0, 0.0], [0.28, 0.96]], requires_grad=True)
     batch = Batch(inputs=None, rows=torch.tensor([0, 0, 1, 1]), class_ids=torch.tensor([0, 0, 1, 1]), embeddings=new)
     loss = method.loss(model, batch, context)["ce"]
-    # Each class's two old vectors are equally far from its mean: the 50% quantile keeps both.
-    expected = torch.nn.functional.cross_entropy(model.cosine(old) / 0.05, batch.rows)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # Sample 0's old embedding lies outside class 0's radius; samples 1 and 2 are credible and fill the quota of
+    # 2 (half the batch), so sample 3 keeps its new embedding. The classifier sees (0.6, 0.8), (0.8, 0.6), (0.28, 0.96) twice.
+    by_hand = (_ce([0.6, 0.8], 0) + _ce([0.8, 0.6], 0) + 2 * _ce([0.28, 0.96], 1)) / 4
+    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
     loss.backward()
-    assert new.grad is None or torch.all(new.grad == 0)  # every embedding was replaced
+    assert torch.all(new.grad[1:3] == 0) and new.grad[0].abs().sum() > 0 and new.grad[3].abs().sum() > 0
 
 
 def test_at_most_two_generations_live_during_training(monkeypatch):

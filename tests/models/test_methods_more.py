@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import tiny_dict, tiny_scenario, write_scenario
 from cvstream.cli import main
-from cvstream.models import build_method
+from cvstream.errors import ScenarioError
+from cvstream.models import METHODS, build_method
 from cvstream.models.methods.advbct import adversarial, point_to_sphere, ramp, reverse_gradient
 from cvstream.models.methods.base import Batch, TrainContext
 from cvstream.models.methods.m2sd import cutmix, distill, mixed_ce, symmetric_kl
@@ -20,6 +21,7 @@ from cvstream.models.methods.nccl import consensus_contrastive, normalized_entro
 from cvstream.models.methods.unibct import propagate, refined_prototypes
 from cvstream.models.net import EmbeddingNet
 from cvstream.models.trainer import embed
+from cvstream.sessions.streams import SETUPS
 from cvstream.simulator import Simulator
 
 E = torch.eye(3)
@@ -142,8 +144,8 @@ def test_nccl_queue_takes_only_credible_old_embeddings_and_keeps_its_size():
     method.begin_session(model, context)
     batch = Batch(inputs=None, rows=torch.tensor([0, 1, 0]), class_ids=torch.tensor([0, 1, 0]), embeddings=old.clone().requires_grad_(True))
     terms = method.loss(model, batch, context)
-    assert set(terms) == {"ce", "feat", "logit"} and method.credible_share == pytest.approx(2 / 3)
-    assert len(method._queue) == 2 and torch.allclose(method._queue, old[:2])
+    assert set(terms) == {"ce", "feat", "logit"}
+    assert len(method._queue) == 2 and torch.allclose(method._queue, old[:2])  # the uncertain third is left out
     method.loss(model, batch, context)
     assert len(method._queue) == 3  # capped at queue_size, newest first
     assert torch.allclose(method._queue, old[[0, 1, 0]])
@@ -214,7 +216,10 @@ def test_mixed_ce_symmetric_kl_and_distillation_by_hand():
     by_hand = (0.5 - 0.8) * math.log(0.5 / 0.8) + (0.5 - 0.2) * math.log(0.5 / 0.2)  # KL(p||q) + KL(q||p)
     assert symmetric_kl(logits, other).item() == pytest.approx(by_hand, rel=1e-5)
     assert symmetric_kl(other, logits).item() == pytest.approx(by_hand, rel=1e-5)
-    assert symmetric_kl(other, other).item() == pytest.approx(0.0, abs=1e-7)
+    # Over a batch: the mean of the rows' values (row 2 by hand: p = (0.5, 0.5) against q = (0.25, 0.75)).
+    row2 = (0.5 - 0.25) * math.log(0.5 / 0.25) + (0.5 - 0.75) * math.log(0.5 / 0.75)
+    two = symmetric_kl(torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5]])), torch.log(torch.tensor([[0.8, 0.2], [0.25, 0.75]])))
+    assert two.item() == pytest.approx((by_hand + row2) / 2, rel=1e-5)
     student = torch.zeros(1, 2, requires_grad=True)
     teacher = torch.tensor([[2.0, 0.0]], requires_grad=True)
     distill(student, teacher).backward()
@@ -261,3 +266,35 @@ def test_a_setup_the_method_cannot_serve_exits_2(tmp_path, capsys, sections, exp
     assert main(["run", path, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
+
+
+BLURRY = {"setup": "blurry", "sessions": 3, "initial_classes": 4, "classes_per_session": 4}
+
+
+def test_setups_declare_whether_later_sessions_bring_known_classes_again():
+    assert not SETUPS.get("disjoint").revisits_classes and not SETUPS.get("few-shot").revisits_classes
+    assert all(SETUPS.get(name).revisits_classes for name in ("blurry", "iblurry", "general", "explicit", "stream-file"))
+
+
+def test_methods_ask_the_setup_not_its_name(monkeypatch):
+    m2sd = tiny_scenario(stream=BLURRY, method={"name": "m2sd"})
+    with pytest.raises(ScenarioError, match="'blurry' stream brings more samples of known classes") as raised:
+        METHODS.get("m2sd").check(m2sd)
+    assert "'disjoint', 'few-shot'" in str(raised.value)  # the setups that fit, from the registry
+    bct = tiny_scenario(method={"name": "bct", "synthesize_rows": False, "replay": False})
+    with pytest.raises(ScenarioError, match="method.synthesize_rows"):
+        METHODS.get("bct").check(bct)
+    # Flip what the setups declare: the checks follow the declaration.
+    monkeypatch.setattr(SETUPS.get("blurry"), "revisits_classes", False)
+    monkeypatch.setattr(SETUPS.get("disjoint"), "revisits_classes", True)
+    METHODS.get("m2sd").check(m2sd)
+    METHODS.get("bct").check(bct)
+
+
+def test_no_method_file_names_a_stream_setup():
+    import cvstream.models.methods as methods
+
+    for path in sorted(Path(methods.__file__).parent.glob("*.py")):
+        text = path.read_text()
+        named = [name for name in SETUPS.names() if f'"{name}"' in text or f"'{name}'" in text]
+        assert not named, f"{path.name} names setups {named}: read SETUPS.get(scenario.stream.name) instead"

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from cvstream.models.methods.base import METHODS, Method, ReplayParams
+from cvstream.models.losses import zero_loss
+from cvstream.models.methods.base import METHODS, Method, OwnOptimizer, ReplayParams, row_means
 
 
 class _Reverse(torch.autograd.Function):
@@ -45,7 +46,7 @@ def ramp(fraction: float) -> float:
 def point_to_sphere(embeddings: torch.Tensor, centres: torch.Tensor, radius: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """mean over masked samples of max(0, ||f - c|| - r): zero inside the sphere, a unit pull towards c outside."""
     if not bool(mask.any()):
-        return embeddings.sum() * 0.0
+        return zero_loss(embeddings)
     return F.relu((embeddings[mask] - centres[mask]).norm(dim=1) - radius[mask]).mean()
 
 
@@ -70,6 +71,7 @@ class AdvBCTParams(ReplayParams):
 class AdvBCT(Method):
     Params = AdvBCTParams
     needs = frozenset({"previous_model", "previous_embeddings", "replay"})
+    loss_terms = frozenset({"ce", "p2s", "adv"})
 
     def __init__(self, params: AdvBCTParams):
         super().__init__(params)
@@ -77,7 +79,7 @@ class AdvBCT(Method):
         self._radius: torch.Tensor | None = None
         self._has: torch.Tensor | None = None
         self.discriminator: torch.nn.Module | None = None
-        self._optimizer: torch.optim.Optimizer | None = None
+        self._optimizer: OwnOptimizer | None = None
         self._fraction = 0.0
 
     def begin_session(self, model, context):
@@ -86,22 +88,18 @@ class AdvBCT(Method):
         if context.previous_embeddings is None:
             return
         old, rows = context.previous_embeddings, context.training_rows
-        n_rows, dim = model.num_classes, old.shape[1]
-        counts = torch.bincount(rows, minlength=n_rows)
-        centres = torch.zeros(n_rows, dim, device=old.device).index_add_(0, rows, old) / counts.clamp(min=1)[:, None]
-        distance = (old - centres[rows]).norm(dim=1)
-        radius = torch.zeros(n_rows, device=old.device).index_add_(0, rows, distance) / counts.clamp(min=1)
+        centres, counts = row_means(old, rows, model.num_classes)
+        radius, _ = row_means((old - centres[rows]).norm(dim=1), rows, model.num_classes)
         self._centres, self._radius, self._has = centres, radius * self.params.radius_scale, counts > 0
         # A fresh discriminator per session (initialised from the engine's seeded per-session RNG).
-        h = self.params.discriminator_hidden
+        dim, h = old.shape[1], self.params.discriminator_hidden
         self.discriminator = torch.nn.Sequential(torch.nn.Linear(dim, h), torch.nn.ReLU(), torch.nn.Linear(h, 1)).to(old.device)
-        self._optimizer = torch.optim.SGD(self.discriminator.parameters(), lr=self.params.discriminator_lr, momentum=0.9)
+        self._optimizer = OwnOptimizer(self.discriminator, lr=self.params.discriminator_lr)
 
     def after_step(self, model, *, fraction, context, embed_training):
         self._fraction = fraction
-        if self._optimizer is not None:  # the trainer's optimiser only knows the model's parameters
+        if self._optimizer is not None:
             self._optimizer.step()
-            self._optimizer.zero_grad(set_to_none=True)
 
     def loss(self, model, batch, context):
         p = self.params

@@ -56,6 +56,9 @@ class Method:
     Params: ClassVar[type[MethodParams]] = MethodParams
     # A subset of NEEDS.
     needs: ClassVar[frozenset[str]] = frozenset()
+    # The names of the terms `loss` returns once it has all it declared it needs (a previous generation, ...); without
+    # it (the first session) it may return fewer, and a term whose weight is 0 may be left out.
+    loss_terms: ClassVar[frozenset[str]] = frozenset({"ce"})
     # Backbone forwards per batch sample that `loss` runs itself (e.g. on mixed inputs), for the cost tables.
     extra_forwards: ClassVar[int] = 0
 
@@ -94,6 +97,18 @@ class Method:
         raise NotImplementedError
 
 
+def row_sums(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per classifier row: the sum of `values` over the samples of that row, and how many samples it has."""
+    sums = values.new_zeros((n_rows, *values.shape[1:])).index_add_(0, rows, values)
+    return sums, torch.bincount(rows, minlength=n_rows)
+
+
+def row_means(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per classifier row: the mean of `values` over its samples (zero where it has none), and how many it has."""
+    sums, counts = row_sums(values, rows, n_rows)
+    return sums / counts.clamp(min=1).view(-1, *[1] * (values.dim() - 1)), counts
+
+
 def old_classifier(context: TrainContext) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The previous classifier's rows, plus, for classes it never saw, the mean old embedding of their training samples.
 
@@ -103,12 +118,24 @@ def old_classifier(context: TrainContext) -> tuple[torch.Tensor, torch.Tensor] |
         return None
     weight, valid = context.previous_weight.clone(), context.previous_known.clone()
     if context.previous_embeddings is not None:
-        rows = context.training_rows
-        sums = torch.zeros_like(weight).index_add_(0, rows, context.previous_embeddings)
-        synthesized = ~valid & (torch.bincount(rows, minlength=len(weight)) > 0)
+        sums, counts = row_sums(context.previous_embeddings, context.training_rows, len(weight))
+        synthesized = ~valid & (counts > 0)
         weight[synthesized] = torch.nn.functional.normalize(sums[synthesized], dim=1)
         valid = valid | synthesized
     return weight, valid
+
+
+class OwnOptimizer:
+    """SGD with momentum 0.9 for a module a method owns (a discriminator, a branch), stepped from `after_step`:
+    the trainer's optimiser only knows the model's parameters."""
+
+    def __init__(self, module: torch.nn.Module, *, lr: float):
+        self.sgd = torch.optim.SGD(module.parameters(), lr=lr, momentum=0.9)
+
+    def step(self) -> None:
+        """Apply the gradients the trainer's backward left on the module, then clear them."""
+        self.sgd.step()
+        self.sgd.zero_grad(set_to_none=True)
 
 
 METHODS: Registry[Method] = Registry("method")

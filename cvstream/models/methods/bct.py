@@ -8,15 +8,12 @@ training samples of this session.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from cvstream.errors import ScenarioError
-from cvstream.models.losses import old_classifier_ce
-from cvstream.models.methods.base import METHODS, Method, ReplayParams
-
-# Setups whose sessions after the first bring only new classes.
-_ONLY_NEW_CLASSES = {"disjoint", "few-shot"}
+from cvstream.models.losses import influence_loss
+from cvstream.models.methods.base import METHODS, Method, ReplayParams, old_classifier
+from cvstream.sessions.streams import SETUPS
 
 
 class BCTParams(ReplayParams):
@@ -28,6 +25,7 @@ class BCTParams(ReplayParams):
 class BCT(Method):
     Params = BCTParams
     needs = frozenset({"previous_model", "previous_embeddings", "replay"})
+    loss_terms = frozenset({"ce", "influence"})
 
     def __init__(self, params: BCTParams):
         super().__init__(params)
@@ -40,43 +38,27 @@ class BCT(Method):
     def check(cls, scenario) -> None:
         p = scenario.method.params
         no_replay = not p.replay or scenario.replay.size == 0
-        if not p.synthesize_rows and no_replay and scenario.stream.name in _ONLY_NEW_CLASSES:
+        only_new_classes = not SETUPS.get(scenario.stream.name).revisits_classes
+        if not p.synthesize_rows and no_replay and only_new_classes:
             raise ScenarioError(
-                f"bct without synthesised rows and without replay on a {scenario.stream.name!r} stream never sees a class "
-                "the old classifier knows, so its influence loss is always empty; set method.synthesize_rows: true "
-                "or give it a replay buffer (method.replay: true, replay.size > 0)",
+                f"bct without synthesised rows and without replay on a {scenario.stream.name!r} stream (later sessions bring "
+                "only new classes) never sees a class the old classifier knows, so its influence loss is always empty; "
+                "set method.synthesize_rows: true or give it a replay buffer (method.replay: true, replay.size > 0)",
                 source=scenario.source,
                 key_path="method.synthesize_rows",
             )
 
     def begin_session(self, model, context):
         self._old_weight = self._valid = None
-        if context.previous_weight is None:
-            return
-        weight = context.previous_weight.clone()
-        valid = context.previous_known.clone()
-        if context.previous_embeddings is not None:
-            rows = context.training_rows
-            sums = torch.zeros_like(weight).index_add_(0, rows, context.previous_embeddings)
-            counts = torch.bincount(rows, minlength=len(weight))
-            synthesized = ~valid & (counts > 0)
-            weight[synthesized] = F.normalize(sums[synthesized], dim=1)
-            valid = valid | synthesized
-        self._old_weight, self._valid = weight, valid
+        old = old_classifier(context)  # without synthesize_rows the context has no previous embeddings: no rows added
+        if old is not None:
+            self._old_weight, self._valid = old
 
     def loss(self, model, batch, context):
         p = self.params
         terms = {"ce": self.classification_loss(model, batch.embeddings, batch.rows)}
         if self._old_weight is not None and p.weight > 0:
-            keep = self._valid[batch.rows]
-            if bool(keep.any()):
-                # Old-classifier index of each valid row: the classifier is only its valid rows.
-                index = torch.cumsum(self._valid.long(), 0) - 1
-                influence = old_classifier_ce(
-                    batch.embeddings[keep], self._old_weight[self._valid], index[batch.rows[keep]], p.temperature
-                )
-            else:
-                influence = batch.embeddings.sum() * 0.0
+            influence = influence_loss(batch.embeddings, batch.rows, self._old_weight, self._valid, p.temperature)
             terms["influence"] = p.weight * influence
-            batch.covered["influence"] = keep
+            batch.covered["influence"] = self._valid[batch.rows]
         return terms

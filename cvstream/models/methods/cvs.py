@@ -23,6 +23,7 @@ class CVSParams(MethodParams):
 class CVS(Method):
     Params = CVSParams
     needs = frozenset({"previous_model", "replay", "class_means"})
+    loss_terms = frozenset({"ce", "triplet", "class_mean"})
 
     def loss(self, model, batch, context):
         p = self.params

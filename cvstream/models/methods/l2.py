@@ -22,6 +22,7 @@ class WeakenedL2Params(L2Params):
 class L2(Method):
     Params = L2Params
     needs = frozenset({"previous_model", "replay"})
+    loss_terms = frozenset({"ce", "l2"})
 
     def loss(self, model, batch, context):
         p = self.params

@@ -18,6 +18,7 @@ class LwFParams(ReplayParams):
 class LwF(Method):
     Params = LwFParams
     needs = frozenset({"previous_model", "replay"})
+    loss_terms = frozenset({"ce", "distill"})
 
     def loss(self, model, batch, context):
         p = self.params

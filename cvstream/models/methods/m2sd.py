@@ -22,10 +22,8 @@ from pydantic import Field
 
 from cvstream.errors import ScenarioError
 from cvstream.models.backbones import BACKBONES
-from cvstream.models.methods.base import METHODS, Method, MethodParams, old_classifier
-
-# Setups whose later sessions bring only new classes: a frozen model loses nothing there.
-_ONLY_NEW_CLASSES = {"few-shot", "disjoint"}
+from cvstream.models.methods.base import METHODS, Method, MethodParams, OwnOptimizer, old_classifier
+from cvstream.sessions.streams import SETUPS
 
 
 def mixup(x: torch.Tensor, partner: torch.Tensor, lam: float) -> torch.Tensor:
@@ -91,12 +89,13 @@ class M2SD(Method):
     Params = M2SDParams
     # Later sessions: the model is frozen, so "previous" embeddings are the current ones, for the prototype rows.
     needs = frozenset({"previous_embeddings"})
+    loss_terms = frozenset({"ce", "virtual", "kl", "distill"})
     extra_forwards = 2  # the MixUp and CutMix inputs
 
     def __init__(self, params: M2SDParams):
         super().__init__(params)
         self.branch: AttentionBranch | None = None
-        self._optimizer: torch.optim.Optimizer | None = None
+        self._optimizer: OwnOptimizer | None = None
 
     @classmethod
     def check(cls, scenario) -> None:
@@ -106,12 +105,13 @@ class M2SD(Method):
                 source=scenario.source,
                 key_path="method.name",
             )
-        setup = scenario.stream.name
-        if setup not in _ONLY_NEW_CLASSES:
+        if SETUPS.get(scenario.stream.name).revisits_classes:  # the frozen model would ignore their later samples
+            fitting = [name for name in SETUPS.names() if not SETUPS.get(name).revisits_classes]
             raise ScenarioError(
-                f"m2sd trains only on its base session (session 0) and then freezes the model; a {setup!r} stream brings "
-                "more samples of known classes later, which it would ignore. Use stream setup 'few-shot' (its intended "
-                "setting) or 'disjoint'",
+                f"m2sd trains only on its base session (session 0) and then freezes the model; a {scenario.stream.name!r} "
+                "stream brings more samples of known classes later, which it would ignore. Use a stream setup whose "
+                f"later sessions bring only new classes: {', '.join(repr(n) for n in fitting)} (m2sd is meant for a "
+                "few samples of new classes)",
                 source=scenario.source,
                 key_path="stream.setup",
             )
@@ -137,7 +137,7 @@ class M2SD(Method):
             self.branch = AttentionBranch(
                 dim=model.backbone.out_dim, classes=model.num_classes, tokens=p.attention_tokens, heads=p.attention_heads
             ).to(device)
-            self._optimizer = torch.optim.SGD(self.branch.parameters(), lr=p.branch_lr, momentum=0.9)
+            self._optimizer = OwnOptimizer(self.branch, lr=p.branch_lr)
             return
         old = old_classifier(context)
         if old is not None:  # new classes: their mean embedding (the frozen model's) as their row
@@ -147,14 +147,12 @@ class M2SD(Method):
                 model.weight[new_rows] = weight[new_rows].to(model.weight.dtype)
 
     def after_step(self, model, *, fraction, context, embed_training):
-        if self._optimizer is not None:  # the trainer's optimiser only knows the model's parameters
+        if self._optimizer is not None:
             self._optimizer.step()
-            self._optimizer.zero_grad(set_to_none=True)
 
     def loss(self, model, batch, context):
         p = self.params
-        logits = model.cosine(batch.embeddings) / p.temperature
-        terms = {"ce": F.cross_entropy(logits, batch.rows)}
+        terms = {"ce": self.classification_loss(model, batch.embeddings, batch.rows)}
         if self.branch is None:
             return terms
         # Virtual samples: each image mixed with a shuffled partner (the engine seeds the global RNG per session).
@@ -163,8 +161,8 @@ class M2SD(Method):
         partner, partner_rows = batch.inputs[perm], batch.rows[perm]
         cut, lam_cut = cutmix(batch.inputs, partner, lam)
         features_mix = model.backbone(mixup(batch.inputs, partner, lam))
-        logits_mix = model.cosine(F.normalize(model.embed(features_mix).float(), dim=1)) / p.temperature
-        logits_cut = model.cosine(F.normalize(model.embed(model.backbone(cut)).float(), dim=1)) / p.temperature
+        logits_mix = model.cosine(model.embedding(features_mix)) / p.temperature
+        logits_cut = model.cosine(model(cut)) / p.temperature
         terms["virtual"] = p.virtual_weight * (
             mixed_ce(logits_mix, batch.rows, partner_rows, lam) + mixed_ce(logits_cut, batch.rows, partner_rows, lam_cut)
         )

@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 
 from cvstream.errors import ScenarioError
-from cvstream.models.methods.base import METHODS, Method, ReplayParams
+from cvstream.models.methods.base import METHODS, Method, ReplayParams, row_means
 
 
 class MixBCTParams(ReplayParams):
@@ -47,12 +47,9 @@ class MixBCT(Method):
         if context.previous_embeddings is None:
             return
         old, rows = context.previous_embeddings, context.training_rows
-        n_rows = model.num_classes
-        sums = torch.zeros(n_rows, old.shape[1], device=old.device).index_add_(0, rows, old)
-        counts = torch.bincount(rows, minlength=n_rows)
-        centres = sums / counts.clamp(min=1)[:, None]
+        centres, _ = row_means(old, rows, model.num_classes)
         distance = (old - centres[rows]).norm(dim=1)
-        radius = torch.full((n_rows,), -1.0, device=old.device)  # -1: no credible sample
+        radius = torch.full((model.num_classes,), -1.0, device=old.device)  # -1: no credible sample
         for row in torch.unique(rows).tolist():  # once per session, over classes, not samples
             radius[row] = torch.quantile(distance[rows == row], self.params.credible_fraction)
         self._centres, self._radius = centres, radius

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from cvstream.models.losses import zero_loss
 from cvstream.models.methods.base import METHODS, Method, ReplayParams, old_classifier
 
 
@@ -34,7 +35,7 @@ def consensus_contrastive(
     total = weights.sum(dim=1)
     has = total > 0
     if not bool(has.any()):
-        return anchors.sum() * 0.0
+        return zero_loss(anchors)
     per_anchor = -(weights * log_prob).sum(dim=1)[has] / total[has]
     return per_anchor.mean()
 
@@ -59,6 +60,7 @@ class NCCLParams(ReplayParams):
 class NCCL(Method):
     Params = NCCLParams
     needs = frozenset({"previous_model", "previous_embeddings", "replay"})
+    loss_terms = frozenset({"ce", "feat", "logit"})
 
     def __init__(self, params: NCCLParams):
         super().__init__(params)
@@ -82,7 +84,6 @@ class NCCL(Method):
             return terms
         old = context.previous_embed(batch.inputs)
         credible = normalized_entropy(old @ self._old_weight.t() / p.temperature) <= p.max_entropy
-        self.credible_share = float(credible.float().mean())  # for tests and logs
         keys = torch.cat([old[credible], self._queue])
         key_labels = torch.cat([batch.class_ids[credible], self._queue_labels])
         new = batch.embeddings

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from cvstream.errors import ScenarioError
-from cvstream.models.losses import old_classifier_ce
+from cvstream.models.losses import influence_loss, zero_loss
 from cvstream.models.methods.base import METHODS, Method, ReplayParams, old_classifier
 
 
@@ -54,6 +54,7 @@ class UniBCTParams(ReplayParams):
 class UniBCT(Method):
     Params = UniBCTParams
     needs = frozenset({"previous_model", "previous_embeddings", "replay"})
+    loss_terms = frozenset({"ce", "influence"})
 
     def __init__(self, params: UniBCTParams):
         super().__init__(params)
@@ -100,13 +101,9 @@ class UniBCT(Method):
         p = self.params
         terms = {"ce": self.classification_loss(model, batch.embeddings, batch.rows)}
         if self._old_weight is not None and p.weight > 0:
-            keep = self._valid[batch.rows]
-            if self.refreshes == 0 or not bool(keep.any()):  # off until the first re-estimation
-                influence = batch.embeddings.sum() * 0.0
+            if self.refreshes == 0:  # off until the first re-estimation
+                influence = zero_loss(batch.embeddings)
             else:
-                index = torch.cumsum(self._valid.long(), 0) - 1
-                influence = old_classifier_ce(
-                    batch.embeddings[keep], self._old_weight[self._valid], index[batch.rows[keep]], p.temperature
-                )
+                influence = influence_loss(batch.embeddings, batch.rows, self._old_weight, self._valid, p.temperature)
             terms["influence"] = p.weight * influence
         return terms

@@ -38,6 +38,7 @@ class Blurry(Disjoint):
     """Blurry-M: every class is a major class at home and a minor class in every other session."""
 
     Params = BlurryParams
+    revisits_classes = True
 
     def blurry_mask(self, n_classes: int, seed: int) -> np.ndarray:
         return np.ones(n_classes, dtype=bool)

@@ -20,6 +20,7 @@ class Disjoint(StreamSetup):
     """Each class's training samples all arrive in its home session."""
 
     Params = DisjointParams
+    revisits_classes = False
 
     def classes_needed(self) -> int:
         p = self.params

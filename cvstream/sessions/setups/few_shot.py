@@ -22,6 +22,7 @@ class FewShot(StreamSetup):
     """Base session with every training sample; then `ways` new classes with `shots` samples each."""
 
     Params = FewShotParams
+    revisits_classes = False
 
     def classes_needed(self) -> int:
         p = self.params

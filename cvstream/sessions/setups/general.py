@@ -42,6 +42,7 @@ class General(Disjoint):
     """CVS general-M: new classes at home, plus about M of each later session drawn from past classes only."""
 
     Params = GeneralParams
+    revisits_classes = True
 
     def build(self, label_set: LabelSet, seed: int) -> Stream:
         p = self.params
