@@ -1,19 +1,28 @@
 """The replay buffer: a bounded store of past samples and their stored embeddings.
 
-Selections: `herding` (iCaRL) and `random` keep `size // classes_seen` exemplars per
-class; `class-balanced` spends the whole budget, per-class counts differing by at most
-one; `reservoir` keeps a uniform sample of every training arrival so far (Vitter's
-algorithm R), so class counts follow the stream, not a quota.
+Selections (`REPLAY_SELECTIONS`, a registry): `herding` (iCaRL) and `random` keep
+`size // classes_seen` exemplars per class; `class-balanced` spends the whole budget,
+per-class counts differing by at most one; `reservoir` keeps a uniform sample of every
+training arrival so far (Vitter's algorithm R), so class counts follow the stream, not a quota.
+
+A selection is a per-class selector `(vectors of one class, how many, rng) -> indices in
+priority order`, with its `quotas`: "equal" (`size // classes_seen` per class) or "balanced"
+(the whole budget, water-filled). A "stream" selection (reservoir) is instead
+`(held, incoming, *, size, seen, rng) -> (held, seen)` over (class, sample id, vector) slots.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from cvstream.registry import Registry
 from cvstream.sessions.streams import equal_shares
 
+REPLAY_SELECTIONS: Registry = Registry("replay selection", attributes={"quotas": "equal"})
 
-def herding(vectors: np.ndarray, m: int) -> np.ndarray:
+
+@REPLAY_SELECTIONS.register("herding")
+def herding(vectors: np.ndarray, m: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """iCaRL herding: indices, in selection order, whose running mean best tracks the class mean."""
     n = len(vectors)
     m = min(m, n)
@@ -35,17 +44,29 @@ def herding(vectors: np.ndarray, m: int) -> np.ndarray:
     return np.asarray(chosen, dtype=np.int64)
 
 
-def _random(vectors: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+@REPLAY_SELECTIONS.register("random")
+def random_exemplars(vectors: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(len(vectors))[: min(m, len(vectors))].astype(np.int64)
 
 
-# Per-class selections: (vectors of one class, how many, rng) -> indices in priority order.
-SELECTIONS = {
-    "herding": lambda vectors, m, rng: herding(vectors, m),
-    "random": _random,
-    "class-balanced": _random,
-}
-ALL_SELECTIONS = (*SELECTIONS, "reservoir")
+@REPLAY_SELECTIONS.register("class-balanced", quotas="balanced")
+def balanced_exemplars(vectors: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    return random_exemplars(vectors, m, rng)
+
+
+@REPLAY_SELECTIONS.register("reservoir", quotas="stream")
+def reservoir(held: list[tuple], incoming: list[tuple], *, size: int, seen: int, rng: np.random.Generator) -> tuple[list[tuple], int]:
+    """Vitter's algorithm R over this session's arrivals, in a random order: `seen` counts every arrival offered so far."""
+    held = list(held)
+    for k in rng.permutation(len(incoming)):  # arrivals come in a random order within the session
+        seen += 1
+        if len(held) < size:
+            held.append(incoming[k])
+            continue
+        j = int(rng.integers(0, seen))
+        if j < size:
+            held[j] = incoming[k]
+    return held, seen
 
 
 def balanced_quotas(available: dict[int, int], size: int) -> dict[int, int]:
@@ -63,10 +84,11 @@ class ReplayBuffer:
     """
 
     def __init__(self, size: int, selection: str = "herding"):
-        if selection not in ALL_SELECTIONS:
-            raise ValueError(f"unknown replay selection {selection!r}")
+        if selection not in REPLAY_SELECTIONS:
+            raise ValueError(REPLAY_SELECTIONS.unknown_message(selection))
         self.size = size
         self.selection = selection
+        self._select = REPLAY_SELECTIONS.get(selection)
         self._ids: dict[int, np.ndarray] = {}
         self._vectors: dict[int, np.ndarray] = {}
         self._arrivals_seen = 0  # reservoir: training arrivals offered so far
@@ -104,7 +126,7 @@ class ReplayBuffer:
                 if len(vecs) != len(self._ids.get(c, ())):
                     raise ValueError(f"class {c}: {len(vecs)} current vectors for {len(self._ids.get(c, ()))} exemplars")
                 self._vectors[c] = np.ascontiguousarray(vecs, dtype=np.float32)
-        if self.selection == "reservoir":
+        if self._select.quotas == "stream":
             self._reservoir(arrivals, rng)
             return
         merged = {}
@@ -117,37 +139,70 @@ class ReplayBuffer:
                 ids = np.concatenate([ids, np.asarray(new_ids, np.int64)])
                 vecs = new_vecs if vecs is None else np.vstack([vecs, new_vecs])
             merged[c] = (ids, vecs, select)
-        if self.selection == "class-balanced":
+        if self._select.quotas == "balanced":
             quotas = balanced_quotas({c: len(ids) for c, (ids, _, _) in merged.items()}, self.size)
         else:
             quota = max(self.size // max(classes_seen, 1), 0)
             quotas = {c: quota for c in merged}
         for c, (ids, vecs, select) in merged.items():
-            keep = SELECTIONS[self.selection](vecs, quotas[c], rng) if select else np.arange(min(quotas[c], len(ids)))
+            keep = self._select(vecs, quotas[c], rng) if select else np.arange(min(quotas[c], len(ids)))
             self._store(c, ids[keep], vecs[keep])
 
     def _reservoir(self, arrivals: dict[int, tuple[np.ndarray, np.ndarray]], rng: np.random.Generator) -> None:
-        slots_ids = [(c, i) for c in sorted(self._ids) for i in range(len(self._ids[c]))]
-        slot_sample = [int(self._ids[c][i]) for c, i in slots_ids]
-        slot_class = [c for c, _ in slots_ids]
-        slot_vec = [self._vectors[c][i] for c, i in slots_ids]
+        held = [(c, int(s), v) for c in sorted(self._ids) for s, v in zip(self._ids[c], self._vectors[c])]
         incoming = [(c, int(s), v) for c in sorted(arrivals) for s, v in zip(*arrivals[c])]
-        for k in rng.permutation(len(incoming)):  # arrivals come in a random order within the session
-            c, sample, vector = incoming[k]
-            self._arrivals_seen += 1
-            if len(slot_sample) < self.size:
-                slot_sample.append(sample), slot_class.append(c), slot_vec.append(vector)
-                continue
-            j = int(rng.integers(0, self._arrivals_seen))
-            if j < self.size:
-                slot_sample[j], slot_class[j], slot_vec[j] = sample, c, vector
-        classes = np.asarray(slot_class, dtype=np.int64)
-        samples = np.asarray(slot_sample, dtype=np.int64)
+        held, self._arrivals_seen = self._select(held, incoming, size=self.size, seen=self._arrivals_seen, rng=rng)
+        classes = np.asarray([c for c, _, _ in held], dtype=np.int64)
+        samples = np.asarray([s for _, s, _ in held], dtype=np.int64)
         self._ids.clear()
         self._vectors.clear()
         for c in np.unique(classes):
             members = np.flatnonzero(classes == c)
-            self._store(int(c), samples[members], np.stack([slot_vec[i] for i in members]))
+            self._store(int(c), samples[members], np.stack([held[i][2] for i in members]))
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The buffer as arrays (for a checkpoint): classes, their exemplars in order, their stored vectors."""
+        classes = sorted(self._ids)
+        return {
+            "classes": np.asarray(classes, dtype=np.int64),
+            "counts": np.asarray([len(self._ids[c]) for c in classes], dtype=np.int64),
+            "ids": np.concatenate([self._ids[c] for c in classes]) if classes else np.empty(0, np.int64),
+            "vectors": np.concatenate([self._vectors[c] for c in classes]) if classes else np.empty((0, 0), np.float32),
+            "arrivals_seen": np.asarray(self._arrivals_seen, dtype=np.int64),
+        }
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """The inverse of `state`, into a buffer of the same size and selection."""
+        bounds = np.concatenate([[0], np.cumsum(state["counts"])])
+        self._ids.clear()
+        self._vectors.clear()
+        for c, a, b in zip(state["classes"].tolist(), bounds[:-1], bounds[1:]):
+            self._store(int(c), state["ids"][a:b].astype(np.int64), state["vectors"][a:b])
+        self._arrivals_seen = int(state["arrivals_seen"])
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The buffer as arrays, for a checkpoint: every exemplar's class, sample id and stored vector, in the
+        buffer's order, and the arrivals a reservoir has seen."""
+        classes = sorted(self._ids)
+        return {
+            "class_ids": np.concatenate([np.full(len(self._ids[c]), c, np.int64) for c in classes]) if classes else np.empty(0, np.int64),
+            "sample_ids": self.sample_ids(),
+            "vectors": np.vstack([self._vectors[c] for c in classes]) if classes else np.empty((0, 0), np.float32),
+            "arrivals_seen": np.array(self._arrivals_seen, dtype=np.int64),
+        }
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        """Take the exemplars `state()` gave (a KeyError or ValueError if they do not fit together)."""
+        classes, samples = np.asarray(arrays["class_ids"], np.int64), np.asarray(arrays["sample_ids"], np.int64)
+        vectors = np.asarray(arrays["vectors"], np.float32)
+        if not len(classes) == len(samples) == (len(vectors) if len(classes) else 0):
+            raise ValueError(f"replay: {len(classes)} classes, {len(samples)} sample ids and {len(vectors)} vectors")
+        self._ids.clear()
+        self._vectors.clear()
+        for c in np.unique(classes):
+            members = classes == c
+            self._store(int(c), samples[members], vectors[members])
+        self._arrivals_seen = int(arrays["arrivals_seen"])
 
     def _store(self, c: int, ids: np.ndarray, vecs: np.ndarray) -> None:
         if len(ids) == 0:

@@ -1,6 +1,8 @@
 """The trainer of one session, and the embedding of items by a generation.
 
-Short on purpose: shuffle, augment, forward, ask the method for its loss terms, step.
+Per step: shuffle, augment, forward, ask the method for its loss terms, step; around that, the
+learning-rate schedule, the previous generation's counted forwards, best-epoch selection by
+validation, and the per-term sample counts.
 """
 
 from __future__ import annotations

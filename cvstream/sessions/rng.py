@@ -1,6 +1,8 @@
 """One private random generator per concern, derived from the scenario seed and the concern's name.
 
-Never the global RNG: the same seed gives the same numbers whatever else ran before.
+Draws never come from the global RNG, so the same seed gives the same numbers whatever else
+ran before. Where library code reads the global RNG itself (layer initialisation), it is
+seeded from a concern's seed inside `torch.random.fork_rng`, which restores it afterwards.
 """
 
 from __future__ import annotations

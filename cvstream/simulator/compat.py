@@ -12,6 +12,7 @@ import numpy as np
 
 from cvstream.sessions.rng import numpy_rng
 from cvstream.simulator.metrics import bct_criterion, compatibility_scores, recall_at_k
+from cvstream.simulator.search import top_classes
 
 
 def sample_probe(stream, *, items: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -21,12 +22,6 @@ def sample_probe(stream, *, items: int, seed: int) -> tuple[np.ndarray, np.ndarr
     queries = np.unique(np.concatenate([s.query_ids for s in stream] or [np.empty(0, np.int64)]))
     pick = lambda ids: np.sort(rng.permutation(ids)[: min(items, len(ids))]).astype(np.int64)  # noqa: E731
     return pick(gallery), pick(queries)
-
-
-def nearest_class(query_vectors: np.ndarray, gallery_vectors: np.ndarray, gallery_classes: np.ndarray) -> np.ndarray:
-    """Class of each query's nearest gallery vector by inner product (exact; ties go to the lower index)."""
-    scores = query_vectors.astype(np.float32) @ gallery_vectors.astype(np.float32).T
-    return gallery_classes[np.argmax(scores, axis=1)]
 
 
 class ProbeSet:
@@ -52,8 +47,8 @@ class ProbeSet:
         self.gallery_vectors[generation] = np.ascontiguousarray(gallery_vectors, dtype=np.float32)
         row = {}
         for j in self.generations:
-            nearest = nearest_class(query_vectors, self.gallery_vectors[j], self.gallery_classes)
-            row[j] = float(recall_at_k(nearest[:, None], self.query_classes, 1).mean())
+            nearest = top_classes(query_vectors, 1, vectors=self.gallery_vectors[j], classes=self.gallery_classes)
+            row[j] = float(recall_at_k(nearest, self.query_classes, 1).mean())
             self.matrix[(generation, j)] = row[j]
         return row
 

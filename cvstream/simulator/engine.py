@@ -1,19 +1,20 @@
-"""The engine: the only place that knows the order of things.
+"""The engine: one session is one method, `Simulator.run_session`, that reads top to bottom.
 
-scenario -> stream -> (per session) train -> deploy -> index -> replay -> backfill ->
-evaluate -> write. Events sit on a queue ordered by the simulated clock; each handler
-is a short method that takes what it needs and returns an `Outcome`. Hooks see every
-event before and after it is handled; writing files and showing progress are hooks.
+train -> deploy -> index -> replay -> transform -> backfill -> evaluate -> write. Each step
+takes what it needs, changes the run state it owns (the model, the gallery, the buffer) and
+returns what a later step needs, with an `Outcome` (its cost and details) for the tables.
+What a run carries from one session to the next is a `RunState`; the checkpoint saves exactly
+that. Hooks see every step before and after it and may add metric rows; writing files and the
+progress bar are hooks, checkpointing is the engine's.
 """
 
 from __future__ import annotations
 
 import copy
-import heapq
-import itertools
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,15 +26,18 @@ from cvstream.models import build_method, build_model
 from cvstream.models.methods.base import TrainContext
 from cvstream.models.trainer import embed, train_session
 from cvstream.sessions import scenario_stream
-from cvstream.sessions.streams import validation_split
 from cvstream.sessions.rng import numpy_rng, torch_generator, torch_seed
-from cvstream.simulator import events as ev
-from cvstream.simulator.evaluate import AnytimeHook, Evaluator
-from cvstream.simulator.curve import backfill_curve
-from cvstream.simulator.hooks import Hook, Recorder
-from cvstream.simulator.lock import RunLock
+from cvstream.sessions.streams import validation_split
 from cvstream.simulator import checkpoint, memory
+from cvstream.simulator.curve import backfill_curve
+from cvstream.simulator.evaluate import AnytimeHook, Evaluator
+from cvstream.simulator.search import top_classes
+from cvstream.simulator.events import Event, Outcome
+from cvstream.simulator.hooks import Hook
+from cvstream.simulator.lock import RunLock
 from cvstream.simulator.run import RunResult, new_run_dir, resumable_run
+from cvstream.simulator.state import RunState
+from cvstream.simulator.tables import Tables
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -42,6 +46,15 @@ def resolve_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
+
+
+def preflight(scenario, stream) -> None:
+    """What can be known wrong before any training (`cvstream validate` and every run ask the same)."""
+    if len(stream):  # can the gallery index hold the first session's items?
+        Gallery(scenario.model.embedding_dim, scenario.gallery, seed=scenario.seed).require_trainable(len(stream[0].gallery_ids))
+    curve = scenario.backfill.curve_session
+    if curve is not None and curve >= len(stream):
+        raise UserError(f"backfill.curve_session = {curve}, but the stream has {len(stream)} sessions (0..{len(stream) - 1})")
 
 
 class Simulator:
@@ -73,21 +86,19 @@ class Simulator:
             self.run_id = self._resumed_info["run_id"]
         else:
             self.run_dir, self.run_id = new_run_dir(scenario, out_dir) if write else (None, "in-memory")
-        self.recorder = Recorder()
-        self.hooks: list[Hook] = [self.recorder]
+        self.tables = Tables()
+        self.hooks: list[Hook] = []
         if write:
             self.hooks.append(ParquetWriter())
         if progress:
             self.hooks.append(ProgressHook())
-        self.hooks.extend(hooks)
-        self.method = build_method(scenario)
-        self.evaluator = Evaluator(scenario=scenario, stream=self.stream, labels=self.label_set.labels)
         if scenario.evaluation.every_steps:
             self.hooks.append(AnytimeHook(scenario.evaluation.every_steps))
+        self.hooks.extend(hooks)
+        self.method = build_method(scenario)
+        self.state: RunState | None = None
         self.started_at: datetime | None = None
         self.status = "created"
-
-    # -- the loop --------------------------------------------------------------------------
 
     @classmethod
     def resume(cls, run_dir: str | Path, **kwargs) -> "Simulator":
@@ -97,19 +108,21 @@ class Simulator:
         info = resumable_run(run_dir)
         return cls(Scenario.from_dict(info["scenario"], source=str(Path(run_dir) / "run.json")), out_dir=run_dir, resume=True, **kwargs)
 
+    # -- the run -------------------------------------------------------------------------------
+
     def run(self) -> RunResult:
-        self._setup()
+        self._prepare()
         self.status = "running"
         self._lock = RunLock(self.run_dir) if self.run_dir is not None else None
         if self._lock is not None:
             self._lock.acquire()  # before any file is written: one writer per run folder
-        first = 0
         if self.resuming:  # under the lock: no other process writes the files read here
             try:
-                first = checkpoint.restore(self)
+                rows = checkpoint.restore(self.state, self.run_dir)
             except BaseException:
                 self._lock.release()
                 raise
+            self.tables.restore(rows)
             self.started_at = datetime.fromisoformat(self._resumed_info["started_at"])
         try:
             for hook in self.hooks:
@@ -117,27 +130,9 @@ class Simulator:
         except BaseException:
             self._finish("failed")
             raise
-        queue: list = []
-        counter = itertools.count()
-
-        def schedule(event: ev.Event) -> None:
-            heapq.heappush(queue, (event.time, next(counter), event))
-
-        self._schedule = schedule
-        if first < len(self.stream):
-            schedule(ev.SessionStart(first))
         try:
-            while queue:
-                _, _, event = heapq.heappop(queue)
-                for hook in self.hooks:
-                    hook.before_event(self, event)
-                started = datetime.now(timezone.utc)
-                clock = time.perf_counter()
-                outcome = self._handlers[event.kind](event)
-                outcome.seconds = outcome.seconds or time.perf_counter() - clock
-                outcome.detail = {**(outcome.detail or {}), "started_at": started.isoformat()}
-                for hook in self.hooks:
-                    hook.after_event(self, event, outcome)
+            for t in range(self.state.next_session, len(self.stream)):
+                self.run_session(t)
         except KeyboardInterrupt:
             self._finish("interrupted")
             raise
@@ -146,6 +141,48 @@ class Simulator:
             raise
         self._finish("completed")
         return self.result()
+
+    def run_session(self, t: int) -> None:
+        """One session, in the one order there is."""
+        memory.reset_peak()  # session_end then reports this session's own peak
+        step = self._step
+        step(t, "session_start", self.start)
+        generation = step(t, "train", self.train)
+        probe_cost = step(t, "deploy", self.deploy, generation)
+        fresh = step(t, "index", self.index)
+        step(t, "replay", self.update_replay, fresh)
+        uncertainty = step(t, "transform", self.transform)
+        curve_cost = step(t, "backfill", self.backfill, uncertainty)
+        step(t, "evaluate", self.evaluate, probe_cost + curve_cost)
+        step(t, "session_end", self.end)
+        self.tables.commit()
+        self.state.next_session = t + 1
+        for hook in self.hooks:
+            hook.after_session(self, t)  # the writer saves the session's files here
+        if self.run_dir is not None:  # after the tables are on disk: the checkpoint's row counts never exceed them
+            checkpoint.save(self.state, self.run_dir, rows=self.tables.committed)
+
+    def _step(self, t: int, kind: str, action: Callable, *args):
+        """Run one step: hooks before and after, its wall time, its rows; returns what the step returns."""
+        event = Event(session=t, kind=kind)
+        for hook in self.hooks:
+            hook.before_event(self, event)
+        started = datetime.now(timezone.utc)
+        clock = time.perf_counter()
+        outcome, value = action(t, *args)
+        if outcome.seconds is None:  # a step that timed its own work says so; others take their wall time
+            outcome.seconds = time.perf_counter() - clock
+        self.tables.add_event(self.run_id, event, outcome, started_at=started.isoformat())
+        for hook in self.hooks:
+            self.record_metrics(hook.after_event(self, event, outcome), session=t)
+        return value
+
+    def record_metrics(self, rows: list[dict] | None, *, session: int) -> None:
+        """Add metric rows (as in metrics.parquet: `metric`, `value`, and optionally `subset`, `gallery_view`,
+        `query_generation`, `n_queries`) to the session's table; a hook returns them from `after_event`."""
+        for row in rows or []:
+            self.tables.add_metric(self.run_id, {"session": session, "subset": "all", "gallery_view": "hook",
+                                                 "query_generation": self.generation, "n_queries": 0, **row})
 
     def _finish(self, status: str) -> None:
         self.status = status
@@ -157,221 +194,207 @@ class Simulator:
                 self._lock.release()
 
     def result(self) -> RunResult:
-        return self.recorder.result(self)
+        return RunResult(
+            run_dir=self.run_dir, run_id=self.run_id, status=self.status,
+            metrics=self.tables.frame("metrics"), costs=self.tables.frame("costs"), events=self.tables.frame("events"),
+            stream=self.stream.to_frame(), gallery=self.gallery.metadata(),
+        )
 
-    # -- state ---------------------------------------------------------------------------
+    # -- the state, and read-only views of it for hooks ----------------------------------------
 
-    def _setup(self) -> None:
+    def _prepare(self) -> None:
         self.started_at = datetime.now(timezone.utc)
         s = self.scenario
+        preflight(s, self.stream)  # fail before any work, not after
         images = np.array(self.source.images())  # a writable copy: the source may be a read-only memory map
         self.images = torch.from_numpy(images).to(self.device)
-        self.model = build_model(s, in_channels=images.shape[1], input_ndim=images.ndim).to(self.device)
-        self.previous_model: torch.nn.Module | None = None
-        self.generation = -1  # no generation deployed yet
-        self.gallery = Gallery(s.model.embedding_dim, s.gallery, seed=s.seed)
-        if len(self.stream):
-            self.gallery.require_trainable(len(self.stream[0].gallery_ids))  # fail before training, not after
-        curve = s.backfill.curve_session
-        if curve is not None and curve >= len(self.stream):
-            raise UserError(f"backfill.curve_session = {curve}, but the stream has {len(self.stream)} sessions (0..{len(self.stream) - 1})")
-        self.backfill_curve = None  # a DataFrame once the backfill curve was measured
-        self._uncertainty: dict[int, float] | None = None  # psi's predicted error per mapped item, this session
-        self.replay = ReplayBuffer(s.replay.size, s.replay.selection)
-        self.train_generator = torch_generator(s.seed, "batching")
-        self.replay_rng = numpy_rng(s.seed, "replay")
         augment = s.training.augment
         self.augment = self.source.augment_by_default if augment is None else augment
-        self._fresh: tuple[np.ndarray, np.ndarray] | None = None
-        self._handlers = {
-            "session_start": self._session_start,
-            "train": self._train,
-            "deploy": self._deploy,
-            "index": self._index,
-            "replay": self._update_replay,
-            "transform": self._transform,
-            "backfill": self._backfill,
-            "evaluate": self._evaluate,
-            "session_end": self._session_end,
-        }
+        self.state = RunState(
+            model=build_model(s, in_channels=images.shape[1], input_ndim=images.ndim).to(self.device),
+            generation=-1,
+            gallery=Gallery(s.model.embedding_dim, s.gallery, seed=s.seed),
+            replay=ReplayBuffer(s.replay.size, s.replay.selection),
+            evaluator=Evaluator(scenario=s, stream=self.stream, labels=self.label_set.labels),
+            train_generator=torch_generator(s.seed, "batching"),
+            replay_rng=numpy_rng(s.seed, "replay"),
+        )
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.state.model
+
+    @property
+    def generation(self) -> int:
+        return self.state.generation if self.state is not None else -1
+
+    @property
+    def gallery(self) -> Gallery:
+        return self.state.gallery
+
+    @property
+    def replay(self) -> ReplayBuffer:
+        return self.state.replay
+
+    @property
+    def evaluator(self) -> Evaluator:
+        return self.state.evaluator
 
     def labels_of(self, sample_ids: np.ndarray) -> np.ndarray:
         return self.label_set.labels[sample_ids]
 
-    # -- handlers ------------------------------------------------------------------------
+    def embed(self, sample_ids: np.ndarray, model: torch.nn.Module | None = None) -> np.ndarray:
+        """Embeddings of `sample_ids` by `model` (default: the current one), counted by the caller."""
+        s = self.scenario.training
+        return embed(self.model if model is None else model, self.images, sample_ids, batch_size=s.eval_batch_size, amp=s.amp)
 
-    def _session_start(self, event: ev.SessionStart) -> ev.Outcome:
-        t = event.session
-        memory.reset_peak()  # session_end then reports this session's own peak
-        for phase in (ev.Train, ev.Deploy, ev.Index, ev.UpdateReplay, ev.Transform, ev.Backfill, ev.Evaluate, ev.SessionEnd):
-            self._schedule(phase(t))
+    # -- the steps -----------------------------------------------------------------------------
+
+    def start(self, t: int) -> tuple[Outcome, None]:
         session = self.stream[t]
-        return ev.Outcome(
-            generation=self.generation,
-            detail={"new_classes": len(session.new_classes), "train_samples": len(session.train_ids), "queries": len(session.query_ids)},
-        )
+        detail = {"new_classes": len(session.new_classes), "train_samples": len(session.train_ids), "queries": len(session.query_ids)}
+        return Outcome(generation=self.generation, detail=detail), None
 
-    def _train(self, event: ev.Train) -> ev.Outcome:
-        t = event.session
-        s = self.scenario
+    def train(self, t: int) -> tuple[Outcome, int]:
+        """Train the model in place on the session; returns the generation the session deploys."""
+        s, state = self.scenario, self.state
         session = self.stream[t]
         needs = self.method.needs
-        replay_ids = self.replay.sample_ids() if "replay" in needs else np.empty(0, np.int64)
+        replay_ids = state.replay.sample_ids() if "replay" in needs else np.empty(0, np.int64)
         seen_ids = np.unique(np.concatenate([self.stream[i].train_ids for i in range(t + 1)])) if "seen_data" in needs else None
-        val_ids = self._split_validation(session.train_ids, t)
+        val_ids = validation_split(
+            session.train_ids, self.labels_of(session.train_ids), fraction=s.training.validation_fraction, seed=s.seed, session=t
+        )  # the session's arrivals only: replay exemplars are already gallery items
         ids = self.method.training_ids(session_ids=session.train_ids, replay_ids=replay_ids, seen_ids=seen_ids)
         ids = ids[~np.isin(ids, val_ids)]
         classes = self.labels_of(ids)
-        keep_previous = bool(needs & {"previous_model", "previous_embeddings"}) and self.generation >= 0
+        keep_previous = bool(needs & {"previous_model", "previous_embeddings"}) and state.generation >= 0
         # The previous generation, frozen before the classifier grows: only it and the current model live.
-        self.previous_model = None
-        self.previous_model = copy.deepcopy(self.model).eval().requires_grad_(False) if keep_previous else None
-        self.model.add_classes(
+        previous = copy.deepcopy(state.model).eval().requires_grad_(False) if keep_previous else None
+        state.model.add_classes(
             np.concatenate([session.new_classes, np.unique(classes)]), torch_generator(s.seed, "classifier_rows", t)
         )
-        context = TrainContext(session=t)
-        extra_forwards = 0
-        if self.previous_model is not None:
-            context.previous_embed = self.previous_model
-            previous_classes = self.previous_model.class_ids
-            known = torch.isin(self.model.class_ids, previous_classes)
-            weight = torch.zeros_like(self.model.weight.detach())
-            previous_rows = self.previous_model.rows_of(self.model.class_ids[known])
-            weight[known] = torch.nn.functional.normalize(self.previous_model.weight.detach()[previous_rows], dim=1)
-            context.previous_weight, context.previous_known = weight, known
-        if "previous_embeddings" in needs and self.previous_model is not None:
-            old = embed(self.previous_model, self.images, ids, batch_size=s.training.eval_batch_size, amp=s.training.amp)
-            context.previous_embeddings = torch.from_numpy(old).to(self.device)
-            context.training_rows = self.model.rows_of(torch.as_tensor(classes, device=self.model.class_ids.device))
-            extra_forwards += len(ids)
-        if "class_means" in needs and len(self.gallery):
-            rows_classes = self.model.class_ids.cpu().numpy()
-            means, has = self.gallery.class_means(rows_classes)
-            # L_d covers every class with stored vectors from an earlier session (CVS's Pi and Gamma sets): on
-            # blurry and general streams that includes classes whose home session is now or later.
-            context.class_means = torch.from_numpy(means).to(self.device)
-            context.old_rows = torch.from_numpy(has).to(self.device)
+        context, extra_forwards = self._context(t, previous, ids, classes)
         validate, validate_forwards = self._validator(val_ids, t) if len(val_ids) else (None, 0)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(torch_seed(s.seed, "train", t))  # anything that still reads the global RNG
+            torch.manual_seed(torch_seed(s.seed, "train", t))  # what still reads the global RNG: layer init, dropout
             stats = train_session(
-                model=self.model,
-                method=self.method,
-                images=self.images,
-                sample_ids=ids,
-                class_ids=classes,
-                context=context,
-                spec=s.training,
-                generator=self.train_generator,
-                augment_images=self.augment,
-                flip=self.source.flip_ok,
-                on_step=lambda step, total, terms: [h.on_train_step(self, step, total, terms) for h in self.hooks],
-                validate=validate,
-                shard=self.shard,
+                model=state.model, method=self.method, images=self.images, sample_ids=ids, class_ids=classes, context=context,
+                spec=s.training, generator=state.train_generator, augment_images=self.augment, flip=self.source.flip_ok,
+                on_step=lambda step, total, terms: self._on_train_step(t, step, total, terms),
+                validate=validate, shard=self.shard,
             )
         extra_forwards += validate_forwards * len(stats.validation)
-        trained = stats.steps > 0 or self.generation < 0
-        self._next_generation = t if trained else self.generation
-        return ev.Outcome(
-            generation=self._next_generation,
-            seconds=stats.seconds,
-            backbone_forwards=stats.backbone_forwards + extra_forwards,
-            items=stats.samples,
-            cost_phase="train",
+        generation = t if stats.steps > 0 or state.generation < 0 else state.generation
+        outcome = Outcome(
+            generation=generation, seconds=stats.seconds, backbone_forwards=stats.backbone_forwards + extra_forwards,
+            items=stats.samples, cost_phase="train",
             detail={
                 "steps": stats.steps, "training_samples": int(len(ids)), "replay_samples": int(len(replay_ids)), "loss": stats.last_terms,
                 "validation_r1": stats.validation, "best_epoch": stats.best_epoch, "term_samples": stats.term_samples,
             },
         )
+        return outcome, generation
 
-    def _split_validation(self, arrivals: np.ndarray, t: int) -> np.ndarray:
-        """The validation queries come from the session's arrivals only; replay exemplars are already gallery items."""
-        fraction = self.scenario.training.validation_fraction
-        return validation_split(arrivals, self.labels_of(arrivals), fraction=fraction, seed=self.scenario.seed, session=t)
+    def _on_train_step(self, t: int, step: int, total: int, terms: dict[str, float]) -> None:
+        for hook in self.hooks:
+            self.record_metrics(hook.on_train_step(self, step, total, terms), session=t)
 
-    def _validator(self, val_ids: np.ndarray, session: int):
-        """(validate, backbone forwards per call): R@1 of the validation queries against the mixed gallery as it would be after this session's index step,
-        without the validation samples themselves: a query never matches itself."""
-        s = self.scenario
-        items = np.flatnonzero(~np.isin(self.gallery.sample_ids_of(np.arange(len(self.gallery))), val_ids))
-        stored = self.gallery.vectors(items)
-        stored_classes = self.gallery.class_of(items.astype(np.int64))
-        fresh_ids = np.setdiff1d(self.stream[session].gallery_ids, val_ids)
+    def _context(self, t: int, previous, ids: np.ndarray, classes: np.ndarray) -> tuple[TrainContext, int]:
+        """What the method declared it needs from the previous generation and the gallery, and its forwards."""
+        needs, model, gallery = self.method.needs, self.state.model, self.state.gallery
+        context, forwards = TrainContext(session=t), 0
+        if previous is not None:
+            context.previous_embed = previous
+            known = torch.isin(model.class_ids, previous.class_ids)
+            weight = torch.zeros_like(model.weight.detach())
+            rows = previous.rows_of(model.class_ids[known])
+            weight[known] = torch.nn.functional.normalize(previous.weight.detach()[rows], dim=1)
+            context.previous_weight, context.previous_known = weight, known
+            if "previous_embeddings" in needs:
+                context.previous_embeddings = torch.from_numpy(self.embed(ids, previous)).to(self.device)
+                context.training_rows = model.rows_of(torch.as_tensor(classes, device=model.class_ids.device))
+                forwards += len(ids)
+        if "class_means" in needs and len(gallery):
+            # L_d covers every class with stored vectors from an earlier session (CVS's Pi and Gamma sets): on
+            # blurry and general streams that includes classes whose home session is now or later.
+            means, has = gallery.class_means(model.class_ids.cpu().numpy())
+            context.class_means = torch.from_numpy(means).to(self.device)
+            context.old_rows = torch.from_numpy(has).to(self.device)
+        return context, forwards
+
+    def _validator(self, val_ids: np.ndarray, t: int):
+        """(validate, backbone forwards per call): R@1 of the validation queries against the gallery as it would be
+        after this session's index step. The session's arrivals are not yet in the gallery, and the validation
+        samples are left out of its fresh items: a query never matches itself."""
+        fresh_ids = np.setdiff1d(self.stream[t].gallery_ids, val_ids)
+        fresh_classes, val_classes = self.labels_of(fresh_ids), self.labels_of(val_ids)
 
         def validate(model: torch.nn.Module) -> float:
-            fresh = embed(model, self.images, fresh_ids, batch_size=s.training.eval_batch_size, amp=s.training.amp)
-            queries = embed(model, self.images, val_ids, batch_size=s.training.eval_batch_size, amp=s.training.amp)
-            gallery = np.vstack([stored, fresh]) if len(stored) else fresh
-            gallery_classes = np.concatenate([stored_classes, self.labels_of(fresh_ids)])
-            nearest = np.argmax(queries @ gallery.T, axis=1)
-            return float(np.mean(gallery_classes[nearest] == self.labels_of(val_ids)))
+            found = top_classes(self.embed(val_ids, model), 1, gallery=self.state.gallery,
+                                vectors=self.embed(fresh_ids, model), classes=fresh_classes)
+            return float(np.mean(found[:, 0] == val_classes))
 
         return validate, len(fresh_ids) + len(val_ids)
 
-    def _deploy(self, event: ev.Deploy) -> ev.Outcome:
-        previous = self.generation
-        self.generation = self._next_generation
-        if not ("previous_model" in self.method.needs):
-            self.previous_model = None
-        # The probe set is embedded by every new generation now; its cost is billed to this session's evaluation.
-        self.evaluator.deploy(model=self.model, images=self.images, generation=self.generation)
-        return ev.Outcome(generation=self.generation, detail={"replaced": previous})
+    def deploy(self, t: int, generation: int) -> tuple[Outcome, np.ndarray]:
+        """The session's generation serves from now on; the probe set is embedded by it (evaluation cost, returned)."""
+        previous, self.state.generation = self.state.generation, generation
+        cost = self.state.evaluator.deploy(model=self.state.model, images=self.images, generation=generation)
+        return Outcome(generation=generation, detail={"replaced": previous}), cost
 
-    def _index(self, event: ev.Index) -> ev.Outcome:
-        session = self.stream[event.session]
-        s = self.scenario
+    def index(self, t: int) -> tuple[Outcome, tuple[np.ndarray, np.ndarray]]:
+        """Add the session's new items, embedded by the deployed generation; returns (sample ids, vectors)."""
+        ids = self.stream[t].gallery_ids
         clock = time.perf_counter()
-        ids = session.gallery_ids
-        vectors = embed(self.model, self.images, ids, batch_size=s.training.eval_batch_size, amp=s.training.amp)
-        self.gallery.add(vectors, sample_ids=ids, class_ids=self.labels_of(ids), session=event.session, generation=self.generation)
-        self._fresh = (ids, vectors)
-        return ev.Outcome(
+        vectors = self.embed(ids)
+        self.state.gallery.add(vectors, sample_ids=ids, class_ids=self.labels_of(ids), session=t, generation=self.generation)
+        outcome = Outcome(
             generation=self.generation, seconds=time.perf_counter() - clock, backbone_forwards=len(ids), items=len(ids),
-            cost_phase="index", detail={"gallery_size": len(self.gallery)},
+            cost_phase="index", detail={"gallery_size": len(self.state.gallery)},
         )
+        return outcome, (ids, vectors)
 
-    def _update_replay(self, event: ev.UpdateReplay) -> ev.Outcome:
+    def update_replay(self, t: int, fresh: tuple[np.ndarray, np.ndarray]) -> tuple[Outcome, None]:
         """Rebalance the buffer; herding runs on the deployed generation's embeddings of the arrivals (the index
         step's) and of the exemplars already held (re-embedded here, as the CVS code does, billed to `replay`)."""
-        session = self.stream[event.session]
-        if "replay" not in self.method.needs or self.replay.size == 0:
-            return ev.Outcome(generation=self.generation, detail={"buffer": 0})
+        session, replay = self.stream[t], self.state.replay
+        if "replay" not in self.method.needs or replay.size == 0:
+            return Outcome(generation=self.generation, detail={"buffer": 0}), None
         clock = time.perf_counter()
-        gallery_ids, vectors = self._fresh
+        gallery_ids, vectors = fresh
         train_mask = np.isin(gallery_ids, session.train_ids)
-        ids, vecs = gallery_ids[train_mask], vectors[train_mask]
         unindexed = np.setdiff1d(session.train_ids, gallery_ids)  # arrivals that are training-only, if any
-        exemplars = self.replay.class_samples() if self.replay.selection == "herding" else {}
+        exemplars = replay.class_samples() if replay.selection == "herding" else {}
         to_embed = np.concatenate([unindexed, *exemplars.values()]).astype(np.int64)
-        embedded = self._embed(to_embed) if len(to_embed) else np.empty((0, vectors.shape[1]), np.float32)
-        ids, vecs = np.concatenate([ids, unindexed]), np.vstack([vecs, embedded[: len(unindexed)]])
+        embedded = self.embed(to_embed) if len(to_embed) else np.empty((0, vectors.shape[1]), np.float32)
+        ids = np.concatenate([gallery_ids[train_mask], unindexed])
+        vecs = np.vstack([vectors[train_mask], embedded[: len(unindexed)]])
         labels = self.labels_of(ids)
         arrivals = {int(c): (ids[labels == c], vecs[labels == c]) for c in np.unique(labels)}
-        current, at = None, len(unindexed)
-        if exemplars:
-            current = {}
-            for c, held in exemplars.items():
-                current[c], at = embedded[at : at + len(held)], at + len(held)
-        seen = len(set(self.replay.per_class()) | set(arrivals))
-        self.replay.update(arrivals, classes_seen=seen, rng=self.replay_rng, current=current)
-        return ev.Outcome(
+        bounds = np.cumsum([len(unindexed), *[len(v) for v in exemplars.values()]])
+        current = {c: embedded[a:b] for c, a, b in zip(exemplars, bounds[:-1], bounds[1:])} if exemplars else None
+        seen = len(set(replay.per_class()) | set(arrivals))
+        replay.update(arrivals, classes_seen=seen, rng=self.state.replay_rng, current=current)
+        outcome = Outcome(
             generation=self.generation, seconds=time.perf_counter() - clock, backbone_forwards=len(to_embed),
-            items=len(to_embed), cost_phase="replay", detail={"buffer": len(self.replay), "classes": seen},
+            items=len(to_embed), cost_phase="replay", detail={"buffer": len(replay), "classes": seen},
         )
+        return outcome, None
 
-    def _transform(self, event: ev.Transform) -> ev.Outcome:
-        """FCT: learn psi (stored -> current generation) on items embedded by both, map the other stale items."""
-        spec, t = self.scenario.backfill, event.session
-        self._uncertainty = None
-        stale = stale_items(self.gallery, self.generation) if spec.policy == "transform" else np.empty(0, np.int64)
+    def transform(self, t: int) -> tuple[Outcome, dict[int, float] | None]:
+        """FCT: learn psi (stored -> current generation) on items embedded by both, map the other stale items.
+        Returns psi's predicted error per mapped item (the `uncertainty` backfill order), or None."""
+        spec, gallery = self.scenario.backfill, self.state.gallery
+        stale = stale_items(gallery, self.generation) if spec.policy == "transform" else np.empty(0, np.int64)
         if len(stale) == 0:
-            return ev.Outcome(generation=self.generation, detail={"policy": spec.policy, "mapped": 0})
+            return Outcome(generation=self.generation, detail={"policy": spec.policy, "mapped": 0}), None
         clock = time.perf_counter()
         rng = numpy_rng(self.scenario.seed, "transform", t)
-        replay_items = np.flatnonzero(np.isin(self.gallery.sample_ids_of(stale), self.replay.sample_ids()))
+        replay_items = np.flatnonzero(np.isin(gallery.sample_ids_of(stale), self.state.replay.sample_ids()))
         pairs = transform_pairs(stale, preferred=stale[replay_items], count=spec.train_items, rng=rng)
-        old = self.gallery.vectors(pairs)
-        new = self._embed(self.gallery.sample_ids_of(pairs))
+        old = gallery.vectors(pairs)
+        new = self.embed(gallery.sample_ids_of(pairs))
         # A fifth of the pairs is held out to measure psi; every pair keeps its true new vector.
         held = np.zeros(len(pairs), dtype=bool)
         held[rng.permutation(len(pairs))[: len(pairs) // 5]] = True
@@ -379,12 +402,11 @@ class Simulator:
             old[~held], new[~held], hidden=spec.hidden, epochs=spec.epochs, lr=spec.lr,
             generator=torch_generator(self.scenario.seed, "transform", t), device=self.device,
         )
-        self.gallery.replace(pairs, new, session=t, generation=self.generation)
+        gallery.replace(pairs, new, session=t, generation=self.generation)
         rest = np.setdiff1d(stale, pairs)
         applying = time.perf_counter()
-        mapped, variance = fitted.apply(self.gallery.vectors(rest))
-        self.gallery.replace(rest, mapped, session=t, transformed=True)
-        self._uncertainty = dict(zip(rest.tolist(), variance.tolist()))
+        mapped, variance = fitted.apply(gallery.vectors(rest))
+        gallery.replace(rest, mapped, session=t, transformed=True)
         detail = {
             "policy": "transform", "pairs": int(len(pairs)), "mapped": int(len(rest)), "psi_train_seconds": fitted.seconds,
             "apply_seconds": time.perf_counter() - applying,  # what grows with the gallery; the rest is a fixed cost per update
@@ -393,69 +415,69 @@ class Simulator:
             check, _ = fitted.apply(old[held])
             detail["heldout_error_identity"] = float(((old[held] - new[held]) ** 2).sum(1).mean())
             detail["heldout_error_psi"] = float(((check - new[held]) ** 2).sum(1).mean())
-        return ev.Outcome(
+        outcome = Outcome(
             generation=self.generation, seconds=time.perf_counter() - clock, backbone_forwards=len(pairs),
             transform_forwards=fitted.forwards + len(rest) + int(held.sum()), items=len(rest), cost_phase="transform", detail=detail,
         )
+        return outcome, dict(zip(rest.tolist(), variance.tolist()))
 
-    def _backfill(self, event: ev.Backfill) -> ev.Outcome:
-        """Re-embed the items the policy chooses with the deployed generation (`none`: nothing changes)."""
-        spec, t = self.scenario.backfill, event.session
+    def backfill(self, t: int, uncertainty: dict[int, float] | None) -> tuple[Outcome, np.ndarray]:
+        """Re-embed the items the policy chooses with the deployed generation (`none`: nothing changes). Measures the
+        backfill curve first where asked; returns that measurement's cost (billed to evaluation, not backfill)."""
+        spec, gallery = self.scenario.backfill, self.state.gallery
         detail: dict = {"policy": spec.policy}
+        outcome = Outcome(generation=self.generation, cost_phase="backfill", detail=detail)
+        curve_cost = np.zeros(2)
         if spec.curve_session == t:
             clock = time.perf_counter()
-            self.backfill_curve, forwards = self._measure_curve(t)
-            detail["curve_seconds"] = float(self.backfill_curve.attrs["seconds"])
-            self.evaluator.bill(forwards, time.perf_counter() - clock)  # a measurement, not backfill work
+            outcome.artifacts["backfill_curve"], forwards = self._measure_curve(t, uncertainty)
+            curve_cost = np.array([forwards, time.perf_counter() - clock])
+            detail["curve_seconds"] = float(curve_cost[1])
         clock = time.perf_counter()
         chosen = plan_backfill(
-            spec, gallery=self.gallery, generation=self.generation, rng=numpy_rng(self.scenario.seed, "backfill", t),
-            uncertainty=self._uncertainty,
+            spec, gallery=gallery, generation=self.generation, rng=numpy_rng(self.scenario.seed, "backfill", t), uncertainty=uncertainty,
         )
         if len(chosen):
-            self.gallery.replace(chosen, self._embed(self.gallery.sample_ids_of(chosen)), session=t, generation=self.generation)
-        detail.update(backfilled=int(len(chosen)), stale_after=int(len(stale_items(self.gallery, self.generation))))
-        return ev.Outcome(
-            generation=self.generation, seconds=time.perf_counter() - clock, backbone_forwards=len(chosen), items=len(chosen),
-            cost_phase="backfill", detail=detail,
-        )
+            gallery.replace(chosen, self.embed(gallery.sample_ids_of(chosen)), session=t, generation=self.generation)
+        detail.update(backfilled=int(len(chosen)), stale_after=int(len(stale_items(gallery, self.generation))))
+        outcome.seconds, outcome.backbone_forwards, outcome.items = time.perf_counter() - clock, len(chosen), len(chosen)
+        return outcome, curve_cost
 
-    def _embed(self, sample_ids: np.ndarray) -> np.ndarray:
-        s = self.scenario
-        return embed(self.model, self.images, sample_ids, batch_size=s.training.eval_batch_size, amp=s.training.amp)
-
-    def _measure_curve(self, t: int):
+    def _measure_curve(self, t: int, uncertainty: dict[int, float] | None):
         """FastFill's backfill curve at session t, on copies (the gallery itself is untouched), and its backbone forwards."""
-        s = self.scenario
+        s, gallery = self.scenario, self.state.gallery
         session = self.stream[t]
         order = order_items(
-            s.backfill.curve_order, stale_items(self.gallery, self.generation), gallery=self.gallery,
-            rng=numpy_rng(s.seed, "backfill-curve", t), uncertainty=self._uncertainty,
+            s.backfill.curve_order, stale_items(gallery, self.generation), gallery=gallery,
+            rng=numpy_rng(s.seed, "backfill-curve", t), uncertainty=uncertainty,
         )
         query_classes = self.labels_of(session.query_ids)
         home = self.stream.home_of(query_classes)
         curve = backfill_curve(
-            gallery=self.gallery, order=order, new_vectors=self._embed(self.gallery.sample_ids_of(order)),
-            queries=self._embed(session.query_ids), query_classes=query_classes,
+            gallery=gallery, order=order, new_vectors=self.embed(gallery.sample_ids_of(order)),
+            queries=self.embed(session.query_ids), query_classes=query_classes,
             subsets={"old": home < t, "new": home == t, "all": np.ones(len(home), dtype=bool)},
             steps=s.backfill.curve_steps, session=t, order_name=s.backfill.curve_order,
         )
         return curve, len(order) + len(session.query_ids)
 
-    def _evaluate(self, event: ev.Evaluate) -> ev.Outcome:
-        done = self.evaluator.evaluate(
-            session=event.session, model=self.model, images=self.images, gallery=self.gallery, generation=self.generation
+    def evaluate(self, t: int, measured: np.ndarray) -> tuple[Outcome, None]:
+        """Every metric of the session; `measured` is (forwards, seconds) spent measuring earlier in the session."""
+        done = self.state.evaluator.evaluate(
+            session=t, model=self.state.model, images=self.images, gallery=self.state.gallery, generation=self.generation
         )
-        self.last_evaluation = done  # the vectors it searched, for output.save_embeddings
-        return ev.Outcome(
-            generation=self.generation, seconds=done.seconds, backbone_forwards=done.backbone_forwards,
-            items=len(self.stream[event.session].query_ids), cost_phase="evaluate", metrics=done.rows,
+        outcome = Outcome(
+            generation=self.generation, seconds=done.seconds + float(measured[1]), backbone_forwards=done.backbone_forwards + int(measured[0]),
+            items=len(self.stream[t].query_ids), cost_phase="evaluate", metrics=done.rows,
         )
+        if self.scenario.output.save_embeddings:
+            outcome.artifacts["embeddings"] = {f"session-{t}": done.arrays}
+            if done.probe_arrays is not None:
+                outcome.artifacts["embeddings"][f"probe-{self.generation}"] = done.probe_arrays
+        return outcome, None
 
-    def _session_end(self, event: ev.SessionEnd) -> ev.Outcome:
-        if event.session + 1 < len(self.stream):
-            self._schedule(ev.SessionStart(event.session + 1))
-        self._fresh = None
+    def end(self, t: int) -> tuple[Outcome, None]:
         # Memory figures per session: a long stream shows here whether anything but the gallery grows.
-        detail = {"gallery_size": len(self.gallery), "replay": len(self.replay), **memory.snapshot(self.gallery)}
-        return ev.Outcome(generation=self.generation, detail=detail)
+        state = self.state
+        detail = {"gallery_size": len(state.gallery), "replay": len(state.replay), **memory.snapshot(state.gallery)}
+        return Outcome(generation=self.generation, detail=detail), None

@@ -7,15 +7,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import faiss
 import numpy as np
 
+from cvstream.errors import UserError
 from cvstream.models.trainer import embed
 from cvstream.simulator.compat import ProbeSet, sample_probe
 from cvstream.simulator.hooks import Hook
+from cvstream.simulator.search import top_classes
 from cvstream.simulator.metrics import (
+    METRICS,
     area_under_curve,
-    average_precision_at_r,
     forgetting,
     mean_over_sessions,
     negative_flips,
@@ -36,13 +37,19 @@ def score_queries(vectors: np.ndarray, query_classes: np.ndarray, gallery, *, re
     return score_neighbors(item_ids, query_classes, gallery, recall_at=recall_at, map_at_r=map_at_r)
 
 
-def score_neighbors(item_ids: np.ndarray, query_classes: np.ndarray, gallery, *, recall_at: list[int], map_at_r: bool) -> dict[str, np.ndarray]:
-    """Per-query metric values from the item ids a search returned, best first."""
+def score_neighbors(
+    item_ids: np.ndarray, query_classes: np.ndarray, gallery, *, recall_at: list[int], map_at_r: bool, metrics: list[str] | tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """Per-query metric values from the item ids a search returned, best first: recall@K, map@r, and the
+    registered `metrics` (evaluation.metrics) by name."""
     relevant = gallery.class_counts(query_classes)
     neighbor_classes = gallery.class_of(item_ids)
     per_query = {f"recall@{k_}": recall_at_k(neighbor_classes, query_classes, k_) for k_ in recall_at}
-    if map_at_r:
-        per_query["map@r"] = average_precision_at_r(neighbor_classes, query_classes, relevant)
+    for name in (["map@r"] if map_at_r else []) + list(metrics):
+        values = np.asarray(METRICS.get(name)(neighbor_classes, query_classes, relevant), dtype=np.float64)
+        if values.shape != (len(query_classes),):
+            raise UserError(f"metric {name!r} gave values of shape {values.shape}, not one per query ({len(query_classes)})")
+        per_query[name] = values
     return per_query
 
 
@@ -96,31 +103,29 @@ class Evaluator:
         self.group_history: dict[int, list[float]] = {}  # home session -> R@1 at each session since
         self.recall_history: dict[int, list[float]] = {}  # k -> R@k of all seen queries, per session
         self.anytime_values: list[float] = []  # every anytime R@1 (all) of the run so far
-        self._pending: list[dict] = []  # anytime rows and cost not yet billed to an evaluation
-        self._pending_cost = [0, 0.0]
+        # Anytime points measured during this session's training (by AnytimeHook), reported with its evaluation.
+        self._anytime_rows: list[dict] = []
+        self._anytime_cost = np.zeros(2)
         self._new_probe: dict[str, np.ndarray] | None = None
 
     # -- at deploy ----------------------------------------------------------------------
 
-    def deploy(self, *, model, images, generation: int) -> None:
-        """Embed the probe set by a newly deployed generation (billed to the next evaluation)."""
+    def deploy(self, *, model, images, generation: int) -> np.ndarray:
+        """Embed the probe set by a newly deployed generation; returns its cost (forwards, seconds), an evaluation cost."""
         if self.probe is None or generation in self.probe.gallery_vectors or generation < 0:
-            return
+            return np.zeros(2)
         clock = time.perf_counter()
         gallery_vectors = embed(model, images, self.probe.gallery_ids, batch_size=self.batch_size, amp=self.amp)
         query_vectors = embed(model, images, self.probe.query_ids, batch_size=self.batch_size, amp=self.amp)
         self.probe.add_generation(generation, gallery_vectors=gallery_vectors, query_vectors=query_vectors)
-        self.bill(len(self.probe.gallery_ids) + len(self.probe.query_ids), time.perf_counter() - clock)
+        cost = np.array([len(self.probe.gallery_ids) + len(self.probe.query_ids), time.perf_counter() - clock])
         self._new_probe = {
             "probe_gallery_vectors": gallery_vectors, "probe_gallery_sample_ids": self.probe.gallery_ids,
             "probe_gallery_class_ids": self.probe.gallery_classes, "probe_query_vectors": query_vectors,
             "probe_query_sample_ids": self.probe.query_ids, "probe_query_class_ids": self.probe.query_classes,
         }
+        return cost
 
-    def bill(self, forwards: int, seconds: float) -> None:
-        """Add work done for measurement outside `evaluate` (probe set, anytime points, backfill curve) to the next evaluation's cost."""
-        self._pending_cost[0] += forwards
-        self._pending_cost[1] += seconds
 
     # -- during training ----------------------------------------------------------------
 
@@ -132,21 +137,14 @@ class Evaluator:
         queries = embed(model, images, s.query_ids, batch_size=self.batch_size, amp=self.amp)
         fresh = embed(model, images, s.gallery_ids, batch_size=self.batch_size, amp=self.amp)
         model.train(training)
-        fresh_index = faiss.IndexFlatIP(fresh.shape[1])
-        fresh_index.add(fresh)
-        score, nearest = fresh_index.search(queries, 1)
-        nearest_class = np.where(nearest[:, 0] >= 0, self.labels[s.gallery_ids][nearest[:, 0]], -1)
-        if len(gallery):
-            stored_score, stored_item = gallery.search(queries, 1)
-            better = stored_score[:, 0] >= score[:, 0]
-            nearest_class = np.where(better, gallery.class_of(stored_item[:, 0]), nearest_class)
+        nearest = top_classes(queries, 1, gallery=gallery, vectors=fresh, classes=self.labels[s.gallery_ids])
         query_classes = self.labels[s.query_ids]
-        correct = recall_at_k(nearest_class[:, None], query_classes, 1)
+        correct = recall_at_k(nearest, query_classes, 1)
         subsets = {k: v for k, v in self._subsets(session, query_classes).items() if not k.startswith("home:")}
         for row in aggregate({"recall@1": correct}, subsets):
-            self._pending.append({**row, "session": session, "query_generation": session, "gallery_view": f"anytime:{step}"})
+            self._anytime_rows.append({**row, "session": session, "query_generation": session, "gallery_view": f"anytime:{step}"})
         self.anytime_values.append(float(correct.mean()))
-        self.bill(len(s.query_ids) + len(s.gallery_ids), time.perf_counter() - clock)
+        self._anytime_cost += (len(s.query_ids) + len(s.gallery_ids), time.perf_counter() - clock)
 
     # -- after a session ----------------------------------------------------------------
 
@@ -174,8 +172,8 @@ class Evaluator:
             rows += [{**r, **mixed} for r in self._flip_rows(query_ids, per_query["recall@1"], subsets)]
         if self.probe is not None and self._new_probe is not None:
             rows += self.probe.rows(session=session, generation=generation)
-        if self._pending:
-            rows += self._pending
+        if self._anytime_rows:
+            rows += self._anytime_rows
             rows.append({**mixed, "gallery_view": "anytime", "subset": "all", "metric": "a_auc",
                          "value": area_under_curve(self.anytime_values), "n_queries": len(query_ids)})
         arrays = {}
@@ -186,10 +184,10 @@ class Evaluator:
                 "gallery_vectors": gallery.vectors(items) if len(items) else np.empty((0, vectors.shape[1]), np.float32),
                 "gallery_item_ids": items, "gallery_class_ids": gallery.class_of(items),
             }
-        forwards, seconds = self._pending_cost
-        out = Evaluated(rows=rows, backbone_forwards=len(query_ids) + forwards, seconds=time.perf_counter() - clock + seconds,
+        forwards, seconds = self._anytime_cost
+        out = Evaluated(rows=rows, backbone_forwards=len(query_ids) + int(forwards), seconds=time.perf_counter() - clock + seconds,
                         arrays=arrays, probe_arrays=self._new_probe)
-        self._pending, self._pending_cost, self._new_probe = [], [0, 0.0], None
+        self._anytime_rows, self._anytime_cost, self._new_probe = [], np.zeros(2), None
         return out
 
     def _history_rows(self, session: int, per_query: dict[str, np.ndarray], subsets: dict[str, np.ndarray]) -> list[dict]:

@@ -77,13 +77,7 @@ def group(runs: list[LoadedRun]) -> list[Group]:
 
 def per_session(run: LoadedRun, *, metric: str = "recall@1", view: str = "mixed") -> pd.DataFrame:
     """Sessions x subsets (old, new, all) of one metric against one gallery view."""
-    return run.result.recall_table(1, view) if metric == "recall@1" else _pivot(run.result.metrics, metric, view)
-
-
-def _pivot(metrics: pd.DataFrame, metric: str, view: str) -> pd.DataFrame:
-    m = metrics[(metrics.metric == metric) & (metrics.gallery_view == view)]
-    table = m.pivot_table(index="session", columns="subset", values="value")
-    return table.reindex(columns=[c for c in ("old", "new", "all") if c in table.columns])
+    return run.result.metric_table(metric, view)
 
 
 def spread(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -32,8 +32,12 @@ class RunResult:
 
     def recall_table(self, k: int = 1, view: str = "mixed") -> pd.DataFrame:
         """R@k per session (rows) and subset (old, new, all), against the given gallery view."""
+        return self.metric_table(f"recall@{k}", view)
+
+    def metric_table(self, metric: str, view: str = "mixed") -> pd.DataFrame:
+        """One metric per session (rows) and subset (old, new, all), against the given gallery view."""
         m = self.metrics
-        m = m[(m.metric == f"recall@{k}") & (m.gallery_view == view)]
+        m = m[(m.metric == metric) & (m.gallery_view == view)]
         table = m.pivot_table(index="session", columns="subset", values="value")
         return table.reindex(columns=[c for c in ("old", "new", "all") if c in table.columns])
 

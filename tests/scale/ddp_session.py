@@ -29,7 +29,7 @@ def main(out: str) -> None:
     sim = Simulator(scenario, write=False, shard=shard)
     sim.run()
     if shard is None or shard.leader:
-        steps = int(sim.recorder.table("events").query("kind == 'train'").detail.str.extract(r'"steps": (\d+)')[0].iloc[0])
+        steps = int(sim.tables.frame("events", committed_only=False).query("kind == 'train'").detail.str.extract(r'"steps": (\d+)')[0].iloc[0])
         torch.save({"state": sim.model.state_dict(), "steps": steps}, out)
 
 

@@ -207,7 +207,6 @@ def test_features_parquet_and_npy(tmp_path):
     assert labels.class_names == ("a", "b", "c") and labels.labels[:3].tolist() == [1, 0, 2] and labels.test_mask.sum() == 3
     out = src.images()
     assert out.dtype == np.float32 and out.shape == (12, 5) and np.allclose(out, vectors)
-    assert src.modality == "features"
     wide = pd.DataFrame(vectors, columns=[f"f{k}" for k in range(5)]).assign(label=np.arange(12) % 4)
     wide.to_parquet(tmp_path / "w.parquet")
     src = source("features", tmp_path, tmp_path / "cache", path="w.parquet")

@@ -109,9 +109,11 @@ def test_validator_gallery_holds_no_validation_query():
     """A model that maps every image to one vector ties everything: a self-match would be the only way to score."""
     scenario = tiny_scenario(training={"epochs": 1, "validation_fraction": 0.25})
     sim = Simulator(scenario, write=False)
-    sim._setup()
+    sim._prepare()
     session = sim.stream[0]
-    val_ids = sim._split_validation(session.train_ids, 0)
+    from cvstream.sessions.streams import validation_split
+
+    val_ids = validation_split(session.train_ids, sim.labels_of(session.train_ids), fraction=0.25, seed=scenario.seed, session=0)
     validate, forwards = sim._validator(val_ids, 0)
     assert forwards == len(np.setdiff1d(session.gallery_ids, val_ids)) + len(val_ids)
 

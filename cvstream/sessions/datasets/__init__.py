@@ -31,7 +31,6 @@ class DatasetSource:
     name: ClassVar[str]
     Params: ClassVar[type[Params]]
     augment_by_default: ClassVar[bool] = True
-    modality: ClassVar[str] = "images"  # "features": images() returns float32 (N, D) vectors instead
     flip_ok: ClassVar[bool] = True
 
     def __init__(self, params: Params, *, data_root: Path, cache_dir: Path, seed: int):
@@ -49,7 +48,7 @@ class DatasetSource:
     def images(self) -> np.ndarray:
         """uint8 array (N, C, H, W) aligned with label_set().labels, may be memory-mapped.
 
-        Sources with modality "features" return float32 (N, D) vectors instead."""
+        The `features` source returns float32 (N, D) vectors instead."""
         raise NotImplementedError
 
 

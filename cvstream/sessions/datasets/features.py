@@ -1,6 +1,6 @@
 """Precomputed feature vectors (Parquet or .npy) with labels, for feature-level runs at large scale.
 
-`images()` returns float32 (N, D) vectors, not pictures (`modality = "features"`): pair
+`images()` returns float32 (N, D) vectors, not pictures : pair
 this data set with a backbone that takes vectors. Class names are the labels as written
 (strings, or integers as text), ids in sorted label order.
 """
@@ -32,7 +32,6 @@ class FeaturesParams(Params):
 @DATASETS.register("features")
 class FeaturesSource(DatasetSource):
     Params = FeaturesParams
-    modality = "features"
     augment_by_default = False
     flip_ok = False
 

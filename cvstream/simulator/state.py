@@ -1,0 +1,26 @@
+"""What a run carries from one session to the next. The checkpoint saves exactly this, field by field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cvstream.gallery import Gallery, ReplayBuffer
+from cvstream.simulator.evaluate import Evaluator
+
+
+@dataclass
+class RunState:
+    """The run between two sessions. Adding a field here is the only way to make a session remember something,
+    and `cvstream.simulator.checkpoint` must then save and restore it (its test fails until it does)."""
+
+    model: torch.nn.Module  # the deployed generation's network (trained in place by the next session)
+    generation: int  # the deployed generation; -1 before the first deploy
+    gallery: Gallery
+    replay: ReplayBuffer
+    evaluator: Evaluator  # the probe vectors of every generation, last answers, per-group history
+    train_generator: torch.Generator  # batching and augmentation
+    replay_rng: np.random.Generator
+    next_session: int = 0

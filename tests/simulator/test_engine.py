@@ -1,0 +1,80 @@
+"""The session as one function: its steps in their one order, hooks that measure, the run state it carries."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import tiny_scenario
+from cvstream.simulator import Hook, Simulator
+
+STEPS = ["session_start", "train", "deploy", "index", "replay", "transform", "backfill", "evaluate", "session_end"]
+
+
+class Recording(Hook):
+    def __init__(self):
+        self.seen: list[tuple[str, int, str]] = []
+
+    def before_event(self, sim, event):
+        self.seen.append(("before", event.session, event.kind))
+
+    def after_event(self, sim, event, outcome):
+        self.seen.append(("after", event.session, event.kind))
+        if event.kind == "evaluate":  # a hook that measures: its rows land in metrics.parquet
+            return [{"metric": "gallery_items", "value": float(len(sim.gallery)), "gallery_view": "mixed"}]
+        return None
+
+    def after_session(self, sim, session):
+        self.seen.append(("session", session, ""))
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    hook = Recording()
+    result = Simulator(tiny_scenario(), out_dir=tmp_path_factory.mktemp("engine"), hooks=[hook]).run()
+    return hook, result
+
+
+def test_each_session_runs_its_steps_in_the_one_order(recorded):
+    hook, result = recorded
+    expected = []
+    for t in range(3):
+        for kind in STEPS:
+            expected += [("before", t, kind), ("after", t, kind)]
+        expected.append(("session", t, ""))
+    assert hook.seen == expected
+    assert result.events.kind.tolist() == STEPS * 3 and result.events.event_index.tolist() == list(range(27))
+
+
+def test_a_hook_can_add_metric_rows(recorded):
+    _, result = recorded
+    on_disk = pd.read_parquet(result.run_dir / "metrics.parquet")
+    rows = on_disk[on_disk.metric == "gallery_items"]
+    sizes = result.gallery.groupby("session_added").size().cumsum().tolist()
+    assert rows.session.tolist() == [0, 1, 2] and rows.value.tolist() == sizes
+    assert (rows.subset == "all").all() and (rows.gallery_view == "mixed").all()
+
+
+def test_a_metric_row_with_an_unknown_column_is_refused():
+    class Bad(Hook):
+        def after_event(self, sim, event, outcome):
+            return [{"metric": "x", "value": 1.0, "colour": "red"}] if event.kind == "train" else None
+
+    with pytest.raises(ValueError, match="colour"):
+        Simulator(tiny_scenario(stream={"sessions": 1}), write=False, hooks=[Bad()]).run()
+
+
+def test_a_step_that_timed_zero_seconds_keeps_its_zero(monkeypatch):
+    """A step that measured its own work records that figure, even 0.0; only one that did not gets its wall time."""
+    import time
+
+    from cvstream.simulator.events import Outcome
+
+    def start(self, t):
+        time.sleep(0.01)
+        return Outcome(generation=self.generation, seconds=0.0), None
+
+    monkeypatch.setattr(Simulator, "start", start)
+    result = Simulator(tiny_scenario(stream={"sessions": 1}, method={"name": "finetune"}), write=False).run()
+    seconds = result.events.set_index("kind").seconds
+    assert seconds["session_start"] == 0.0 and seconds["deploy"] > 0.0
