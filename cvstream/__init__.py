@@ -3,11 +3,15 @@
 __version__ = "0.1.0"
 
 from cvstream.errors import UserError  # noqa: E402
-from cvstream.scenario import Scenario  # noqa: E402
 
 
 def __getattr__(name):
-    # The simulator pulls in torch and faiss; import it only when asked for.
+    # The scenario and the simulator pull in torch and faiss, and importing a lower package
+    # (cvstream.gallery, say) must not import them: each is imported only when asked for.
+    if name == "Scenario":
+        from cvstream.scenario import Scenario
+
+        return Scenario
     if name in {"Simulator", "RunResult", "load_run"}:
         from cvstream import simulator
 

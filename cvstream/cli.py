@@ -1,4 +1,4 @@
-"""The command line, thin: parse, call the library, print. User errors exit with status 2."""
+"""The command line, thin: parse, load the plugins, call the library, print. User errors exit with status 2."""
 
 from __future__ import annotations
 
@@ -18,10 +18,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cvstream", description="A continual visual-search simulator for session streams.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def plugin_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--plugin", dest="plugins", action="append", default=[], metavar="FILE",
+            help="a Python file that registers components (orders, selections, metrics, methods ...); repeatable",
+        )
+
     def scenario_args(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
         p.add_argument("scenario", nargs="?" if optional else None, help="scenario file (YAML)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a scenario key")
         p.add_argument("--data-root", default=None, help="where relative dataset roots resolve (default $CVSTREAM_DATA, else ~/.cache/cvstream)")
+        plugin_args(p)
 
     def projection_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--project-gallery", type=_positive_int, default=10**9, metavar="N", help="project update costs to a gallery of N items (default 10^9)")
@@ -48,11 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     scenario_args(compare)
     compare.add_argument(
         "--backfill", default="none,full,partial:0.25:random,partial:0.25:far-from-mean,transform",
-        help="comma-separated variants: none, full, partial:BUDGET[:ORDER], transform[:BUDGET[:ORDER]] (default: %(default)s)",
+        help="comma-separated variants POLICY[:BUDGET[:ORDER]], a registered backfill policy and order (default: %(default)s)",
     )
     compare.add_argument("--out", default=None, help="folder for the runs and comparison.parquet (default runs/<name>/compare-<time>)")
     compare.add_argument("--curve-session", type=int, default=-1, help="session of the backfill curve, measured on the none variant (default -1: the last)")
-    compare.add_argument("--curve-order", default="random", choices=["random", "oldest", "far-from-mean"], help="order of the backfill curve")
+    compare.add_argument("--curve-order", default="random", help="backfill order of the curve (backfill.curve_order; default: %(default)s)")
     projection_args(compare)
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -68,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", default=None, help="folder of the sweep (default runs/sweeps/<sweep name>); rerun to finish an interrupted sweep")
     sweep.add_argument("--engine", default=None, choices=["auto", "local", "ray"], help="override the sweep file's engine")
     sweep.add_argument("--data-root", default=None, help="where relative dataset roots resolve (default $CVSTREAM_DATA, else ~/.cache/cvstream)")
+    plugin_args(sweep)
     return parser
 
 
@@ -80,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True)
     commands = {"validate": _validate, "run": _run, "stream": _stream, "compare": _compare, "report": _report, "sweep": _sweep}
     try:
+        from cvstream.plugins import load_plugins
+
+        load_plugins(getattr(args, "plugins", []))  # before any scenario is read: its names may be a plugin's
         return commands[args.command](args, console)
     except UserError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -102,10 +113,9 @@ def _validate(args, console: Console) -> int:
     scenario = _load(args)
     build_method(scenario)  # the method's own checks: can the setup give it what it needs?
     _, label_set, stream = scenario_stream(scenario, data_root=args.data_root)
-    if len(stream):  # can the gallery index hold the first session's items?
-        from cvstream.gallery import Gallery
+    from cvstream.simulator.engine import preflight
 
-        Gallery(scenario.model.embedding_dim, scenario.gallery, seed=scenario.seed).require_trainable(len(stream[0].gallery_ids))
+    preflight(scenario, stream)  # what every run checks before training: the gallery index, the curve session
     train = sum(len(s.train_ids) for s in stream)
     console.print(
         f"{scenario.source}: valid. {len(stream)} sessions, {len(stream.home_session)} classes, {train} training arrivals, "
@@ -197,7 +207,7 @@ def _sweep(args, console: Console) -> int:
         labels = ", ".join(f"{k} {v}" for k, v in run.labels.items())
         console.print(f"  run {run.index} ({labels}): {row['status']}, {row['seconds']:.1f} s{'  ' + row['error'] if row['error'] else ''}")
 
-    result = run_sweep(args.sweep, out_dir=out, data_root=args.data_root, engine=args.engine, on_run=done)
+    result = run_sweep(args.sweep, out_dir=out, data_root=args.data_root, engine=args.engine, on_run=done, plugins=args.plugins)
     console.print(f"{len(result.runs) - len(result.failed)} of {len(result.runs)} runs completed ({result.engine}); "
                   f"tables in {out}/metrics and {out}/costs (pandas.read_parquet), runs in {out}/runs.parquet")
     return 1 if len(result.failed) else 0

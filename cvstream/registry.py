@@ -1,9 +1,15 @@
-"""Name -> class registries, so that a name in a scenario file maps to exactly one class."""
+"""Name -> component registries, so that a name in a scenario file maps to exactly one class or function.
+
+Every axis a user extends has one: data sets, stream setups, methods, backbones, backfill
+policies and orders, replay selections, gallery index types and metrics. A component joins
+its registry with `@REGISTRY.register("name")`, in cvstream or in a plugin file
+(`cvstream.plugins`); validation and the command line read the registry, never a list.
+"""
 
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -16,20 +22,42 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Registry(Generic[T]):
-    def __init__(self, kind: str):
-        self.kind = kind
-        self._entries: dict[str, type[T]] = {}
+class DuplicateName(ValueError):
+    """A second component registered under a name already taken."""
 
-    def register(self, name: str) -> Callable[[type[T]], type[T]]:
-        def decorate(cls: type[T]) -> type[T]:
+
+class Registry(Generic[T]):
+    """Components of one kind by name. `attributes` are what each entry declares besides its name, with their
+    defaults: `register(name, **attributes)` sets them on the entry (an unknown one is a TypeError)."""
+
+    def __init__(self, kind: str, *, attributes: dict[str, Any] | None = None):
+        self.kind = kind
+        self.attributes = dict(attributes or {})
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, **attributes: Any) -> Callable[[T], T]:
+        unknown = sorted(set(attributes) - set(self.attributes))
+        if unknown:
+            raise TypeError(f"{self.kind} {name!r}: unknown attribute {', '.join(unknown)}; a {self.kind} declares "
+                            f"{', '.join(sorted(self.attributes)) or 'none'}")
+
+        def decorate(entry: T) -> T:
             if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} registered twice")
-            cls.name = name  # type: ignore[attr-defined]
-            self._entries[name] = cls
-            return cls
+                raise DuplicateName(f"{self.kind} {name!r} registered twice")
+            entry.name = name  # type: ignore[attr-defined]
+            for key, value in {**self.attributes, **attributes}.items():
+                setattr(entry, key, value)
+            self._entries[name] = entry
+            return entry
 
         return decorate
+
+    def snapshot(self) -> dict[str, T]:
+        """The entries as they are now, for `restore`: a plugin that fails half-way leaves nothing behind."""
+        return dict(self._entries)
+
+    def restore(self, entries: dict[str, T]) -> None:
+        self._entries = dict(entries)
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -37,7 +65,7 @@ class Registry(Generic[T]):
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
-    def get(self, name: str) -> type[T]:
+    def get(self, name: str) -> T:
         try:
             return self._entries[name]
         except KeyError:

@@ -1,22 +1,25 @@
 """The typed scenario: one YAML file, validated before anything runs.
 
 Sections that name a component (dataset, stream, method) are checked against that
-component's own parameter model, looked up in its registry, so adding a method or a
-data set never touches this file.
+component's own parameter model, looked up in its registry; every other name (backbone,
+replay selection, gallery index, backfill policy and order, metric) is checked against its
+registry too, so adding any component never touches this file.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from cvstream.errors import ScenarioError
+from cvstream.gallery.index import IndexSpec
 from cvstream.registry import Params, Registry
 
 
@@ -35,21 +38,24 @@ class Component(BaseModel):
         return {key: self.name, **self.params.model_dump(mode="json")}
 
 
+def _registered(module: str, registry: str) -> AfterValidator:
+    """A field validator: the value must be a name in `module.registry` (read when validating, so plugins count)."""
+
+    def check(value: str) -> str:
+        found = getattr(importlib.import_module(module), registry)
+        if value not in found:
+            raise ValueError(found.unknown_message(value))
+        return value
+
+    return AfterValidator(check)
+
+
 class ModelSpec(_Section):
-    backbone: str = "convnet"
+    backbone: Annotated[str, _registered("cvstream.models.backbones", "BACKBONES")] = "convnet"
     embedding_dim: int = Field(128, ge=2, le=8192)
     width: int | None = Field(
         None, ge=4, le=1024, description="base channel count of the backbone; default the backbone's own (convnet 32, resnet18-cifar 64)"
     )
-
-    @field_validator("backbone")
-    @classmethod
-    def _known_backbone(cls, value: str) -> str:
-        from cvstream.models.backbones import BACKBONES
-
-        if value not in BACKBONES:
-            raise ValueError(BACKBONES.unknown_message(value))
-        return value
 
     @model_validator(mode="after")
     def _backbone_width(self) -> "ModelSpec":
@@ -86,32 +92,37 @@ class TrainingSpec(_Section):
 
 class ReplaySpec(_Section):
     size: int = Field(2000, ge=0)
-    selection: Literal["herding", "random", "reservoir", "class-balanced"] = "herding"
+    selection: Annotated[str, _registered("cvstream.gallery.replay", "REPLAY_SELECTIONS")] = "herding"
+
+
+_INDEX = IndexSpec()  # the gallery's own defaults
 
 
 class GallerySpec(_Section):
-    index: Literal["flat", "ivf", "ivfpq", "hnsw"] = "flat"
-    nlist: int = Field(64, ge=1, le=1 << 20, description="ivf, ivfpq: inverted lists (coarse centroids)")
-    nprobe: int = Field(8, ge=1, description="ivf, ivfpq: lists visited per query")
-    pq_m: int = Field(16, ge=1, description="ivfpq: sub-quantisers; must divide model.embedding_dim")
-    pq_bits: int = Field(8, ge=1, le=16, description="ivfpq: bits per sub-quantiser code")
-    hnsw_m: int = Field(32, ge=2, le=512, description="hnsw: neighbours per node")
-    ef_construction: int = Field(40, ge=1, description="hnsw: candidate list while inserting")
-    ef_search: int = Field(64, ge=1, description="hnsw: candidate list while searching")
-    train_size: int | None = Field(None, ge=1, description="ivf, ivfpq: train once on a seeded sample of this many first-session vectors (None: all)")
+    index: Annotated[str, _registered("cvstream.gallery.index", "INDEX_TYPES")] = _INDEX.index
+    nlist: int = Field(_INDEX.nlist, ge=1, le=1 << 20, description="ivf, ivfpq: inverted lists (coarse centroids)")
+    nprobe: int = Field(_INDEX.nprobe, ge=1, description="ivf, ivfpq: lists visited per query")
+    pq_m: int = Field(_INDEX.pq_m, ge=1, description="ivfpq: sub-quantisers; must divide model.embedding_dim")
+    pq_bits: int = Field(_INDEX.pq_bits, ge=1, le=16, description="ivfpq: bits per sub-quantiser code")
+    hnsw_m: int = Field(_INDEX.hnsw_m, ge=2, le=512, description="hnsw: neighbours per node")
+    ef_construction: int = Field(_INDEX.ef_construction, ge=1, description="hnsw: candidate list while inserting")
+    ef_search: int = Field(_INDEX.ef_search, ge=1, description="hnsw: candidate list while searching")
+    train_size: int | None = Field(
+        _INDEX.train_size, ge=1, description="ivf, ivfpq: train once on a seeded sample of this many first-session vectors (None: all)"
+    )
     segment_size: int = Field(
-        131_072, ge=1, le=1 << 30,
+        _INDEX.segment_size, ge=1, le=1 << 30,
         description="items per index segment: adds go to the newest segment and an hnsw rebuild touches only the segments it changes, "
         "so neither grows with the gallery; a search visits every segment",
     )
-    gpu: bool = Field(True, description="use the Faiss GPU index when faiss has GPU support and a CUDA device is present")
+    gpu: bool = Field(_INDEX.gpu, description="use the Faiss GPU index when faiss has GPU support and a CUDA device is present")
 
 
-BackfillOrder = Literal["random", "oldest", "far-from-mean", "uncertainty"]
+BackfillOrder = Annotated[str, _registered("cvstream.gallery.backfill", "BACKFILL_ORDERS")]
 
 
 class BackfillSpec(_Section):
-    policy: Literal["none", "full", "partial", "transform"] = "none"
+    policy: Annotated[str, _registered("cvstream.gallery.backfill", "BACKFILL_POLICIES")] = "none"
     budget: int | float | None = Field(
         None, description="partial, transform (optional): items re-embedded per session, a fraction of the gallery in (0, 1] or a count >= 1"
     )
@@ -125,29 +136,21 @@ class BackfillSpec(_Section):
     curve_steps: int = Field(10, ge=1, le=100, description="backfill curve: fractions 0, 1/steps, ..., 1")
 
     @model_validator(mode="after")
-    def _budget_in_range(self) -> "BackfillSpec":
-        budget = self.budget
-        if isinstance(budget, bool):
-            raise ValueError("budget must be a number")
-        if budget is not None:
-            if self.policy in ("none", "full"):
-                raise ValueError(f"budget applies to policies partial and transform, not {self.policy}")
-            if isinstance(budget, float) and not 0 < budget <= 1:
-                raise ValueError(f"budget {budget} is outside its range: a fraction lies in (0, 1]; a count is a whole number >= 1")
-            if isinstance(budget, int) and budget < 1:
-                raise ValueError(f"budget {budget} is outside its range: a count is a whole number >= 1; a fraction lies in (0, 1]")
-        elif self.policy == "partial":
-            raise ValueError("policy partial needs a budget (a fraction in (0, 1] or a count >= 1)")
-        if self.order == "uncertainty" and self.policy != "transform":
-            raise ValueError("order uncertainty ranks items by the transform's uncertainty: it needs policy transform")
-        if self.curve_order == "uncertainty" and self.policy != "transform":
-            raise ValueError("curve_order uncertainty needs policy transform")
+    def _budget_and_orders_fit_the_policy(self) -> "BackfillSpec":
+        from cvstream.gallery.backfill import backfill_problem
+
+        problem = backfill_problem(self.policy, self.budget, self.order, curve_order=self.curve_order)
+        if problem:
+            raise ValueError(problem)
         return self
 
 
 class EvaluationSpec(_Section):
     recall_at: list[int] = Field(default_factory=lambda: [1, 2, 4, 10])
     map_at_r: bool = True
+    metrics: list[Annotated[str, _registered("cvstream.simulator.metrics", "METRICS")]] = Field(
+        default_factory=list, description="more per-query metrics, by registered name (cvstream.simulator.metrics.METRICS)"
+    )
     probe_items: int = Field(2000, ge=0, description="gallery items embedded by every generation for the compatibility matrix; 0: none")
     every_steps: int | None = Field(None, ge=1, description="anytime evaluation every N training steps (A_auc); None: off")
 
@@ -157,6 +160,15 @@ class EvaluationSpec(_Section):
         if not value or any(k < 1 for k in value):
             raise ValueError("must be a non-empty list of positive integers")
         return sorted(set(value))
+
+    @field_validator("metrics")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        if "map@r" in value:
+            raise ValueError("map@r has its own key: evaluation.map_at_r")
+        if len(set(value)) != len(value):
+            raise ValueError(f"a metric is listed twice ({', '.join(value)})")
+        return value
 
 
 class OutputSpec(_Section):

@@ -77,3 +77,32 @@ def data_root() -> Path:
     if root is None:
         pytest.skip("no real data root: set CVSTREAM_DATA or provide ../shared/data")
     return root
+
+
+@pytest.fixture
+def plugin_file(tmp_path):
+    """`plugin_file(source, name="my_plugin.py") -> path`: a plugin file in tmp_path (source dedented).
+
+    Whatever plugins register during the test is unregistered after it, and the modules they were
+    imported as are forgotten, so that the next test can load a plugin of the same names.
+    """
+    import sys
+    import textwrap
+
+    from cvstream.plugins import registries
+
+    held = {kind: registry.snapshot() for kind, registry in registries().items()}
+    modules = set(sys.modules)
+
+    def write(source: str, name: str = "my_plugin.py") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(source))
+        return path
+
+    yield write
+    for kind, registry in registries().items():
+        registry.restore(held[kind])
+    for name in set(sys.modules) - modules:
+        where = getattr(sys.modules[name], "__file__", None) or ""
+        if name.startswith("cvstream_plugin_") or where.startswith(str(tmp_path)):
+            del sys.modules[name]

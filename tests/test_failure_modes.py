@@ -353,3 +353,10 @@ def test_a_backfill_curve_session_past_the_stream_is_a_user_error():
 
     with pytest.raises(UserError, match="curve_session = 7, but the stream has 3 sessions"):
         Simulator(tiny_scenario(backfill={"policy": "none", "curve_session": 7}), write=False).run()  # refused in setup, before training
+
+
+def test_validate_refuses_what_a_run_would_refuse_before_training(tmp_path, capsys):
+    """`cvstream validate` asks the same preflight as every run: here a backfill curve past the stream's end."""
+    path = write_scenario(tmp_path, tiny_dict(backfill={"policy": "none", "curve_session": 7}))
+    assert main(["validate", str(path)]) == 2
+    assert "curve_session = 7, but the stream has 3 sessions" in _err(capsys)

@@ -18,7 +18,7 @@ from conftest import TINY, tiny_dict, tiny_scenario
 from cvstream.cli import main
 from cvstream.errors import UserError
 from cvstream.simulator import Simulator, load_run
-from cvstream.simulator import outputs
+from cvstream import files as outputs  # the atomic writer every table goes through
 from cvstream.simulator.lock import RunLock
 
 
@@ -43,12 +43,29 @@ def test_a_stale_lock_is_taken_over_and_released(tmp_path):
     assert load_run(tmp_path).status == "completed"
 
 
-def test_lock_is_exclusive_within_a_process_pair(tmp_path):
+SECOND_WRITER = """
+import sys
+from cvstream.errors import UserError
+from cvstream.simulator.lock import RunLock
+try:
+    RunLock(sys.argv[1]).acquire()
+except UserError as exc:
+    print("refused:", exc)
+    sys.exit(3)
+print("taken")
+"""
+
+
+def test_a_held_lock_refuses_a_second_process_until_released(tmp_path):
     first = RunLock(tmp_path)
     first.acquire()
     assert (tmp_path / "run.lock").read_text().strip() == str(os.getpid())
+    second = subprocess.run([sys.executable, "-c", SECOND_WRITER, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert second.returncode == 3 and f"pid {os.getpid()}" in second.stdout
     first.release()
     assert not (tmp_path / "run.lock").exists()
+    second = subprocess.run([sys.executable, "-c", SECOND_WRITER, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0 and "taken" in second.stdout
 
 
 def test_a_full_disk_mid_run_keeps_completed_sessions(tmp_path, monkeypatch, capsys):

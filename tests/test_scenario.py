@@ -74,3 +74,30 @@ def test_broken_yaml_names_the_line(tmp_path):
     with pytest.raises(ScenarioError) as info:
         Scenario.from_yaml(path)
     assert str(path) in str(info.value) and "line" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "data, key_path, words",
+    [
+        (tiny_dict(backfill={"policy": "partial", "budget": 0.5, "order": "newest"}), "backfill.order",
+         "unknown backfill order 'newest'; allowed: far-from-mean, oldest, random, uncertainty"),
+        (tiny_dict(backfill={"policy": "sometimes"}), "backfill.policy", "allowed: full, none, partial, transform"),
+        (tiny_dict(backfill={"curve_order": "olderst"}), "backfill.curve_order", "did you mean 'oldest'"),
+        (tiny_dict(replay={"selection": "herd"}), "replay.selection", "did you mean 'herding'?); allowed: class-balanced, herding"),
+        (tiny_dict(gallery={"index": "ivff"}), "gallery.index", "allowed: flat, hnsw, ivf, ivfpq"),
+        (tiny_dict(evaluation={"metrics": ["ndcg"]}), "evaluation.metrics[0]", "unknown metric 'ndcg'; allowed: map@r"),
+        (tiny_dict(evaluation={"metrics": ["map@r"]}), "evaluation.metrics", "its own key: evaluation.map_at_r"),
+        (tiny_dict(backfill={"policy": "none", "budget": 3}), "backfill", "budget applies to policies partial and transform, not none"),
+    ],
+)
+def test_every_registered_name_is_checked_against_its_registry(data, key_path, words):
+    with pytest.raises(ScenarioError) as info:
+        Scenario.from_dict(data, source="bad.yaml")
+    text = str(info.value)
+    assert text.startswith(f"bad.yaml: {key_path}: ") and words in text
+
+
+def test_the_scenario_takes_the_gallerys_own_index_defaults():
+    from cvstream.gallery.index import IndexSpec
+
+    assert IndexSpec.of(Scenario.from_dict(tiny_dict()).gallery) == IndexSpec()

@@ -1,6 +1,6 @@
 """The Faiss gallery and its metadata, the replay buffer, backfill policies."""
 
-from cvstream.gallery.index import Gallery
+from cvstream.gallery.index import Gallery, IndexSpec
 from cvstream.gallery.replay import ReplayBuffer, herding
 
-__all__ = ["Gallery", "ReplayBuffer", "herding"]
+__all__ = ["Gallery", "IndexSpec", "ReplayBuffer", "herding"]

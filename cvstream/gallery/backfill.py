@@ -1,9 +1,16 @@
-"""Backfill policies: which stale gallery items get re-embedded, and the FCT-style transform psi.
+"""Backfill policies and orders: which stale gallery items get re-embedded, and the FCT-style transform psi.
 
 An item is *stale* when a newer generation than the one that embedded it is deployed.
 `none` re-embeds nothing, `full` every stale item, `partial` a budget of them in a stated
 order; `transform` learns psi: stored vectors -> new-generation vectors on items both
 generations embedded, and maps the other stale items with it (optionally then `partial`).
+
+Both are registries. A policy is `(*, gallery, generation, budget, order, rng, uncertainty)
+-> item ids to re-embed, in order`; it declares whether it takes a `budget` ("never",
+"optional", "required") and whether it `maps` stale items with psi first (only then is
+there an uncertainty). An order is `(candidates, *, gallery, rng, uncertainty) -> the
+candidates, first to re-embed first`; candidates come sorted (ties go to the smaller item
+id) and `needs_uncertainty` marks an order that ranks by psi's predicted error.
 """
 
 from __future__ import annotations
@@ -12,6 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from cvstream.errors import UserError
+from cvstream.registry import Registry
+
+BACKFILL_POLICIES: Registry = Registry("backfill policy", attributes={"budget": "never", "maps": False})
+BACKFILL_ORDERS: Registry = Registry("backfill order", attributes={"needs_uncertainty": False})
 
 
 def stale_items(gallery, generation: int) -> np.ndarray:
@@ -28,6 +41,33 @@ def budget_items(budget: int | float | None, *, gallery_size: int) -> int:
     return int(budget)
 
 
+def backfill_problem(policy: str, budget, order: str, *, curve_order: str | None = None) -> str | None:
+    """What is wrong with this policy, budget and order together (a message naming the key), or None."""
+    chosen = BACKFILL_POLICIES.get(policy)
+    if isinstance(budget, bool):
+        return "budget must be a number"
+    if budget is not None:
+        if chosen.budget == "never":
+            takers = [name for name in BACKFILL_POLICIES.names() if BACKFILL_POLICIES.get(name).budget != "never"]
+            return f"budget applies to policies {_listed(takers, 'and')}, not {policy}"
+        if isinstance(budget, float) and not 0 < budget <= 1:
+            return f"budget {budget} is outside its range: a fraction lies in (0, 1]; a count is a whole number >= 1"
+        if isinstance(budget, int) and budget < 1:
+            return f"budget {budget} is outside its range: a count is a whole number >= 1; a fraction lies in (0, 1]"
+    elif chosen.budget == "required":
+        return f"policy {policy} needs a budget (a fraction in (0, 1] or a count >= 1)"
+    mapping = _listed([name for name in BACKFILL_POLICIES.names() if BACKFILL_POLICIES.get(name).maps], "or")
+    if BACKFILL_ORDERS.get(order).needs_uncertainty and not chosen.maps:
+        return f"order {order} ranks items by the transform's uncertainty: it needs policy {mapping}"
+    if curve_order is not None and BACKFILL_ORDERS.get(curve_order).needs_uncertainty and not chosen.maps:
+        return f"curve_order {curve_order} needs policy {mapping}"
+    return None
+
+
+def _listed(names: list[str], word: str) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {word} {names[-1]}"
+
+
 def order_items(
     order: str, candidates: np.ndarray, *, gallery, rng: np.random.Generator, uncertainty: dict[int, float] | None = None
 ) -> np.ndarray:
@@ -35,36 +75,81 @@ def order_items(
     candidates = np.sort(np.asarray(candidates, dtype=np.int64))
     if len(candidates) == 0:
         return candidates
-    if order == "random":
-        return candidates[rng.permutation(len(candidates))]
-    if order == "oldest":
-        generations = gallery.generations()[candidates]
-        return candidates[np.argsort(generations, kind="stable")]
-    if order == "far-from-mean":
-        classes = gallery.class_of(candidates)
-        unique, inverse = np.unique(classes, return_inverse=True)
-        means, _ = gallery.class_means(unique)
-        distance = np.linalg.norm(gallery.vectors(candidates).astype(np.float64) - means[inverse], axis=1)
-        return candidates[np.argsort(-distance, kind="stable")]
-    if order == "uncertainty":
-        if uncertainty is None:
-            raise ValueError("order uncertainty needs the transform's uncertainty of this session")
-        score = np.array([uncertainty.get(int(i), -np.inf) for i in candidates])
-        return candidates[np.argsort(-score, kind="stable")]
-    raise ValueError(f"unknown backfill order {order!r}")
+    ordered = np.asarray(BACKFILL_ORDERS.get(order)(candidates, gallery=gallery, rng=rng, uncertainty=uncertainty), dtype=np.int64)
+    if len(ordered) != len(candidates) or not np.array_equal(np.sort(ordered), candidates):
+        raise UserError(f"backfill order {order!r} returned {len(ordered)} item ids that are not a reordering of its {len(candidates)} candidates")
+    return ordered
 
 
 def plan_backfill(spec, *, gallery, generation: int, rng: np.random.Generator, uncertainty: dict[int, float] | None = None) -> np.ndarray:
-    """The item ids to re-embed with `generation` this session, in order."""
-    if spec.policy == "none":
-        return np.empty(0, np.int64)
+    """The item ids to re-embed with `generation` this session, in order (`spec`: its policy, budget and order)."""
+    policy = BACKFILL_POLICIES.get(spec.policy)
+    chosen = policy(gallery=gallery, generation=generation, budget=spec.budget, order=spec.order, rng=rng, uncertainty=uncertainty)
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def budgeted(*, gallery, generation: int, budget, order: str, rng: np.random.Generator, uncertainty) -> np.ndarray:
+    """The first `budget` stale items in `order` (what partial re-embeds, and transform after mapping)."""
     stale = stale_items(gallery, generation)
-    if spec.policy == "full":
-        return stale
-    if spec.policy == "transform" and spec.budget is None:
-        return np.empty(0, np.int64)
-    count = min(budget_items(spec.budget, gallery_size=len(gallery)), len(stale))
-    return order_items(spec.order, stale, gallery=gallery, rng=rng, uncertainty=uncertainty)[:count]
+    count = min(budget_items(budget, gallery_size=len(gallery)), len(stale))
+    return order_items(order, stale, gallery=gallery, rng=rng, uncertainty=uncertainty)[:count]
+
+
+# -- policies ----------------------------------------------------------------------------------
+
+
+@BACKFILL_POLICIES.register("none")
+def no_backfill(*, gallery, generation, budget, order, rng, uncertainty) -> np.ndarray:
+    return np.empty(0, np.int64)
+
+
+@BACKFILL_POLICIES.register("full")
+def full_backfill(*, gallery, generation, budget, order, rng, uncertainty) -> np.ndarray:
+    return stale_items(gallery, generation)
+
+
+@BACKFILL_POLICIES.register("partial", budget="required")
+def partial_backfill(**arguments) -> np.ndarray:
+    return budgeted(**arguments)
+
+
+@BACKFILL_POLICIES.register("transform", budget="optional", maps=True)
+def transform_then_partial(**arguments) -> np.ndarray:
+    """psi has mapped the stale items already (the engine's transform step); then, with a budget, a partial backfill."""
+    return budgeted(**arguments) if arguments["budget"] is not None else np.empty(0, np.int64)
+
+
+# -- orders ------------------------------------------------------------------------------------
+
+
+@BACKFILL_ORDERS.register("random")
+def random_order(candidates: np.ndarray, *, gallery, rng: np.random.Generator, uncertainty) -> np.ndarray:
+    return candidates[rng.permutation(len(candidates))]
+
+
+@BACKFILL_ORDERS.register("oldest")
+def oldest_first(candidates: np.ndarray, *, gallery, rng: np.random.Generator, uncertainty) -> np.ndarray:
+    generations = gallery.generations()[candidates]
+    return candidates[np.argsort(generations, kind="stable")]
+
+
+@BACKFILL_ORDERS.register("far-from-mean")
+def far_from_mean_first(candidates: np.ndarray, *, gallery, rng: np.random.Generator, uncertainty) -> np.ndarray:
+    """Farthest from its class's mean stored vector first: the items a newer model is likeliest to move."""
+    classes = gallery.class_of(candidates)
+    unique, inverse = np.unique(classes, return_inverse=True)
+    means, _ = gallery.class_means(unique)
+    distance = np.linalg.norm(gallery.vectors(candidates).astype(np.float64) - means[inverse], axis=1)
+    return candidates[np.argsort(-distance, kind="stable")]
+
+
+@BACKFILL_ORDERS.register("uncertainty", needs_uncertainty=True)
+def least_certain_first(candidates: np.ndarray, *, gallery, rng: np.random.Generator, uncertainty) -> np.ndarray:
+    """The items psi mapped with the largest predicted error first (FastFill); unmapped ones last."""
+    if uncertainty is None:
+        raise ValueError("order uncertainty needs the transform's uncertainty of this session")
+    score = np.array([uncertainty.get(int(i), -np.inf) for i in candidates])
+    return candidates[np.argsort(-score, kind="stable")]
 
 
 # -- the transform psi (FCT, Ramanujan et al. 2022; uncertainty as in FastFill, Jaeckle et al. 2023) --

@@ -1,6 +1,7 @@
 """The gallery: Faiss index segments over L2-normalised vectors with stable int64 item ids, plus metadata.
 
-Backends: `flat` (exact), `ivf` (IVF-Flat), `ivfpq` (IVF-PQ), `hnsw`. The items live in
+Index types (`INDEX_TYPES`, a registry: a factory of an empty segment per name): `flat`
+(exact), `ivf` (IVF-Flat), `ivfpq` (IVF-PQ), `hnsw`. The items live in
 segments of at most `segment_size` items: item id `i` is position `i % segment_size` of
 segment `i // segment_size`, so ids are stable and need no id map. A session appends only
 its new items to the newest segment, so an update costs what its new items cost: no list,
@@ -8,12 +9,14 @@ graph or array whose size is the gallery's is ever grown, copied or searched whi
 A search visits every segment and merges their top k. The IVF segments share one coarse
 quantiser, trained once on the first vectors added (or a seeded sample of them). Under
 backfill policy `none` a stored vector never changes; `replace` is the only way one does.
+The gallery takes its index choice as plain values (`IndexSpec`, or anything with its fields).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import faiss
@@ -21,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from cvstream.errors import UserError
+from cvstream.files import atomic_write_bytes, link_or_copy, write_json, write_parquet
+from cvstream.registry import Registry
 
 FORMAT_VERSION = 2
 META_FILE, INFO_FILE = "gallery.parquet", "gallery.json"
@@ -56,10 +61,33 @@ class _Column:
         return self._data[: self.size]
 
 
-def _default_spec():
-    from cvstream.scenario import GallerySpec
+@dataclass(frozen=True)
+class IndexSpec:
+    """The index choice and its parameters (the scenario's `gallery` section has these fields, with their ranges)."""
 
-    return GallerySpec()
+    index: str = "flat"
+    nlist: int = 64
+    nprobe: int = 8
+    pq_m: int = 16
+    pq_bits: int = 8
+    hnsw_m: int = 32
+    ef_construction: int = 40
+    ef_search: int = 64
+    train_size: int | None = None
+    segment_size: int = 131_072
+    gpu: bool = True
+
+    @classmethod
+    def of(cls, spec) -> "IndexSpec":
+        """An IndexSpec from any object with its fields (the scenario's GallerySpec); None: the defaults."""
+        return cls() if spec is None else cls(**{f.name: getattr(spec, f.name) for f in fields(cls)})
+
+
+# Index types: (dim, IndexSpec) -> an empty inner-product Faiss index, one segment (or, for an index that
+# trains, the untrained template whose training every segment shares). `gpu`: whether it may go to the GPU.
+INDEX_TYPES: Registry = Registry("gallery index", attributes={"gpu": True})
+_SHARED_IVF = (faiss.IndexIVFFlat, faiss.IndexIVFPQ)  # segments share the template's quantiser (and PQ codebooks)
+_EXACT = (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexHNSWFlat)  # store exactly what was added
 
 
 def gpu_available() -> bool:
@@ -75,22 +103,25 @@ class Gallery:
     _saved = None
 
     def __init__(self, dim: int, spec=None, *, seed: int = 0):
-        spec = spec if spec is not None else _default_spec()
+        spec = IndexSpec.of(spec)
+        if spec.index not in INDEX_TYPES:
+            raise UserError(f"gallery.index: {INDEX_TYPES.unknown_message(spec.index)}")
         self.dim = dim
-        self._spec_json = spec.model_dump_json()
+        self._spec = spec
         self.index_type = spec.index
         self.segment_size = spec.segment_size
         self.seed = seed
-        _check_spec(dim, spec)
-        self._template = _build_index(dim, spec)  # empty; for ivf and ivfpq, the trained coarse quantiser every segment shares
+        self._factory = INDEX_TYPES.get(spec.index)
+        self._template = self._factory(dim, spec)  # empty; for ivf and ivfpq, the trained coarse quantiser every segment shares
+        self._trains = not self._template.is_trained  # trained once, on the first vectors added
         self.segments: list[faiss.Index] = []
         self._versions = np.zeros(0, dtype=np.int64)  # per segment, bumped at every change (what a cached copy is checked against)
         self._changes = 0  # bumped at every add and replace (what a saved metadata table is checked against)
         self.trained_session = -1  # the session whose vectors trained the coarse quantiser (-1: not yet, or none needed)
         self.trained_vectors = 0
-        self.gpu = bool(spec.gpu and gpu_available() and spec.index != "hnsw")
+        self.gpu = bool(spec.gpu and gpu_available() and self._factory.gpu)
         self.gpu_error = ""
-        self.rebuilds = 0  # hnsw: segment graphs rebuilt because vectors in them were replaced
+        self.rebuilds = 0  # segments rebuilt (hnsw graphs, indexes that cannot replace a vector in place)
         self._sample_ids = _Column(np.int64)
         self._class_ids = _Column(np.int64)
         self._session_added = _Column(np.int64)
@@ -108,17 +139,17 @@ class Gallery:
 
     def require_trainable(self, n_first: int) -> None:
         """Raise a UserError now if the first session's `n_first` vectors cannot train this index."""
-        spec = self.spec
-        if spec.index not in ("ivf", "ivfpq"):
+        spec, template = self.spec, self._template
+        if not self._trains:
             return
         n = min(n_first, spec.train_size) if spec.train_size else n_first
-        if n < spec.nlist:
+        if isinstance(template, faiss.IndexIVF) and n < template.nlist:
             raise UserError(
                 f"gallery: index {spec.index} with nlist = {spec.nlist} needs at least {spec.nlist} vectors to train its "
                 f"coarse quantiser, but the first session adds {n_first} items{' (train_size ' + str(spec.train_size) + ')' if spec.train_size else ''}; "
                 f"lower gallery.nlist or use index: flat"
             )
-        if spec.index == "ivfpq" and n < 2**spec.pq_bits:
+        if isinstance(template, faiss.IndexIVFPQ) and n < 2**spec.pq_bits:
             raise UserError(
                 f"gallery: ivfpq with pq_bits = {spec.pq_bits} needs at least {2 ** spec.pq_bits} training vectors, "
                 f"but the first session adds {n_first}; lower gallery.pq_bits"
@@ -167,13 +198,13 @@ class Gallery:
         self._accumulate(classes, self.vectors(item_ids), sign=-1)
         for number, rows, local in self._by_segment(item_ids):
             segment = self.segments[number]
-            if self.index_type == "flat":
+            if isinstance(segment, faiss.IndexFlat):
                 _stored(segment, self.dim)[local] = vectors[rows]  # in place
-            elif self.index_type in ("ivf", "ivfpq"):
+            elif isinstance(segment, faiss.IndexIVF):
                 segment.update_vectors(local, vectors[rows])
             else:
-                # HNSW cannot unlink a node: rebuild this segment's graph (at most segment_size items).
-                stored = _stored(segment, self.dim).copy()
+                # HNSW cannot unlink a node (nor can most other indexes): rebuild this segment (at most segment_size items).
+                stored = self._segment_vectors(segment)
                 stored[local] = vectors[rows]
                 segment = self._empty_segment()
                 segment.add(stored)
@@ -190,15 +221,13 @@ class Gallery:
             self._transformed_at.values[item_ids] = session
 
     @property
-    def spec(self):
-        from cvstream.scenario import GallerySpec
-
-        return GallerySpec.model_validate_json(self._spec_json)
+    def spec(self) -> IndexSpec:
+        return self._spec
 
     @property
     def lossy(self) -> bool:
-        """Whether the index stores an approximation (PQ codes) of what was added."""
-        return self.index_type == "ivfpq"
+        """Whether the index stores an approximation (PQ codes, say) of what was added."""
+        return not isinstance(self._template, _EXACT)
 
     @property
     def quantizer(self) -> faiss.Index | None:
@@ -218,7 +247,10 @@ class Gallery:
         if self.spec.train_size and self.spec.train_size < n_first:
             rng = np.random.default_rng([self.seed, session, 0x1D3])  # a private generator for the training sample
             sample = vectors[np.sort(rng.choice(n_first, self.spec.train_size, replace=False))]
-        self._template.train(sample)
+        try:
+            self._template.train(sample)
+        except RuntimeError as exc:  # a registered index type Faiss cannot train on these vectors
+            raise UserError(f"gallery: index {self.index_type} cannot be trained on {len(sample)} vectors ({exc})") from None
         self.trained_session, self.trained_vectors = session, int(len(sample))
 
     def _empty_segment(self, taking_over: faiss.Index | None = None) -> faiss.Index:
@@ -226,11 +258,17 @@ class Gallery:
 
         `taking_over`, a deserialised IVF segment with its own copy of the quantiser, hands its
         inverted lists to the new segment, so that a loaded gallery shares one quantiser again.
+        Any other index type's segment is a fresh index, or a copy of the trained template.
         """
-        if not isinstance(self._template, faiss.IndexIVF):
-            return _build_index(self.dim, self.spec)
+        if not isinstance(self._template, _SHARED_IVF):
+            if not self._trains:
+                return self._factory(self.dim, self.spec)
+            segment = faiss.clone_index(self._template)
+            if isinstance(segment, faiss.IndexIVF):
+                segment.set_direct_map_type(faiss.DirectMap.Array)  # for update_vectors
+            return segment
         template, ip = self._template, faiss.METRIC_INNER_PRODUCT
-        if self.index_type == "ivf":
+        if isinstance(template, faiss.IndexIVFFlat):
             segment = faiss.IndexIVFFlat(template.quantizer, self.dim, template.nlist, ip)
         else:
             segment = faiss.IndexIVFPQ(template.quantizer, self.dim, template.nlist, template.pq.M, template.pq.nbits, ip)
@@ -325,11 +363,17 @@ class Gallery:
             return out
         for number, rows, local in self._by_segment(item_ids):
             segment = self.segments[number]
-            if self.index_type in ("flat", "hnsw"):
+            if _flat_storage(segment) is not None:
                 out[rows] = _stored(segment, self.dim)[local]
             else:
                 out[rows] = segment.reconstruct_batch(local)
         return out
+
+    def _segment_vectors(self, segment: faiss.Index) -> np.ndarray:
+        """A copy of all of one segment's stored vectors."""
+        if _flat_storage(segment) is not None:
+            return _stored(segment, self.dim).copy()
+        return segment.reconstruct_n(0, segment.ntotal)
 
     def class_of(self, item_ids: np.ndarray) -> np.ndarray:
         item_ids = np.asarray(item_ids)
@@ -383,7 +427,7 @@ class Gallery:
     def describe(self) -> dict:
         """The index choice as recorded next to the index: type, parameters, how it was trained, its segments."""
         return {
-            "format_version": FORMAT_VERSION, "dim": self.dim, "index": self.index_type, "spec": json.loads(self._spec_json),
+            "format_version": FORMAT_VERSION, "dim": self.dim, "index": self.index_type, "spec": asdict(self._spec),
             "trained": {"session": self.trained_session, "vectors": self.trained_vectors} if self.trained_session >= 0 else None,
             "gpu": self.gpu, "gpu_error": self.gpu_error, "items": len(self), "seed": self.seed, "hnsw_rebuilds": self.rebuilds,
             "segments": [{"file": segment_file(i), "items": int(s.ntotal)} for i, s in enumerate(self.segments)],
@@ -399,8 +443,6 @@ class Gallery:
         own gallery, for a checkpoint) is hard-linked. A session's save thus costs its new
         segment data and the metadata, not the gallery.
         """
-        from cvstream.simulator.outputs import atomic_write_bytes, link_or_copy, write_json, write_parquet
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         here = str(folder.resolve())
@@ -441,8 +483,6 @@ class Gallery:
         as they are (a checkpoint's: exactly the saving run's rounding, and no pass over the
         stored vectors); without them the sums are recomputed from the stored vectors.
         """
-        from cvstream.scenario import GallerySpec
-
         folder = Path(folder)
         missing = [name for name in (INFO_FILE, META_FILE) if not (folder / name).is_file()]
         if missing:
@@ -463,7 +503,7 @@ class Gallery:
             raise UserError(f"{folder}: no saved gallery ({', '.join(missing)} missing)")
         reading = INFO_FILE
         try:
-            gallery = cls(int(info["dim"]), GallerySpec(**info["spec"]), seed=int(info.get("seed", 0)))
+            gallery = cls(int(info["dim"]), IndexSpec(**info["spec"]), seed=int(info.get("seed", 0)))
             reading = META_FILE
             meta = pd.read_parquet(folder / META_FILE)
             segments = []
@@ -505,31 +545,34 @@ class Gallery:
 
     def _check_segments(self, segments: list[faiss.Index], names: list[str]) -> list[str]:
         """What is wrong with deserialised segments for this gallery's dimension, backend and segment size."""
-        kind = {"flat": faiss.IndexFlat, "ivf": faiss.IndexIVFFlat, "ivfpq": faiss.IndexIVFPQ, "hnsw": faiss.IndexHNSW}[self.index_type]
+        kind = type(self._template)
         problems = []
         for number, (segment, name) in enumerate(zip(segments, names)):
             if segment.d != self.dim:
                 problems.append(f"{name} holds {segment.d}-d vectors, {INFO_FILE} says {self.dim}")
             elif not isinstance(segment, kind) or segment.metric_type != faiss.METRIC_INNER_PRODUCT:
                 problems.append(f"{name} is a {type(segment).__name__}, not the inner-product {self.index_type} index {INFO_FILE} names")
-            elif isinstance(segment, faiss.IndexIVF) and segment.nlist != self.spec.nlist:
-                problems.append(f"{name} has {segment.nlist} inverted lists, {INFO_FILE} says nlist = {self.spec.nlist}")
+            elif isinstance(segment, faiss.IndexIVF) and segment.nlist != self._template.nlist:
+                problems.append(f"{name} has {segment.nlist} inverted lists, {INFO_FILE} says nlist = {self._template.nlist}")
             elif number < len(segments) - 1 and segment.ntotal != self.segment_size or segment.ntotal > self.segment_size:
                 problems.append(f"{name} holds {segment.ntotal} items; segments hold {self.segment_size}, the last one at most that")
         return problems
 
     def _adopt(self, segments: list[faiss.Index]) -> None:
         """Take deserialised segments as this gallery's (after a load or a checkpoint restore)."""
-        if isinstance(self._template, faiss.IndexIVF) and segments:
+        if isinstance(self._template, _SHARED_IVF) and segments:
             # A template trained with the first segment's centroids (and codebooks) holds the shared quantiser;
             # every segment hands its inverted lists to a segment built around it.
             first = segments[0]
-            self._template = _build_index(self.dim, self.spec)
+            self._template = self._factory(self.dim, self.spec)
             self._template.quantizer.add(first.quantizer.reconstruct_n(0, first.nlist))
-            if self.index_type == "ivfpq":
+            if isinstance(self._template, faiss.IndexIVFPQ):
                 self._template.pq = first.pq
             self._template.is_trained = True
             segments = [self._empty_segment(taking_over=segment) for segment in segments]
+        elif self._trains and segments:  # any other trained index: the template is the first segment, emptied
+            self._template = faiss.clone_index(segments[0])
+            self._template.reset()
         self.segments = segments
         self._versions = np.zeros(len(segments), dtype=np.int64)
         self._gpu = self._saved = None
@@ -557,9 +600,16 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def _flat_storage(segment: faiss.Index) -> faiss.IndexFlat | None:
+    """The flat index that holds a flat or HNSW-Flat segment's vectors; None for any other index."""
+    if isinstance(segment, faiss.IndexHNSW):
+        segment = faiss.downcast_index(segment.storage)
+    return segment if isinstance(segment, faiss.IndexFlat) else None
+
+
 def _stored(segment: faiss.Index, dim: int) -> np.ndarray:
-    """The float vectors of a flat or HNSW segment, in place (writable)."""
-    flat = faiss.downcast_index(segment.storage) if isinstance(segment, faiss.IndexHNSW) else segment
+    """The float vectors of a flat or HNSW-Flat segment, in place (writable)."""
+    flat = _flat_storage(segment)
     return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * dim).reshape(flat.ntotal, dim)
 
 
@@ -568,28 +618,36 @@ def _merge(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.nd
     return faiss.merge_knn_results(np.stack([first[0], second[0]]), np.stack([first[1], second[1]]), keep_max=True)
 
 
-def _check_spec(dim: int, spec) -> None:
-    if spec.index == "ivfpq" and dim % spec.pq_m:
+# -- index types ----------------------------------------------------------------------------
+
+
+@INDEX_TYPES.register("flat")
+def flat(dim: int, spec: IndexSpec) -> faiss.Index:
+    return faiss.IndexFlatIP(dim)
+
+
+@INDEX_TYPES.register("hnsw", gpu=False)
+def hnsw(dim: int, spec: IndexSpec) -> faiss.Index:
+    index = faiss.IndexHNSWFlat(dim, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = spec.ef_construction
+    index.hnsw.efSearch = spec.ef_search
+    return index
+
+
+@INDEX_TYPES.register("ivf")
+def ivf(dim: int, spec: IndexSpec) -> faiss.Index:
+    return _coarse(faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, spec.nlist, faiss.METRIC_INNER_PRODUCT), spec)
+
+
+@INDEX_TYPES.register("ivfpq")
+def ivfpq(dim: int, spec: IndexSpec) -> faiss.Index:
+    if dim % spec.pq_m:
         raise UserError(f"gallery: pq_m = {spec.pq_m} must divide model.embedding_dim = {dim}")
+    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, spec.nlist, spec.pq_m, spec.pq_bits, faiss.METRIC_INNER_PRODUCT)
+    return _coarse(index, spec)
 
 
-def _build_index(dim: int, spec) -> faiss.Index:
-    """An empty segment (flat, hnsw) or the untrained template of the IVF segments."""
-    ip = faiss.METRIC_INNER_PRODUCT
-    if spec.index == "flat":
-        return faiss.IndexFlatIP(dim)
-    if spec.index == "hnsw":
-        hnsw = faiss.IndexHNSWFlat(dim, spec.hnsw_m, ip)
-        hnsw.hnsw.efConstruction = spec.ef_construction
-        hnsw.hnsw.efSearch = spec.ef_search
-        return hnsw
-    quantizer = faiss.IndexFlatIP(dim)
-    if spec.index == "ivf":
-        index = faiss.IndexIVFFlat(quantizer, dim, spec.nlist, ip)
-    elif spec.index == "ivfpq":
-        index = faiss.IndexIVFPQ(quantizer, dim, spec.nlist, spec.pq_m, spec.pq_bits, ip)
-    else:
-        raise ValueError(f"unsupported index {spec.index!r}")
+def _coarse(index: faiss.IndexIVF, spec: IndexSpec) -> faiss.IndexIVF:
     index.cp.spherical = True  # unit vectors: centroids on the sphere suit inner-product search
     index.nprobe = min(spec.nprobe, spec.nlist)
     return index

@@ -18,10 +18,12 @@ import numpy as np
 from cvstream.registry import Registry
 from cvstream.sessions.streams import equal_shares
 
-REPLAY_SELECTIONS: Registry = Registry("replay selection", attributes={"quotas": "equal"})
+# `embeds`: the selection reads the exemplars' embeddings by the current generation, so the engine re-embeds
+# the buffer before each update (herding, as the CVS code does); other selections keep their stored vectors.
+REPLAY_SELECTIONS: Registry = Registry("replay selection", attributes={"quotas": "equal", "embeds": False})
 
 
-@REPLAY_SELECTIONS.register("herding")
+@REPLAY_SELECTIONS.register("herding", embeds=True)
 def herding(vectors: np.ndarray, m: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """iCaRL herding: indices, in selection order, whose running mean best tracks the class mean."""
     n = len(vectors)

@@ -1,6 +1,7 @@
 """`cvstream compare`: the same scenario, stream and seed under several backfill policies, side by side.
 
-A variant is written `none`, `full`, `partial:BUDGET[:ORDER]` or `transform[:BUDGET[:ORDER]]`;
+A variant is written `POLICY[:BUDGET[:ORDER]]` with a registered backfill policy and order
+(`none`, `full`, `partial:BUDGET[:ORDER]`, `transform[:BUDGET[:ORDER]]`, and any a plugin adds);
 BUDGET is a fraction (`0.25`) or a count (`100`). Each variant runs into its own folder;
 `comparison.parquet` holds one row per variant, `backfill_curve.parquet` the curve measured
 on the `none` variant (or the first one).
@@ -16,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from cvstream.errors import UserError
+from cvstream.gallery.backfill import BACKFILL_ORDERS, BACKFILL_POLICIES, backfill_problem
 from cvstream.simulator.costs import project_costs
 
-ORDERS = ("random", "oldest", "far-from-mean", "uncertainty")
 COMPARISON_COLUMNS = [
     "variant", "policy", "budget", "order", "ar@1", "last_r@1_old", "last_r@1_new", "last_r@1_all", "last_map@r",
     "backbone_forwards", "backfill_forwards", "transform_forwards", "seconds", "projected_gallery", "projected_hours", "run_dir",
@@ -42,24 +43,27 @@ class Variant:
 
 
 def parse_variants(text: str) -> list[Variant]:
-    """`none,full,partial:0.25:random,transform` -> variants; a malformed one is a UserError."""
+    """`none,full,partial:0.25:random,transform` -> variants; a malformed one is a UserError.
+
+    The policies, which of them take a budget, and the orders are the registries' (a plugin's count)."""
     variants = []
     for raw in [part.strip() for part in text.split(",")]:
         if not raw:
             raise UserError(f"--backfill {text!r}: an empty variant between commas")
         policy, *rest = raw.split(":")
-        if policy in ("none", "full") and not rest:
-            variants.append(Variant(raw, policy))
-            continue
-        if policy not in ("partial", "transform") or len(rest) > 2 or (policy == "partial" and not rest):
+        takes_budget = BACKFILL_POLICIES.get(policy).budget != "never" if policy in BACKFILL_POLICIES else False
+        if policy not in BACKFILL_POLICIES or len(rest) > 2 or (rest and not takes_budget):
             raise UserError(
-                f"--backfill: {raw!r} is not a variant; write none, full, partial:BUDGET[:ORDER] or transform[:BUDGET[:ORDER]] "
-                f"(BUDGET a fraction in (0, 1] or a count >= 1, ORDER one of {', '.join(ORDERS)})"
+                f"--backfill: {raw!r} is not a variant; write {_forms()} "
+                f"(BUDGET a fraction in (0, 1] or a count >= 1, ORDER one of {', '.join(BACKFILL_ORDERS.names())})"
             )
         budget = _budget(rest[0], raw) if rest else None
         order = rest[1] if len(rest) > 1 else "random"
-        if order not in ORDERS:
-            raise UserError(f"--backfill: {raw!r}: unknown order {order!r}; allowed: {', '.join(ORDERS)}")
+        if order not in BACKFILL_ORDERS:
+            raise UserError(f"--backfill: {raw!r}: {BACKFILL_ORDERS.unknown_message(order)}")
+        problem = backfill_problem(policy, budget, order)
+        if problem:
+            raise UserError(f"--backfill: {raw!r}: {problem}")
         variants.append(Variant(raw, policy, budget, order))
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
@@ -67,14 +71,18 @@ def parse_variants(text: str) -> list[Variant]:
     return variants
 
 
+def _forms() -> str:
+    """How each registered policy is written as a variant."""
+    shape = {"never": "{}", "optional": "{}[:BUDGET[:ORDER]]", "required": "{}:BUDGET[:ORDER]"}
+    forms = [shape.get(BACKFILL_POLICIES.get(name).budget, "{}").format(name) for name in BACKFILL_POLICIES.names()]
+    return f"{', '.join(forms[:-1])} or {forms[-1]}"
+
+
 def _budget(text: str, raw: str) -> int | float:
     try:
-        value: int | float = int(text) if text.strip().lstrip("+-").isdigit() else float(text)
+        return int(text) if text.strip().lstrip("+-").isdigit() else float(text)
     except ValueError:
         raise UserError(f"--backfill: {raw!r}: budget {text!r} is not a number") from None
-    if isinstance(value, float) and not 0 < value <= 1 or isinstance(value, int) and value < 1:
-        raise UserError(f"--backfill: {raw!r}: budget {text} is outside its range (a fraction in (0, 1] or a count >= 1)")
-    return value
 
 
 def summarize(result, variant: Variant, *, gallery_items: int, seconds_per_forward: float | None = None) -> dict:

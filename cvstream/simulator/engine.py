@@ -21,7 +21,8 @@ import torch
 
 from cvstream.errors import UserError
 from cvstream.gallery import Gallery, ReplayBuffer
-from cvstream.gallery.backfill import fit_transform, order_items, plan_backfill, stale_items, transform_pairs
+from cvstream.gallery.backfill import BACKFILL_POLICIES, fit_transform, order_items, plan_backfill, stale_items, transform_pairs
+from cvstream.gallery.replay import REPLAY_SELECTIONS
 from cvstream.models import build_method, build_model
 from cvstream.models.methods.base import TrainContext
 from cvstream.models.trainer import embed, train_session
@@ -365,7 +366,7 @@ class Simulator:
         gallery_ids, vectors = fresh
         train_mask = np.isin(gallery_ids, session.train_ids)
         unindexed = np.setdiff1d(session.train_ids, gallery_ids)  # arrivals that are training-only, if any
-        exemplars = replay.class_samples() if replay.selection == "herding" else {}
+        exemplars = replay.class_samples() if REPLAY_SELECTIONS.get(replay.selection).embeds else {}
         to_embed = np.concatenate([unindexed, *exemplars.values()]).astype(np.int64)
         embedded = self.embed(to_embed) if len(to_embed) else np.empty((0, vectors.shape[1]), np.float32)
         ids = np.concatenate([gallery_ids[train_mask], unindexed])
@@ -386,7 +387,8 @@ class Simulator:
         """FCT: learn psi (stored -> current generation) on items embedded by both, map the other stale items.
         Returns psi's predicted error per mapped item (the `uncertainty` backfill order), or None."""
         spec, gallery = self.scenario.backfill, self.state.gallery
-        stale = stale_items(gallery, self.generation) if spec.policy == "transform" else np.empty(0, np.int64)
+        maps = BACKFILL_POLICIES.get(spec.policy).maps
+        stale = stale_items(gallery, self.generation) if maps else np.empty(0, np.int64)
         if len(stale) == 0:
             return Outcome(generation=self.generation, detail={"policy": spec.policy, "mapped": 0}), None
         clock = time.perf_counter()
@@ -408,7 +410,7 @@ class Simulator:
         mapped, variance = fitted.apply(gallery.vectors(rest))
         gallery.replace(rest, mapped, session=t, transformed=True)
         detail = {
-            "policy": "transform", "pairs": int(len(pairs)), "mapped": int(len(rest)), "psi_train_seconds": fitted.seconds,
+            "policy": spec.policy, "pairs": int(len(pairs)), "mapped": int(len(rest)), "psi_train_seconds": fitted.seconds,
             "apply_seconds": time.perf_counter() - applying,  # what grows with the gallery; the rest is a fixed cost per update
         }
         if held.any():

@@ -17,6 +17,7 @@ from cvstream.simulator.search import top_classes
 from cvstream.simulator.metrics import (
     METRICS,
     area_under_curve,
+    neighbors_needed_by,
     forgetting,
     mean_over_sessions,
     negative_flips,
@@ -24,17 +25,19 @@ from cvstream.simulator.metrics import (
 )
 
 
-def neighbors_needed(query_classes: np.ndarray, gallery, *, recall_at: list[int], map_at_r: bool) -> int:
-    """How many neighbours the metrics need: the largest K, and the largest R for mAP@R."""
+def neighbors_needed(query_classes: np.ndarray, gallery, *, recall_at: list[int], map_at_r: bool, metrics=()) -> int:
+    """How many neighbours the metrics need: the largest K, the largest R for mAP@R, and what registered metrics read."""
     relevant = gallery.class_counts(query_classes)
-    return max(max(recall_at), int(relevant.max()) if map_at_r and len(relevant) else 0)
+    return max(neighbors_needed_by([*(["map@r"] if map_at_r else []), *metrics], relevant), max(recall_at))
 
 
-def score_queries(vectors: np.ndarray, query_classes: np.ndarray, gallery, *, recall_at: list[int], map_at_r: bool) -> dict[str, np.ndarray]:
-    """Per-query values of every metric (`recall@k`, `map@r`) against a gallery."""
-    k = neighbors_needed(query_classes, gallery, recall_at=recall_at, map_at_r=map_at_r)
+def score_queries(
+    vectors: np.ndarray, query_classes: np.ndarray, gallery, *, recall_at: list[int], map_at_r: bool, metrics=()
+) -> dict[str, np.ndarray]:
+    """Per-query values of every metric (`recall@k`, `map@r`, the registered `metrics`) against a gallery."""
+    k = neighbors_needed(query_classes, gallery, recall_at=recall_at, map_at_r=map_at_r, metrics=metrics)
     _, item_ids = gallery.search(vectors, k)
-    return score_neighbors(item_ids, query_classes, gallery, recall_at=recall_at, map_at_r=map_at_r)
+    return score_neighbors(item_ids, query_classes, gallery, recall_at=recall_at, map_at_r=map_at_r, metrics=metrics)
 
 
 def score_neighbors(
@@ -165,7 +168,9 @@ class Evaluator:
         rows: list[dict] = []
         if len(query_ids) and len(gallery):
             recall_at = sorted(set(self.spec.recall_at) | {1})  # R@1 feeds forgetting and negative flips
-            per_query = score_queries(vectors, query_classes, gallery, recall_at=recall_at, map_at_r=self.spec.map_at_r)
+            per_query = score_queries(
+                vectors, query_classes, gallery, recall_at=recall_at, map_at_r=self.spec.map_at_r, metrics=self.spec.metrics
+            )
             main = {name: mask for name, mask in subsets.items() if not name.startswith("home:")}
             rows += [{**r, **mixed} for r in aggregate(per_query, main)]
             rows += [{**r, **mixed} for r in self._history_rows(session, per_query, subsets)]

@@ -4,11 +4,23 @@
 (-1 where the gallery had fewer items than asked for). A compatibility matrix `C` is a
 (G, G) array, `C[i, j]` the R@1 of generation-i queries against a gallery embedded by
 generation j, NaN where `i < j` or not measured.
+
+`METRICS` holds the per-query metrics computed from the neighbours besides recall@K (which
+`evaluation.recall_at` parametrises): each is `(neighbor_classes, query_classes, relevant)
+-> one float64 per query` (NaN: not defined for that query; the mean skips it), `relevant`
+being the number of gallery items of the query's class, and declares how many `neighbors`
+it reads: a count, or "relevant" (R, as mAP@R). `evaluation.metrics` names the ones a run
+computes (mAP@R has its own key, `evaluation.map_at_r`); their rows land in metrics.parquet
+with recall@K's.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from cvstream.registry import Registry
+
+METRICS: Registry = Registry("metric", attributes={"neighbors": "relevant"})
 
 
 def recall_at_k(neighbor_classes: np.ndarray, query_classes: np.ndarray, k: int) -> np.ndarray:
@@ -17,6 +29,7 @@ def recall_at_k(neighbor_classes: np.ndarray, query_classes: np.ndarray, k: int)
     return hits.any(axis=1).astype(np.float64)
 
 
+@METRICS.register("map@r", neighbors="relevant")
 def average_precision_at_r(neighbor_classes: np.ndarray, query_classes: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     """Per query: AP@R = (1/R) sum_{i<=R} P(i) rel(i), R = the number of gallery items of its class.
 
@@ -32,6 +45,15 @@ def average_precision_at_r(neighbor_classes: np.ndarray, query_classes: np.ndarr
     with np.errstate(invalid="ignore", divide="ignore"):
         ap = (precision * rel).sum(axis=1) / relevant
     return np.where(relevant > 0, ap, np.nan)
+
+
+def neighbors_needed_by(names: list[str] | tuple[str, ...], relevant: np.ndarray) -> int:
+    """How many neighbours the metrics `names` read: the largest count they declare, and max(R) for "relevant"."""
+    needed = [METRICS.get(name).neighbors for name in names]
+    counts = [int(n) for n in needed if n != "relevant"]
+    if "relevant" in needed and len(relevant):
+        counts.append(int(np.max(relevant)))
+    return max(counts, default=0)
 
 
 def negative_flips(previous_correct: np.ndarray, current_correct: np.ndarray) -> np.ndarray:

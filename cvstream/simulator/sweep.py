@@ -6,6 +6,8 @@ Ray tasks when `ray` is importable (the optional extra `ray`). Whatever ran them
 driver writes one Parquet dataset per table, `metrics/` and `costs/` (a file per run,
 with the sweep's columns), and `runs.parquet`, so pandas, DuckDB or Polars read a sweep
 as one table. Runs whose files exist are skipped, so an interrupted sweep continues.
+Plugin files (`plugins=`, `cvstream sweep --plugin FILE`) travel with every task by path and
+are loaded in the worker before its scenario is read, so a Ray worker needs to see the file.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class RunTask:
     run: SweepRun
     run_dir: str
     data_root: str | None
+    plugins: tuple[str, ...] = ()  # plugin files (absolute paths), loaded by the worker first
 
 
 def load_sweep(path: str | Path) -> tuple[SweepSpec, list[SweepRun]]:
@@ -142,11 +145,13 @@ def _describe(run: SweepRun) -> str:
 
 def execute(task: RunTask) -> dict[str, Any]:
     """Run one combination to its end; the result's tables come back as DataFrames (or the error)."""
+    from cvstream.plugins import load_plugins
     from cvstream.scenario import Scenario
     from cvstream.simulator.engine import Simulator
 
     clock = time.perf_counter()
     try:
+        load_plugins(task.plugins)  # a Ray worker is a fresh process: what the driver loaded, it loads too
         scenario = Scenario.from_yaml(task.run.scenario, overrides=task.run.overrides)
         result = Simulator(scenario, out_dir=task.run_dir, data_root=task.data_root).run()
     except Exception as exc:  # one failed run must not lose the others; its error is recorded
@@ -208,18 +213,24 @@ def run_sweep(
     data_root: str | Path | None = None,
     engine: str | None = None,
     on_run: Callable[[SweepRun, dict], None] | None = None,
+    plugins: list[str | Path] | tuple[str | Path, ...] = (),
 ) -> SweepResult:
-    """Run every combination not already in `out_dir`; write metrics/, costs/ and runs.parquet."""
+    """Run every combination not already in `out_dir`; write metrics/, costs/ and runs.parquet.
+    `plugins`: plugin files, loaded here (before the runs' scenarios are checked) and in every task."""
+    from cvstream.plugins import load_plugins
+
+    plugin_files = tuple(str(Path(p).expanduser().resolve()) for p in plugins)
+    load_plugins(plugin_files)
     spec, runs = load_sweep(path)
     chosen = choose_engine(engine or spec.engine)
     out = Path(out_dir)
     for folder in ("runs", "metrics", "costs"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    write_json(out / "sweep.json", {"sweep": spec.model_dump(mode="json"), "file": str(Path(path).resolve()),
+    write_json(out / "sweep.json", {"sweep": spec.model_dump(mode="json"), "file": str(Path(path).resolve()), "plugins": list(plugin_files),
                                     "runs": [{"index": r.index, "scenario": r.scenario, "overrides": list(r.overrides), "labels": r.labels} for r in runs]})
     previous = _read_runs(out)
     rows = {int(r["run_index"]): r for r in previous if r["status"] == "completed" and _has_files(out, int(r["run_index"]))}
-    todo = [RunTask(run=r, run_dir=str(out / "runs" / _folder(r)), data_root=str(data_root) if data_root else None)
+    todo = [RunTask(run=r, run_dir=str(out / "runs" / _folder(r)), data_root=str(data_root) if data_root else None, plugins=plugin_files)
             for r in runs if r.index not in rows]
     for task in todo:
         _clear(Path(task.run_dir))  # a run that died half-way starts again from its beginning

@@ -49,13 +49,19 @@ def test_order_far_from_mean_uses_the_stored_vectors():
     assert list(ordered) == [3, 1, 4, 0]
 
 
-def test_order_random_is_a_seeded_permutation():
-    gallery = hand_made()
+def test_order_random_is_a_permutation_of_the_stale_items_fixed_by_the_seed():
+    gallery = Gallery(2)
+    generations = np.arange(60) % 3  # 40 of the 60 items are stale for generation 2
+    for item, g in enumerate(generations):
+        gallery.add(np.array([[1.0, 0.0]], np.float32), sample_ids=np.array([item]), class_ids=np.array([item % 2]), session=g, generation=g)
     stale = stale_items(gallery, 2)
-    first = order_items("random", stale, gallery=gallery, rng=np.random.default_rng(5))
-    again = order_items("random", stale, gallery=gallery, rng=np.random.default_rng(5))
-    assert sorted(first) == list(stale) and list(first) == list(again)
-    assert list(first) == list(stale[np.random.default_rng(5).permutation(4)])
+
+    def ordered(seed: int) -> list[int]:
+        return order_items("random", stale, gallery=gallery, rng=np.random.default_rng(seed)).tolist()
+
+    assert len(stale) == 40 and sorted(ordered(5)) == stale.tolist()  # every stale item once, no fresh one
+    assert ordered(5) == ordered(5)  # the seed decides the order
+    assert ordered(5) != ordered(6) and ordered(5) != stale.tolist()  # ... and it is not the id order
 
 
 def test_order_uncertainty_puts_the_least_certain_mapping_first():

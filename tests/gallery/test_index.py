@@ -293,3 +293,54 @@ def test_segments_that_do_not_fit_the_saved_description_are_a_user_error(tmp_pat
     faiss.write_index(faiss.IndexFlatIP(DIM * 2), str(tmp_path / "gallery-0001.faiss"))
     with pytest.raises(UserError, match="holds 32-d vectors, gallery.json says 16"):
         Gallery.load(tmp_path)
+
+
+@pytest.fixture
+def index_types():
+    """INDEX_TYPES, restored after the test (what it registers is gone again)."""
+    from cvstream.gallery.index import INDEX_TYPES
+
+    held = INDEX_TYPES.snapshot()
+    yield INDEX_TYPES
+    INDEX_TYPES.restore(held)
+
+
+def test_a_registered_index_type_grows_replaces_and_reloads_through_the_generic_paths(index_types, tmp_path):
+    import faiss
+
+    @index_types.register("sq-fp16", gpu=False)
+    def half_precision(dim, spec):  # lossy, needs no training, cannot replace in place
+        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+
+    @index_types.register("pq")
+    def product_quantised(dim, spec):  # trains once, on the first session, without an inverted file
+        return faiss.IndexPQ(dim, spec.pq_m, spec.pq_bits, faiss.METRIC_INNER_PRODUCT)
+
+    rng = np.random.default_rng(0)
+    for name, spec in [("sq-fp16", GallerySpec(index="sq-fp16", segment_size=50)), ("pq", GallerySpec(index="pq", pq_m=4, pq_bits=4, segment_size=50))]:
+        gallery = Gallery(DIM, spec)
+        assert gallery.lossy and not (name == "sq-fp16" and gallery.gpu)  # gpu=False keeps it on the CPU
+        first, second = unit(rng, 60), unit(rng, 60)
+        gallery.add(first, sample_ids=np.arange(60), class_ids=np.arange(60) % 3, session=0, generation=0)
+        gallery.add(second, sample_ids=np.arange(60, 120), class_ids=np.arange(60) % 3, session=1, generation=1)
+        assert [s.ntotal for s in gallery.segments] == [50, 50, 20]
+        assert gallery.trained_session == (0 if name == "pq" else -1)
+        tolerance = 1e-3 if name == "sq-fp16" else 0.5
+        np.testing.assert_allclose(gallery.vectors(np.arange(60)), first, atol=tolerance)
+        # a replacement rebuilds the segments it touches and keeps the class sums those of the stored vectors
+        new = unit(rng, 3)
+        gallery.replace(np.array([3, 55, 110]), new, session=1, generation=1)
+        np.testing.assert_allclose(gallery.vectors(np.array([3, 55, 110])), new, atol=tolerance)
+        assert gallery.rebuilds == 3
+        np.testing.assert_allclose(gallery.class_means(np.arange(3))[0], recomputed_means(gallery, np.arange(3)), atol=1e-5)
+        gallery.save(tmp_path / name)
+        loaded = Gallery.load(tmp_path / name)
+        queries = unit(rng, 10)
+        assert np.array_equal(loaded.search(queries, 5)[1], gallery.search(queries, 5)[1])
+        loaded.add(unit(rng, 40), sample_ids=np.arange(120, 160), class_ids=np.arange(40) % 3, session=2, generation=2)
+        assert [s.ntotal for s in loaded.segments] == [50, 50, 50, 10] and loaded.trained_session == gallery.trained_session
+
+
+def test_an_unknown_index_type_names_the_allowed_ones():
+    with pytest.raises(UserError, match=r"gallery.index: unknown gallery index 'annoy'; allowed: flat, hnsw, ivf, ivfpq"):
+        Gallery(DIM, GallerySpec.model_construct(**{**GallerySpec().model_dump(), "index": "annoy"}))
