@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -81,11 +82,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 
+# Where output goes to a file, a log or CI, rich would fall back to 80 columns and cut table headers to dots;
+# there the tables get this width instead (COLUMNS, where set, still wins).
+LOG_WIDTH = 200
+
+
+def make_console(*, stderr: bool = False, **kwargs) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    if "width" not in kwargs and "COLUMNS" not in os.environ and not stream.isatty():
+        kwargs["width"] = LOG_WIDTH
+    return Console(stderr=stderr, **kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    console = Console()
-    err = Console(stderr=True)
+    console = make_console()
+    err = make_console(stderr=True)
     commands = {"validate": _validate, "run": _run, "stream": _stream, "compare": _compare, "report": _report, "sweep": _sweep}
     try:
         from cvstream.plugins import load_plugins
@@ -180,13 +193,13 @@ def _run(args, console: Console) -> int:
         scenario = _load(args)
         shard = from_environment(scenario.device)  # under torchrun: each session's training is split across the processes
         leader = shard is None or shard.leader
-        console = console if leader else Console(quiet=True)  # one process writes the run's files and prints
+        console = console if leader else make_console(quiet=True)  # one process writes the run's files and prints
         sim = Simulator(scenario, out_dir=args.out, data_root=args.data_root, progress=progress and leader, write=leader, shard=shard)
     console.print(f"run {sim.run_id}: {scenario.name}, {len(sim.stream)} sessions, method {scenario.method.name} -> {sim.run_dir}")
     try:
         result = sim.run()
     except KeyboardInterrupt:
-        Console(stderr=True).print(
+        make_console(stderr=True).print(
             f"interrupted; the files of completed sessions are kept in {sim.run_dir}.\nresume with: cvstream run --resume {sim.run_dir}",
             soft_wrap=True, highlight=False,
         )

@@ -62,3 +62,16 @@ def test_override_from_the_command_line_is_validated(tmp_path, capsys):
     path = write_scenario(tmp_path, tiny_dict())
     assert main(["validate", str(path), "--set", "training.epochs=-1"]) == 2
     assert "training.epochs" in capsys.readouterr().err
+
+
+def test_tables_printed_into_a_log_keep_their_headers(tmp_path, capsys, monkeypatch):
+    """Not a terminal (here: captured, as in CI or `> log`): rich must not cut the headers to dots."""
+    from conftest import tiny_dict, write_scenario
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    path = write_scenario(tmp_path, tiny_dict())
+    assert main(["stream", str(path), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    for header in ("new classes", "old present", "future present", "training samples", "off-home share", "queries"):
+        assert header in out
