@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator, model_validator
 
 from cvstream.errors import ScenarioError
 from cvstream.gallery.index import IndexSpec
@@ -233,10 +233,31 @@ class Scenario(_Section):
         for item in overrides:
             apply_override(data, item, source=source)
         fields = dict(data)
+        problems: list[ScenarioError] = []  # every problem of the file goes into the one message (SPEC section 8)
         for key, discriminator in _COMPONENT_KEYS.items():
             if key not in fields:
-                raise ScenarioError(f"missing section; it needs at least {{{discriminator}: ...}}", source=source, key_path=key)
-            fields[key] = _component(key, discriminator, fields[key], source=source)
+                problems.append(ScenarioError(f"missing section; it needs at least {{{discriminator}: ...}}", source=source, key_path=key))
+                continue
+            try:
+                fields[key] = _component(key, discriminator, fields[key], source=source)
+            except ScenarioError as exc:
+                problems.append(exc)
+        if problems:  # the other sections can still be checked on their own; cross-section rules need them all
+            for key, value in fields.items():
+                if key in _COMPONENT_KEYS:
+                    continue
+                if key not in cls.model_fields:
+                    allowed = sorted(cls.model_fields)
+                    close = difflib.get_close_matches(str(key), allowed, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    problems.append(ScenarioError(f"unknown key{hint}; allowed keys: {', '.join(allowed)}", source=source, key_path=str(key)))
+                    continue
+                section = cls.model_fields[key].annotation
+                try:
+                    TypeAdapter(section).validate_python(value)
+                except ValidationError as exc:
+                    problems.append(_scenario_error(exc, source=source, model=section, prefix=(key,)))
+            raise _joined(problems, source=source)
         try:
             scenario = cls.model_validate(fields)
         except ValidationError as exc:
@@ -321,6 +342,14 @@ def _scenario_error(exc: ValidationError, *, source: str, model: type[BaseModel]
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
             lines.append(f"{path}: {err['msg']}{shown}")
     return ScenarioError("; ".join(lines), source=source, key_path=first_path)
+
+
+def _joined(problems: list[ScenarioError], *, source: str) -> ScenarioError:
+    """Several problems as one error: each with its key path, in the order found."""
+    if len(problems) == 1:
+        return problems[0]
+    parts = [p.message if not p.key_path or p.message.startswith(p.key_path) else f"{p.key_path}: {p.message}" for p in problems]
+    return ScenarioError("; ".join(parts), source=source, key_path=problems[0].key_path)
 
 
 def _format_loc(loc: tuple) -> str:

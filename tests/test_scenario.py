@@ -101,3 +101,23 @@ def test_the_scenario_takes_the_gallerys_own_index_defaults():
     from cvstream.gallery.index import IndexSpec
 
     assert IndexSpec.of(Scenario.from_dict(tiny_dict()).gallery) == IndexSpec()
+
+
+def test_every_problem_of_a_file_is_in_the_one_message(tmp_path, capsys):
+    """An unknown key, a missing section, a wrong type and a component's unknown key: all four, in one message."""
+    from conftest import tiny_dict, write_scenario
+    from cvstream.cli import main
+
+    data = tiny_dict()
+    del data["method"]
+    data["trainig"] = {"epochs": 2}
+    data["gallery"] = {"indx": "flat"}
+    data["dataset"]["clases"] = 3
+    data["seed"] = "x"
+    assert main(["validate", str(write_scenario(tmp_path, data))]) == 2
+    err = capsys.readouterr().err
+    for expected in ("method: missing section", "trainig: unknown key (did you mean 'training'?)",
+                     "gallery.indx: unknown key (did you mean 'index'?)", "dataset.clases: unknown key (did you mean 'classes'?)",
+                     "seed: Input should be a valid integer"):
+        assert expected in err, expected
+    assert "Traceback" not in err
