@@ -116,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 def _load(args):
     from cvstream.scenario import Scenario
 
-    return Scenario.from_yaml(args.scenario, overrides=args.overrides)
+    scenario = Scenario.from_yaml(args.scenario, overrides=args.overrides)
+    for note in scenario._notes:
+        make_console(stderr=True).print(note, highlight=False)
+    return scenario
 
 
 def _validate(args, console: Console) -> int:

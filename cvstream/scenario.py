@@ -194,6 +194,7 @@ class Scenario(_Section):
     evaluation: EvaluationSpec = EvaluationSpec()
     output: OutputSpec = OutputSpec()
     _source: str = PrivateAttr("scenario")
+    _notes: list[str] = PrivateAttr(default_factory=list)  # what the overrides changed beyond what they named
 
     @property
     def source(self) -> str:
@@ -230,8 +231,7 @@ class Scenario(_Section):
         if not isinstance(data, dict):
             raise ScenarioError(f"the top level must be a mapping of keys, got {type(data).__name__}", source=source)
         data = json.loads(json.dumps(data, default=str))  # a deep copy we may edit
-        for item in overrides:
-            apply_override(data, item, source=source)
+        notes = [note for item in overrides for note in apply_override(data, item, source=source)]
         fields = dict(data)
         problems: list[ScenarioError] = []  # every problem of the file goes into the one message (SPEC section 8)
         for key, discriminator in _COMPONENT_KEYS.items():
@@ -263,6 +263,7 @@ class Scenario(_Section):
         except ValidationError as exc:
             raise _scenario_error(exc, source=source, model=cls) from None
         scenario._source = source
+        scenario._notes = notes
         return scenario
 
     # -- views -------------------------------------------------------------------------
@@ -375,8 +376,9 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return sorted(fields) if fields else []
 
 
-def apply_override(data: dict, item: str, *, source: str = "--set") -> None:
-    """Apply `key.path=value` to a raw scenario mapping; the value is parsed as YAML."""
+def apply_override(data: dict, item: str, *, source: str = "--set") -> list[str]:
+    """Apply `key.path=value` to a raw scenario mapping; the value is parsed as YAML. Returns notes for the user
+    (the keys a change of component dropped)."""
     if "=" not in item:
         raise ScenarioError(f"--set {item!r}: expected key.path=value", source=source)
     path, _, text = item.partition("=")
@@ -399,4 +401,23 @@ def apply_override(data: dict, item: str, *, source: str = "--set") -> None:
                 f"--set {item!r}: {'.'.join(keys[: depth + 1])} is not a mapping", source=source
             )
         node = child
+    notes = _drop_foreign_keys(data, keys, value, item)
     node[keys[-1]] = value
+    return notes
+
+
+def _drop_foreign_keys(data: dict, keys: list[str], value: Any, item: str) -> list[str]:
+    """`--set method.name=bct` on a section written for cvs: drop the keys only the old component takes, and say so."""
+    if len(keys) != 2 or _COMPONENT_KEYS.get(keys[0]) != keys[1] or not isinstance(data.get(keys[0]), dict):
+        return []
+    section, registry = data[keys[0]], _registry_for(keys[0])
+    old = section.get(keys[1])
+    if old == value or not isinstance(old, str) or old not in registry or not isinstance(value, str) or value not in registry:
+        return []
+    taken = set(registry.get(value).Params.model_fields)
+    dropped = sorted(k for k in section if k != keys[1] and k in registry.get(old).Params.model_fields and k not in taken)
+    for k in dropped:
+        del section[k]
+    if not dropped:
+        return []
+    return [f"--set {item}: dropped {', '.join(f'{keys[0]}.{k}' for k in dropped)} ({old}'s parameters, which {value} does not take)"]

@@ -121,3 +121,18 @@ def test_every_problem_of_a_file_is_in_the_one_message(tmp_path, capsys):
                      "seed: Input should be a valid integer"):
         assert expected in err, expected
     assert "Traceback" not in err
+
+
+def test_changing_a_component_by_name_drops_the_old_components_keys(tmp_path, capsys):
+    from conftest import tiny_dict, write_scenario
+    from cvstream.cli import main
+    from cvstream.scenario import Scenario
+
+    data = tiny_dict(method={"name": "cvs", "alpha": 5, "beta": 2, "margin": 0.2, "temperature": 0.1})
+    scenario = Scenario.from_dict(data, overrides=["method.name=bct"])
+    assert scenario.method.name == "bct" and scenario.method.params.temperature == 0.1  # a shared key stays
+    assert scenario._notes == ["--set method.name=bct: dropped method.alpha, method.beta, method.margin "
+                               "(cvs's parameters, which bct does not take)"]
+    assert Scenario.from_dict(data, overrides=["method.alpha=7"])._notes == []  # no name change, nothing dropped
+    assert main(["validate", str(write_scenario(tmp_path, data)), "--set", "method.name=bct"]) == 0
+    assert "dropped method.alpha, method.beta, method.margin" in capsys.readouterr().err
