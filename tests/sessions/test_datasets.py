@@ -163,13 +163,15 @@ def test_fashion_mnist_plain_idx_and_torchvision_folder(tmp_path):
         source("fashion-mnist", tmp_path, tmp_path / "cache2", root="fm").images()
 
 
-def write_image_folder(root: Path, *, classes=("cat", "dog", "owl"), per_class: int = 5, split: bool = False) -> None:
+def write_image_folder(root: Path, *, classes=("cat", "dog", "owl"), per_class: int = 5, split: bool | str = False) -> None:
+    """One folder per class; `split`: True (train/ + test/) or the name of the query folder beside train/."""
     rng = np.random.default_rng(2)
-    for part in (["train", "test"] if split else [""]):
+    query = "test" if split is True else split
+    for part in (["train", query] if split else [""]):
         for c, name in enumerate(classes):
             folder = root / part / name
             folder.mkdir(parents=True, exist_ok=True)
-            for k in range(per_class if part != "test" else 2):
+            for k in range(per_class if part != query else 2):
                 size = (20 + 3 * k, 16 + k)  # sizes differ: image_size makes them one
                 pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{k:04d}.{'png' if k % 2 else 'jpg'}")
@@ -194,6 +196,26 @@ def test_image_folder_train_test_layout_and_a_corrupt_image(tmp_path):
     (tmp_path / "pets" / "train" / "dog" / "0003.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="0003.png"):
         source("image-folder", tmp_path, tmp_path / "cache", root="pets").images()
+
+
+def test_image_folder_imagenet_layout_train_and_val(tmp_path):
+    """root/train/<class>/ and root/val/<class>/ (ImageNet's layout): three classes with a val query split, not two
+    classes named train and val."""
+    write_image_folder(tmp_path / "inet", split="val")
+    labels = source("image-folder", tmp_path, tmp_path / "cache", root="inet").label_set()
+    assert labels.class_names == ("cat", "dog", "owl")
+    assert labels.test_mask.sum() == 6 and all(labels.file_names[i].startswith("val/") for i in np.flatnonzero(labels.test_mask))
+    write_image_folder(tmp_path / "inet", split="test")  # both beside train/: the user says which
+    with pytest.raises(DataError, match="both val/ and test/"):
+        source("image-folder", tmp_path, tmp_path / "cache", root="inet").label_set()
+    chosen = source("image-folder", tmp_path, tmp_path / "cache", root="inet", query_split="test").label_set()
+    assert all(chosen.file_names[i].startswith("test/") for i in np.flatnonzero(chosen.test_mask))
+
+
+def test_image_folder_of_split_names_only_is_refused(tmp_path):
+    write_image_folder(tmp_path / "only" / "train")  # root/train/<class>/ with nothing beside it
+    with pytest.raises(DataError, match="only the folders train, which are split names"):
+        source("image-folder", tmp_path, tmp_path / "cache", root="only").label_set()
 
 
 def test_features_parquet_and_npy(tmp_path):
