@@ -93,3 +93,39 @@ def test_metrics_match_brute_force_on_random_data(seed):
     for k in ks:
         np.testing.assert_array_equal(M.recall_at_k(neighbors, query_classes, k), expected[f"recall@{k}"])
     np.testing.assert_allclose(M.average_precision_at_r(neighbors, query_classes, relevant), expected["map@r"], atol=1e-12)
+
+
+def test_recall_and_map_at_r_agree_with_pytorch_metric_learning():
+    """The field's reference implementation (Musgrave et al.'s AccuracyCalculator) on a case with overlapping
+    classes and unequal class sizes: R@1 is its precision_at_1, mAP@R its mean_average_precision_at_r."""
+    import torch
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    from cvstream.gallery import Gallery
+    from cvstream.scenario import GallerySpec
+    from cvstream.simulator.evaluate import aggregate, score_queries
+
+    rng = np.random.default_rng(7)
+    dim, classes = 16, 9
+    centres = rng.normal(size=(classes, dim))
+    sizes = rng.integers(3, 40, classes)  # unequal R per class
+    gallery_classes = np.repeat(np.arange(classes), sizes)
+    def embed(labels):
+        x = centres[labels] + 1.3 * rng.normal(size=(len(labels), dim))  # noisy: many queries miss, ranks interleave
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    gallery_vectors = embed(gallery_classes)
+    query_classes = rng.integers(0, classes, 300)
+    queries = embed(query_classes)
+
+    gallery = Gallery(dim, GallerySpec(gpu=False))
+    gallery.add(gallery_vectors, sample_ids=np.arange(len(gallery_classes)), class_ids=gallery_classes, session=0, generation=0)
+    per_query = score_queries(queries, query_classes, gallery, recall_at=[1], map_at_r=True)
+    ours = {r["metric"]: r["value"] for r in aggregate(per_query, {"all": np.ones(len(queries), dtype=bool)})}
+
+    theirs = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count").get_accuracy(
+        torch.from_numpy(queries), torch.from_numpy(query_classes), torch.from_numpy(gallery_vectors),
+        torch.from_numpy(gallery_classes), ref_includes_query=False,
+    )
+    assert 0.2 < ours["recall@1"] < 0.9 and 0.05 < ours["map@r"] < 0.8  # non-trivial
+    assert ours["recall@1"] == pytest.approx(theirs["precision_at_1"], abs=1e-6)
+    assert ours["map@r"] == pytest.approx(theirs["mean_average_precision_at_r"], abs=1e-6)
