@@ -16,11 +16,15 @@ class ScenarioError(UserError):
         self.source = source
         self.key_path = key_path
 
-    def __str__(self) -> str:
-        where = self.source or "scenario"
+    @property
+    def located(self) -> str:
+        """The message with its key path in front (unless it starts with it already)."""
         if self.key_path and not self.message.startswith(self.key_path):
-            where = f"{where}: {self.key_path}"
-        return f"{where}: {self.message}"
+            return f"{self.key_path}: {self.message}"
+        return self.message
+
+    def __str__(self) -> str:
+        return f"{self.source or 'scenario'}: {self.located}"
 
 
 class DataError(UserError):

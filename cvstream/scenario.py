@@ -349,8 +349,7 @@ def _joined(problems: list[ScenarioError], *, source: str) -> ScenarioError:
     """Several problems as one error: each with its key path, in the order found."""
     if len(problems) == 1:
         return problems[0]
-    parts = [p.message if not p.key_path or p.message.startswith(p.key_path) else f"{p.key_path}: {p.message}" for p in problems]
-    return ScenarioError("; ".join(parts), source=source, key_path=problems[0].key_path)
+    return ScenarioError("; ".join(p.located for p in problems), source=source, key_path=problems[0].key_path)
 
 
 def _format_loc(loc: tuple) -> str:

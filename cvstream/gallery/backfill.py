@@ -49,14 +49,14 @@ def backfill_problem(policy: str, budget, order: str, *, curve_order: str | None
     if budget is not None:
         if chosen.budget == "never":
             takers = [name for name in BACKFILL_POLICIES.names() if BACKFILL_POLICIES.get(name).budget != "never"]
-            return f"budget applies to policies {_listed(takers, 'and')}, not {policy}"
+            return f"budget applies to policies {listed(takers, 'and')}, not {policy}"
         if isinstance(budget, float) and not 0 < budget <= 1:
             return f"budget {budget} is outside its range: a fraction lies in (0, 1]; a count is a whole number >= 1"
         if isinstance(budget, int) and budget < 1:
             return f"budget {budget} is outside its range: a count is a whole number >= 1; a fraction lies in (0, 1]"
     elif chosen.budget == "required":
         return f"policy {policy} needs a budget (a fraction in (0, 1] or a count >= 1)"
-    mapping = _listed([name for name in BACKFILL_POLICIES.names() if BACKFILL_POLICIES.get(name).maps], "or")
+    mapping = listed([name for name in BACKFILL_POLICIES.names() if BACKFILL_POLICIES.get(name).maps], "or")
     if BACKFILL_ORDERS.get(order).needs_uncertainty and not chosen.maps:
         return f"order {order} ranks items by the transform's uncertainty: it needs policy {mapping}"
     if curve_order is not None and BACKFILL_ORDERS.get(curve_order).needs_uncertainty and not chosen.maps:
@@ -64,7 +64,8 @@ def backfill_problem(policy: str, budget, order: str, *, curve_order: str | None
     return None
 
 
-def _listed(names: list[str], word: str) -> str:
+def listed(names: list[str], word: str) -> str:
+    """`a`, `a and b`, `a, b or c`: names in a message."""
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {word} {names[-1]}"
 
 

@@ -163,26 +163,6 @@ class ReplayBuffer:
             self._store(int(c), samples[members], np.stack([held[i][2] for i in members]))
 
     def state(self) -> dict[str, np.ndarray]:
-        """The buffer as arrays (for a checkpoint): classes, their exemplars in order, their stored vectors."""
-        classes = sorted(self._ids)
-        return {
-            "classes": np.asarray(classes, dtype=np.int64),
-            "counts": np.asarray([len(self._ids[c]) for c in classes], dtype=np.int64),
-            "ids": np.concatenate([self._ids[c] for c in classes]) if classes else np.empty(0, np.int64),
-            "vectors": np.concatenate([self._vectors[c] for c in classes]) if classes else np.empty((0, 0), np.float32),
-            "arrivals_seen": np.asarray(self._arrivals_seen, dtype=np.int64),
-        }
-
-    def restore(self, state: dict[str, np.ndarray]) -> None:
-        """The inverse of `state`, into a buffer of the same size and selection."""
-        bounds = np.concatenate([[0], np.cumsum(state["counts"])])
-        self._ids.clear()
-        self._vectors.clear()
-        for c, a, b in zip(state["classes"].tolist(), bounds[:-1], bounds[1:]):
-            self._store(int(c), state["ids"][a:b].astype(np.int64), state["vectors"][a:b])
-        self._arrivals_seen = int(state["arrivals_seen"])
-
-    def state(self) -> dict[str, np.ndarray]:
         """The buffer as arrays, for a checkpoint: every exemplar's class, sample id and stored vector, in the
         buffer's order, and the arrivals a reservoir has seen."""
         classes = sorted(self._ids)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cvstream.errors import UserError
-from cvstream.gallery.backfill import BACKFILL_ORDERS, BACKFILL_POLICIES, backfill_problem
+from cvstream.gallery.backfill import BACKFILL_ORDERS, BACKFILL_POLICIES, backfill_problem, listed
 from cvstream.simulator.costs import project_costs
 
 COMPARISON_COLUMNS = [
@@ -75,7 +75,7 @@ def _forms() -> str:
     """How each registered policy is written as a variant."""
     shape = {"never": "{}", "optional": "{}[:BUDGET[:ORDER]]", "required": "{}:BUDGET[:ORDER]"}
     forms = [shape.get(BACKFILL_POLICIES.get(name).budget, "{}").format(name) for name in BACKFILL_POLICIES.names()]
-    return f"{', '.join(forms[:-1])} or {forms[-1]}"
+    return listed(forms, "or")
 
 
 def _budget(text: str, raw: str) -> int | float:

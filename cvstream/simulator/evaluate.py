@@ -129,7 +129,6 @@ class Evaluator:
         }
         return cost
 
-
     # -- during training ----------------------------------------------------------------
 
     def anytime(self, *, session: int, step: int, model, images, gallery) -> None:

@@ -21,10 +21,11 @@ def top_classes(queries: np.ndarray, k: int, *, gallery=None, vectors: np.ndarra
         scores.append(stored_scores)
         found.append(np.where(items >= 0, gallery.class_of(np.maximum(items, 0)), -1))
     if vectors is not None and len(vectors):
+        vectors = np.asarray(vectors, dtype=np.float32)  # once, not per block
         m = min(k, len(vectors))
         extra_scores, extra = np.empty((n, m), np.float32), np.empty((n, m), np.int64)
         for start in range(0, n, block):
-            sims = queries[start : start + block].astype(np.float32) @ vectors.astype(np.float32).T
+            sims = queries[start : start + block].astype(np.float32) @ vectors.T
             top = np.argsort(-sims, axis=1, kind="stable")[:, :m] if m > 1 else np.argmax(sims, axis=1)[:, None]
             extra[start : start + block] = top
             extra_scores[start : start + block] = np.take_along_axis(sims, top, axis=1)
