@@ -22,6 +22,7 @@ class Outcome:
     backbone_forwards: int = 0
     transform_forwards: int = 0
     items: int = 0
+    backbone_flops: int = 0  # FLOPs per image of the generation that did the work; the engine counts them for billed steps
     cost_phase: str | None = None  # the costs.parquet phase this step is billed to, if any
     metrics: list[dict] | None = None
     detail: dict | None = None

@@ -172,11 +172,20 @@ def _ray(tasks: list[RunTask], spec: SweepSpec) -> Iterator[tuple[RunTask, dict]
 
     if not ray.is_initialized():
         ray.init(address=spec.ray_address, include_dashboard=False, log_to_driver=False)
-    remote = ray.remote(num_cpus=spec.cpus_per_run)(execute)
+    # A run that kills its worker (out of memory, a crash in native code) would kill the next one too: it is
+    # recorded as failed at once, and a rerun of the sweep tries it again.
+    remote = ray.remote(num_cpus=spec.cpus_per_run, max_retries=0)(execute)
+    submitted = time.perf_counter()
     pending = {remote.remote(task): task for task in tasks}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
-        yield pending.pop(done[0]), ray.get(done[0])
+        task = pending.pop(done[0])
+        try:
+            outcome = ray.get(done[0])
+        except ray.exceptions.RayError as exc:  # the task never returned: its worker died, or Ray lost it
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            outcome = {"status": "failed", "error": f"{type(exc).__name__}: {first_line}", "seconds": time.perf_counter() - submitted}
+        yield task, outcome
 
 
 def ray_available() -> bool:

@@ -12,10 +12,13 @@ import pandas as pd
 
 COLUMNS = {
     "metrics": ["run_id", "session", "query_generation", "gallery_view", "subset", "metric", "value", "n_queries"],
-    "costs": ["run_id", "session", "phase", "backbone_forwards", "transform_forwards", "items", "seconds"],
+    "costs": ["run_id", "session", "phase", "backbone_forwards", "transform_forwards", "items", "seconds", "backbone_flops"],
     "events": ["run_id", "event_index", "session", "kind", "generation", "started_at", "seconds", "detail"],
 }
-INTEGER_COLUMNS = {"session", "query_generation", "n_queries", "event_index", "generation", "backbone_forwards", "transform_forwards", "items"}
+INTEGER_COLUMNS = {"session", "query_generation", "n_queries", "event_index", "generation", "backbone_forwards", "transform_forwards", "items",
+                   "backbone_flops"}
+# Columns added after runs were already written, and the value their older rows get when such a run resumes.
+ADDED_COLUMNS = {"costs": {"backbone_flops": 0}}  # 0: not counted
 
 
 class Tables:
@@ -34,7 +37,7 @@ class Tables:
             self.rows["costs"].append(
                 {"run_id": run_id, "session": event.session, "phase": outcome.cost_phase,
                  "backbone_forwards": outcome.backbone_forwards, "transform_forwards": outcome.transform_forwards,
-                 "items": outcome.items, "seconds": outcome.seconds}
+                 "items": outcome.items, "seconds": outcome.seconds, "backbone_flops": outcome.backbone_flops}
             )
         for row in outcome.metrics or []:
             self.add_metric(run_id, row)
@@ -50,7 +53,7 @@ class Tables:
 
     def restore(self, rows: dict[str, list[dict]]) -> None:
         """Continue a resumed run after the rows of its completed sessions."""
-        self.rows = {name: list(rows.get(name, [])) for name in COLUMNS}
+        self.rows = {name: [{**ADDED_COLUMNS.get(name, {}), **row} for row in rows.get(name, [])] for name in COLUMNS}
         self.commit()
 
     def frame(self, name: str, *, committed_only: bool = True) -> pd.DataFrame:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import yaml
@@ -84,10 +87,48 @@ def test_ray_engine_without_ray_is_a_user_error(tmp_path):
         run_sweep(_files(tmp_path), out_dir=tmp_path / "out", engine="ray")
 
 
+@pytest.fixture
+def ray_session():
+    """One small local Ray cluster for the test (sweep.py joins a running one), shut down after it."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 1024**2)
+    yield ray
+    ray.shutdown()
+
+
+CRASH_PLUGIN = """
+import os
+
+from cvstream.gallery.backfill import BACKFILL_ORDERS
+
+
+@BACKFILL_ORDERS.register("kill-the-worker")
+def kill_the_worker(candidates, *, gallery, rng, uncertainty):
+    os._exit(3)  # as an out-of-memory kill would: the process is gone, no exception comes back
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not ray_available(), reason="ray is not installed (optional extra 'ray')")
-def test_sweep_as_ray_tasks(tmp_path):
-    result = run_sweep(_files(tmp_path), out_dir=tmp_path / "out", engine="ray")
-    assert result.engine == "ray"
-    assert result.runs.status.tolist() == ["completed"] * 4
-    assert read_results(tmp_path / "out").run_index.nunique() == 4
+def test_sweep_as_ray_tasks_reports_failed_runs_and_keeps_the_others(tmp_path, ray_session, capsys, plugin_file):
+    # four tasks on Ray: one fails at run time (its backfill curve asks for a session the stream lacks),
+    # one kills its worker process (a plugin order, unregistered after the test by the plugin_file fixture)
+    plugin = plugin_file(CRASH_PLUGIN, "crash.py")
+    backfill = ["none", {"policy": "none", "curve_session": 9}, "full", {"policy": "partial", "budget": 0.5, "order": "kill-the-worker"}]
+    path = _files(tmp_path, seeds=[1], methods=["finetune"], backfill=backfill, engine="ray")
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--plugin", str(plugin)]) == 1  # failed runs: exit status 1, after every run
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "2 of 4 runs completed (ray)" in printed
+    assert "none(curve_session=9)): failed" in printed and "curve_session = 9" in printed
+    runs = pd.read_parquet(out / "runs.parquet").set_index("backfill")
+    crashed = "partial(budget=0.5,order=kill-the-worker)"
+    assert runs.status.to_dict() == {"none": "completed", "none(curve_session=9)": "failed", "full": "completed", crashed: "failed"}
+    assert runs.loc["none(curve_session=9)", "error"].startswith("UserError") and runs.loc["none", "error"] == ""
+    assert "Worker" in runs.loc[crashed, "error"] or "worker" in runs.loc[crashed, "error"]
+    metrics = read_results(out)
+    assert sorted(metrics.run_index.unique().tolist()) == [0, 2]  # the others' results are all there
+    assert set(metrics.backfill) == {"none", "full"}
+    assert read_results(out, "costs").query("backfill == 'full' and phase == 'backfill'").backbone_forwards.sum() > 0
+    for folder in runs.run_dir[runs.status == "completed"]:  # each ran in a Ray worker, not in this process
+        assert "ray" in json.loads((Path(folder) / "run.json").read_text())["argv"][0]

@@ -1,0 +1,215 @@
+"""`cvstream report --html`: the report as one self-contained page, `report.html`, that opens offline.
+
+Everything is inside the file: the plots as base64 data URIs, the report's tables as HTML
+tables, and per run its metrics per session, its costs, its scenario (from run.json) and,
+when the run folder has a `timeline.parquet`, a summary of it. No script, font or style
+sheet is fetched from anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from rich.table import Table
+from rich.text import Text
+
+STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1d2330;
+       background: #fff; margin: 0 auto; padding: 24px 32px 48px; max-width: 1180px; }
+h1 { font-size: 26px; margin: 0 0 4px; }
+h2 { font-size: 20px; margin: 36px 0 10px; padding-bottom: 4px; border-bottom: 2px solid #d8dde6; }
+h3 { font-size: 16px; margin: 22px 0 8px; }
+nav a { margin-right: 14px; color: #2457a6; text-decoration: none; }
+.meta { color: #5a6272; margin: 0 0 10px; }
+.figures { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
+figure { margin: 0; padding: 8px; border: 1px solid #d8dde6; border-radius: 6px; background: #fafbfd; max-width: 100%; }
+figure img { display: block; max-width: 100%; height: auto; }
+figcaption { font-size: 13px; color: #5a6272; margin-top: 4px; }
+.scroll { overflow-x: auto; margin-bottom: 14px; }
+table { border-collapse: collapse; font-size: 13.5px; font-variant-numeric: tabular-nums; }
+caption { caption-side: top; text-align: left; font-weight: 600; padding: 0 0 6px; white-space: nowrap; }
+.note { font-size: 12.5px; color: #5a6272; margin: 2px 0 0; }
+th, td { border: 1px solid #d8dde6; padding: 4px 9px; white-space: nowrap; }
+th { background: #eef1f6; font-weight: 600; }
+tbody tr:nth-child(even) td { background: #f7f8fb; }
+tr.strong td { font-weight: 700; }
+td.num, th.num { text-align: right; }
+pre { background: #f4f6f9; border: 1px solid #d8dde6; border-radius: 6px; padding: 10px 14px; font-size: 13px;
+      overflow-x: auto; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; font-size: 13.5px; }
+dt { color: #5a6272; }
+dd { margin: 0; }
+"""
+
+
+def write_html(report, runs, path: Path) -> Path:
+    """Write `report` (its tables and PNG files) and the runs' own tables as one page at `path`."""
+    from cvstream.simulator.outputs import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), render(report, runs).encode("utf-8"))
+    return Path(path)
+
+
+def render(report, runs) -> str:
+    """The page, as text: plots, the report's tables, then per run its metrics, costs, timeline and scenario."""
+    images = [Path(f) for f in report.files if Path(f).suffix.lower() == ".png" and Path(f).is_file()]
+    title = "cvstream report: " + ", ".join(r.label for r in runs)
+    body = [
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="meta">{len(runs)} run{"s" if len(runs) != 1 else ""}, written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>',
+        '<nav><a href="#plots">plots</a><a href="#tables">tables</a>'
+        + "".join(f'<a href="#run-{i}">{_e(r.result.run_id)}</a>' for i, r in enumerate(runs)) + "</nav>",
+        '<h2 id="plots">Plots</h2>',
+        '<div class="figures">' + "".join(_figure(p) for p in images) + "</div>" if images else "<p>No plots.</p>",
+        '<h2 id="tables">Tables</h2>',
+        *[rich_table_html(t) for t in report.tables],
+    ]
+    for number, run in enumerate(runs):
+        body.append(_run_section(run, number))
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_e(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _figure(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{_e(path.name)}"><figcaption>{_e(path.name)}</figcaption></figure>'
+
+
+def _plain(value) -> str:
+    """A rich title or cell (markup text, Text, or another renderable) as plain text."""
+    if value is None:
+        return ""
+    if isinstance(value, Text):
+        return value.plain
+    if isinstance(value, str):
+        try:
+            return Text.from_markup(value).plain
+        except Exception:  # not markup after all: show it as it is
+            return value
+    return str(value)
+
+
+def rich_table_html(table: Table) -> str:
+    """A rich Table (what the terminal shows) as an HTML table with its title and caption."""
+    columns = list(table.columns)
+    cells = [[_plain(c) for c in column.cells] for column in columns]
+    numeric = [column.justify == "right" for column in columns]
+    head = "".join(f'<th class="{"num" if n else ""}">{_e(_plain(c.header))}</th>' for c, n in zip(columns, numeric))
+    rows = []
+    for i in range(max((len(c) for c in cells), default=0)):
+        style = table.rows[i].style if i < len(table.rows) else None
+        strong = ' class="strong"' if style is not None and "bold" in str(style) else ""
+        tds = "".join(f'<td class="{"num" if n else ""}">{_e(col[i] if i < len(col) else "")}</td>' for col, n in zip(cells, numeric))
+        rows.append(f"<tr{strong}>{tds}</tr>")
+    caption = f"<caption>{_e(_plain(table.title))}</caption>" if table.title else ""
+    note = f'<p class="note">{_e(_plain(table.caption))}</p>' if table.caption else ""
+    return f'<div class="scroll"><table>{caption}<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>{note}</div>'
+
+
+def frame_html(frame: pd.DataFrame, *, title: str, index: bool = False, decimals: int | None = None) -> str:
+    """A DataFrame as an HTML table: numbers right-aligned, whole numbers with separators, others to 4 significant
+    digits (or `decimals` places)."""
+    if index:
+        frame = frame.reset_index()
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns]
+    head = "".join(f'<th class="{"num" if n else ""}">{_e(c)}</th>' for c, n in zip(frame.columns, numeric))
+    rows = []
+    for values in frame.itertuples(index=False):
+        rows.append("<tr>" + "".join(f'<td class="{"num" if n else ""}">{_e(_number(v, decimals))}</td>' for v, n in zip(values, numeric)) + "</tr>")
+    return (f'<div class="scroll"><table><caption>{_e(title)}</caption><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def _number(value, decimals: int | None = None) -> str:
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        if value != value:
+            return "-"
+        if decimals is not None:
+            return f"{value:.{decimals}f}"
+        if float(value).is_integer() and abs(value) < 1e15:
+            return f"{int(value):,}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def metrics_per_session(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Against the mixed gallery: one row per session and subset (old, new, all), one column per metric."""
+    m = metrics[(metrics.gallery_view == "mixed") & metrics.subset.isin(["old", "new", "all"])]
+    if m.empty:
+        return pd.DataFrame()
+    table = m.pivot_table(index=["session", "subset"], columns="metric", values="value", aggfunc="first")
+    order = {"old": 0, "new": 1, "all": 2}
+    table = table.sort_index(key=lambda level: level.map(order) if level.name == "subset" else level)
+    table.columns.name = None
+    return table[sorted(table.columns, key=_metric_order)]
+
+
+def _metric_order(name: str):
+    """recall@1, recall@2, ..., map@r first, then the others by name (ar@2 before ar@10)."""
+    family, _, k = name.partition("@")
+    rank = {"recall": 0, "map": 1}.get(family, 2)
+    return rank, family, int(k) if k.isdigit() else -1, k
+
+
+def timeline_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Any table, one row per column: its type and, for numbers, first, last, min, mean and max."""
+    rows = []
+    for column in frame.columns:
+        values = frame[column]
+        row = {"column": column, "type": str(values.dtype)}
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values) and len(values):
+            numbers = values.astype(float)
+            row.update(first=numbers.iloc[0], last=numbers.iloc[-1], min=numbers.min(), mean=numbers.mean(), max=numbers.max())
+        else:
+            distinct = values.astype(str).unique()
+            row["values"] = ", ".join(distinct[:6]) + (f", ... ({len(distinct)} distinct)" if len(distinct) > 6 else "")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["column", "type", "first", "last", "min", "mean", "max", "values"])
+
+
+def _run_section(run, number: int) -> str:
+    from cvstream.simulator.outputs import read_parquet
+
+    info, result = run.info, run.result
+    facts = {
+        "run id": result.run_id, "status": info.get("status"), "folder": Path(result.run_dir).resolve(),
+        "sessions": f"{info.get('completed_sessions', '?')} of {info.get('sessions', '?')} completed",
+        "started": info.get("started_at"), "ended": info.get("ended_at"), "device": info.get("device"),
+        "scenario hash": info.get("scenario_hash"), "git commit": info.get("git_commit"),
+        "versions": ", ".join(f"{k} {v}" for k, v in (info.get("versions") or {}).items()),
+    }
+    parts = [
+        f'<h2 id="run-{number}">Run {_e(result.run_id)}: {_e(run.label)}</h2>',
+        "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts.items() if v not in (None, "")) + "</dl>",
+    ]
+    per_session = metrics_per_session(result.metrics)
+    if not per_session.empty:
+        parts.append(frame_html(per_session, title="metrics per session against the mixed gallery (metrics.parquet)", index=True, decimals=3))
+    if not result.costs.empty:
+        costs = result.costs.drop(columns=[c for c in ("run_id",) if c in result.costs.columns])
+        parts.append(frame_html(costs, title="costs per session and phase (costs.parquet)"))
+    timeline_file = Path(result.run_dir) / "timeline.parquet"
+    if timeline_file.is_file():
+        timeline = read_parquet(timeline_file)
+        parts.append("<h3>Service timeline</h3>")
+        parts.append(frame_html(timeline_summary(timeline), title=f"timeline.parquet: {len(timeline):,} rows x {len(timeline.columns)} columns"))
+    parts.append("<h3>Scenario (run.json)</h3>")
+    parts.append(f"<pre>{_e(yaml.safe_dump(info.get('scenario', {}), sort_keys=False))}</pre>")
+    return "\n".join(parts)
