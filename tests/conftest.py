@@ -17,7 +17,8 @@ TINY = {
     "dataset": {"name": "synthetic", "classes": 12, "samples_per_class": 20, "image_size": 16, "channels": 3},
     "stream": {"setup": "disjoint", "sessions": 3, "initial_classes": 4, "classes_per_session": 4, "query_fraction": 0.25},
     "model": {"backbone": "convnet", "embedding_dim": 16, "width": 4},
-    "training": {"epochs": 1, "batch_size": 16, "lr": 0.03, "eval_batch_size": 64},
+    # float32 everywhere: a CPU with native bfloat16 would otherwise train under autocast and change the numbers
+    "training": {"epochs": 1, "batch_size": 16, "lr": 0.03, "eval_batch_size": 64, "amp": False},
     "method": {"name": "cvs"},
     "replay": {"size": 24, "selection": "herding"},
 }

@@ -126,7 +126,7 @@ def interrupted_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "damaged", ["latest.json", "state.json", "state.pt", "arrays.npz", "metrics.parquet", "gallery/gallery-0000.faiss", "gallery/gallery.parquet"]
+    "damaged", ["latest.json", "state.json", "state.pt", "arrays.npz", "metrics.parquet", "gallery/gallery-0000.faiss", "gallery/gallery-metadata/part-0001.parquet"]
 )
 def test_a_damaged_checkpoint_or_table_stops_resume_with_a_message(interrupted_run, tmp_path, capsys, damaged):
     import shutil

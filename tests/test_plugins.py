@@ -59,7 +59,9 @@ def run(tmp_path, plugins, *overrides, command="run"):
 def test_a_plugin_order_decides_which_items_a_partial_backfill_re_embeds(tmp_path, plugin_file):
     path = plugin_file(ORDER_PLUGIN)
     assert run(tmp_path, [path], "backfill.policy=partial", "backfill.budget=0.5", "backfill.order=highest-id-first") == 0
-    gallery = pd.read_parquet(tmp_path / "run" / "gallery.parquet")
+    from cvstream.simulator import load_run
+
+    gallery = load_run(tmp_path / "run").gallery
     backfilled = gallery.backfilled_at.astype("Int64")
     # 60 items a session. Session 1: half of 120 is all 60 stale ones. Session 2: 90 of the 120 stale
     # items (0..119), highest ids first: 119 down to 30; items 0..29 keep their session-1 vectors.

@@ -13,7 +13,7 @@ from conftest import REPO, tiny_scenario
 from cvstream.scenario import Scenario
 from cvstream.simulator import Hook, Simulator, load_run
 
-FILES = ("run.json", "metrics.parquet", "costs.parquet", "events.parquet", "stream.parquet", "gallery.parquet")
+FILES = ("run.json", "metrics.parquet", "costs.parquet", "events.parquet", "stream.parquet", "gallery.json")
 
 
 class GallerySnapshots(Hook):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -46,10 +47,19 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cuda" and x.dim() == 4:
+def _channels_last(x: torch.Tensor, amp: bool) -> torch.Tensor:
+    """Image batches in channels-last (NHWC) where it pays: on CUDA, and on a CPU under bfloat16 autocast
+    (in float32 on the CPU it costs ResNet-18 13%: benchmarks/cpu_precision.py)."""
+    if x.dim() == 4 and (x.device.type == "cuda" or amp_active(x.device, amp)):
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def _cpu_channels_last(model: torch.nn.Module, images: torch.Tensor, amp: bool) -> None:
+    """On a CPU under bfloat16 autocast, the conv weights in channels-last too (oneDNN reorders them every call
+    otherwise); a no-op for a model that already is, for feature vectors, and on CUDA (cuDNN takes either)."""
+    if images.dim() == 4 and images.device.type == "cpu" and amp_active(images.device, amp):
+        model.to(memory_format=torch.channels_last)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool = True) -> torch.Tensor:
@@ -82,9 +92,28 @@ def learning_rate(epoch: float, *, lr: float, warmup_epochs: int, warmup_factor:
     return eta_min + (lr - eta_min) * (1 + math.cos(math.pi * e / length)) / 2
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (x86 AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's flags) and
+    torch has oneDNN to use it: elsewhere bfloat16 would be emulated, slower than float32, so it stays off."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def amp_active(device: torch.device, enabled: bool) -> bool:
+    """`training.amp` on a device that supports it: any CUDA device, a CPU with native bfloat16."""
+    return enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()))
+
+
 def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if amp_active(device, enabled):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -113,6 +142,7 @@ def train_session(
     if spec.epochs == 0 or n < 2:
         return stats
     device = images.device
+    _cpu_channels_last(model, images, spec.amp)  # before the optimiser: its buffers take the weights' layout
     optimizer = torch.optim.SGD(
         model.parameters(), lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0, weight_decay=spec.weight_decay
     )
@@ -161,7 +191,7 @@ def train_session(
             x = to_input(images[ids[pick]])
             if augment_images and x.dim() == 4:
                 x = augment(x, generator, flip=flip)
-            x = _channels_last(x)
+            x = _channels_last(x, spec.amp)
             drawn = len(pick)  # the global batch; with a shard, this process trains on its slice
             if shard is not None:
                 x, pick = x[shard.part(drawn)], pick[shard.part(drawn)]
@@ -210,10 +240,11 @@ def embed(model: torch.nn.Module, images: torch.Tensor, sample_ids: np.ndarray, 
     """Embeddings (float32, L2-normalised, contiguous) of `sample_ids` by `model` in eval mode."""
     model.eval()
     device = images.device
+    _cpu_channels_last(model, images, amp)
     out = np.empty((len(sample_ids), model.embedding_dim), dtype=np.float32)
     ids = torch.as_tensor(np.asarray(sample_ids), dtype=torch.long, device=device)
     for start in range(0, len(ids), batch_size):
-        x = _channels_last(to_input(images[ids[start : start + batch_size]]))
+        x = _channels_last(to_input(images[ids[start : start + batch_size]]), amp)
         with _autocast(device, amp):
             f = model(x)
         f = torch.nn.functional.normalize(f.float(), dim=1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import faiss
 import numpy as np
 
 from cvstream.errors import UserError
@@ -25,19 +26,64 @@ from cvstream.simulator.metrics import (
 )
 
 
-def neighbors_needed(query_classes: np.ndarray, gallery, *, recall_at: list[int], map_at_r: bool, metrics=()) -> int:
-    """How many neighbours the metrics need: the largest K, the largest R for mAP@R, and what registered metrics read."""
+# Rows x neighbours that one search returns at most (a single query asks for its own need even beyond it):
+# the ids, scores, classes and the metrics' temporaries are a few arrays of this size.
+NEIGHBOR_BUDGET = 1 << 21
+
+
+def neighbors_per_query(query_classes: np.ndarray, gallery, *, recall_at: list[int], map_at_r: bool, metrics=()) -> np.ndarray:
+    """How many neighbours each query needs: the largest K, its own class's R for mAP@R (and metrics that read R),
+    and the counts registered metrics declare."""
+    names = [*(["map@r"] if map_at_r else []), *metrics]
     relevant = gallery.class_counts(query_classes)
-    return max(neighbors_needed_by([*(["map@r"] if map_at_r else []), *metrics], relevant), max(recall_at))
+    fixed = max(neighbors_needed_by(names, relevant[:0]), max(recall_at))  # without R: the declared counts only
+    needed = np.full(len(query_classes), fixed, dtype=np.int64)
+    if any(METRICS.get(name).neighbors == "relevant" for name in names):
+        np.maximum(needed, relevant, out=needed)
+    return needed
+
+
+def query_blocks(needed: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Queries in blocks, each searched with its own largest need k: the queries sorted by need, cut so that
+    rows x k stays within `budget` (a query whose need alone exceeds it is a block of one)."""
+    order = np.argsort(needed, kind="stable")
+    ranked = needed[order]
+    blocks, start, n = [], 0, len(order)
+    while start < n:
+        end = min(n, start + max(1, budget // max(int(ranked[start]), 1)))
+        while end - start > 1 and (end - start) * int(ranked[end - 1]) > budget:
+            end = start + max(1, budget // int(ranked[end - 1]))
+        blocks.append(order[start:end])
+        start = end
+    return blocks
+
+
+def _answers_depend_on_k(gallery) -> bool:
+    """HNSW widens its search list to k (efSearch = max(ef_search, k)): its first answers change with k."""
+    return any(isinstance(segment, faiss.IndexHNSW) for segment in getattr(gallery, "segments", ()))
 
 
 def score_queries(
-    vectors: np.ndarray, query_classes: np.ndarray, gallery, *, recall_at: list[int], map_at_r: bool, metrics=()
+    vectors: np.ndarray, query_classes: np.ndarray, gallery, *, recall_at: list[int], map_at_r: bool, metrics=(),
+    neighbor_budget: int = NEIGHBOR_BUDGET,
 ) -> dict[str, np.ndarray]:
-    """Per-query values of every metric (`recall@k`, `map@r`, the registered `metrics`) against a gallery."""
-    k = neighbors_needed(query_classes, gallery, recall_at=recall_at, map_at_r=map_at_r, metrics=metrics)
-    _, item_ids = gallery.search(vectors, k)
-    return score_neighbors(item_ids, query_classes, gallery, recall_at=recall_at, map_at_r=map_at_r, metrics=metrics)
+    """Per-query values of every metric (`recall@k`, `map@r`, the registered `metrics`) against a gallery.
+
+    Searched in blocks of queries (`query_blocks`), so memory stays bounded however large the classes: the
+    same values as one search with the largest need for all (a query's first answers do not depend on how
+    many more are asked for, up to exact ties; on HNSW every block keeps that largest k, so they are the same).
+    """
+    needed = np.minimum(neighbors_per_query(query_classes, gallery, recall_at=recall_at, map_at_r=map_at_r, metrics=metrics),
+                        max(len(gallery), 1))
+    if len(needed) and _answers_depend_on_k(gallery):
+        needed[:] = needed.max()
+    per_query: dict[str, np.ndarray] = {}
+    for rows in query_blocks(needed, neighbor_budget) or [np.arange(0)]:
+        _, item_ids = gallery.search(vectors[rows], int(needed[rows].max(initial=1)))
+        block = score_neighbors(item_ids, query_classes[rows], gallery, recall_at=recall_at, map_at_r=map_at_r, metrics=metrics)
+        for name, values in block.items():
+            per_query.setdefault(name, np.empty(len(needed), dtype=values.dtype))[rows] = values
+    return per_query
 
 
 def score_neighbors(
@@ -103,7 +149,8 @@ class Evaluator:
         probe_gallery, probe_queries = sample_probe(stream, items=self.spec.probe_items, seed=scenario.seed)
         self.probe = ProbeSet(gallery_ids=probe_gallery, query_ids=probe_queries, labels=labels) if self.spec.probe_items else None
         self.previous_answers: tuple[np.ndarray, np.ndarray] | None = None  # (query sample ids, correct at R@1)
-        self.group_history: dict[int, list[float]] = {}  # home session -> R@1 at each session since
+        self.previous_session: int | None = None  # the session those queries are of (a checkpoint keeps just it and the bits)
+        self.group_best: dict[int, float] = {}  # home session -> best R@1 of its queries so far: what forgetting reads
         self.recall_history: dict[int, list[float]] = {}  # k -> R@k of all seen queries, per session
         self.anytime_values: list[float] = []  # every anytime R@1 (all) of the run so far
         # Anytime points measured during this session's training (by AnytimeHook), reported with its evaluation.
@@ -173,7 +220,7 @@ class Evaluator:
             main = {name: mask for name, mask in subsets.items() if not name.startswith("home:")}
             rows += [{**r, **mixed} for r in aggregate(per_query, main)]
             rows += [{**r, **mixed} for r in self._history_rows(session, per_query, subsets)]
-            rows += [{**r, **mixed} for r in self._flip_rows(query_ids, per_query["recall@1"], subsets)]
+            rows += [{**r, **mixed} for r in self._flip_rows(session, query_ids, per_query["recall@1"], subsets)]
         if self.probe is not None and self._new_probe is not None:
             rows += self.probe.rows(session=session, generation=generation)
         if self._anytime_rows:
@@ -210,20 +257,21 @@ class Evaluator:
             group = int(name.split(":")[1])
             current = float(per_query["recall@1"][mask].mean())
             rows.append({"subset": name, "metric": "recall@1", "value": current, "n_queries": int(mask.sum())})
-            earlier = self.group_history.setdefault(group, [])
-            if group < session and earlier:
-                value = forgetting(earlier, current)
+            best = self.group_best.get(group)
+            if group < session and best is not None:
+                value = forgetting([best], current)
                 old_forgetting.append(value)
                 rows.append({"subset": name, "metric": "forgetting", "value": value, "n_queries": int(mask.sum())})
-            earlier.append(current)
+            self.group_best[group] = current if best is None else max(best, current)
         if old_forgetting:
             rows.append({"subset": "old", "metric": "forgetting", "value": float(np.mean(old_forgetting)), "n_queries": int(subsets["old"].sum())})
         return rows
 
-    def _flip_rows(self, query_ids: np.ndarray, correct: np.ndarray, subsets: dict[str, np.ndarray]) -> list[dict]:
+    def _flip_rows(self, session: int, query_ids: np.ndarray, correct: np.ndarray, subsets: dict[str, np.ndarray]) -> list[dict]:
         """Negative flip rate against the previous session, over the queries asked in both."""
         previous = self.previous_answers
         self.previous_answers = (np.asarray(query_ids, np.int64), correct.astype(bool))
+        self.previous_session = session
         if previous is None:
             return []
         before_ids, before_correct = previous
@@ -241,21 +289,35 @@ class Evaluator:
     # -- resume ---------------------------------------------------------------------------
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        """(arrays, JSON-able values) that let a resumed run measure exactly what the uninterrupted one would."""
+        """(arrays, JSON-able values) that let a resumed run measure exactly what the uninterrupted one would.
+
+        The last answers are their session and one bit per query (the stream gives the queries again), and each
+        class group keeps its best R@1: a few bytes per query and per group, not every id and every session's R@1.
+        """
         arrays = self.probe.state() if self.probe is not None else {}
-        if self.previous_answers is not None:
-            arrays["previous_query_ids"], arrays["previous_correct"] = self.previous_answers
-        values = {"group_history": {str(g): v for g, v in self.group_history.items()},
+        values = {"group_best": {str(g): v for g, v in self.group_best.items()},
                   "recall_history": {str(k): v for k, v in self.recall_history.items()},
                   "anytime_values": self.anytime_values}
+        if self.previous_answers is not None and self.previous_session is not None:
+            arrays["previous_correct_bits"] = np.packbits(self.previous_answers[1])
+            values["previous_session"] = self.previous_session
+        elif self.previous_answers is not None:  # restored from an older checkpoint, not evaluated since
+            arrays["previous_query_ids"], arrays["previous_correct"] = self.previous_answers
         return arrays, values
 
     def restore(self, arrays: dict[str, np.ndarray], values: dict) -> None:
         if self.probe is not None:
             self.probe.restore(arrays)
-        if "previous_query_ids" in arrays:
+        if "previous_correct_bits" in arrays:
+            self.previous_session = int(values["previous_session"])
+            ids = np.asarray(self.stream[self.previous_session].query_ids, np.int64)
+            self.previous_answers = (ids, np.unpackbits(arrays["previous_correct_bits"], count=len(ids)).astype(bool))
+        elif "previous_query_ids" in arrays:  # a checkpoint of an older cvstream: the ids themselves
             self.previous_answers = (arrays["previous_query_ids"].astype(np.int64), arrays["previous_correct"].astype(bool))
-        self.group_history = {int(g): list(v) for g, v in values["group_history"].items()}
+        if "group_best" in values:
+            self.group_best = {int(g): float(v) for g, v in values["group_best"].items()}
+        else:  # an older checkpoint: every R@1 since the group's session
+            self.group_best = {int(g): float(np.nanmax(v)) for g, v in values["group_history"].items() if len(v)}
         self.recall_history = {int(k): list(v) for k, v in values["recall_history"].items()}
         self.anytime_values = list(values["anytime_values"])
 

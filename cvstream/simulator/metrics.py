@@ -42,8 +42,11 @@ def average_precision_at_r(neighbor_classes: np.ndarray, query_classes: np.ndarr
     within = ranks[None, :] <= relevant[:, None]
     rel = rel & within
     precision = np.cumsum(rel, axis=1) / ranks[None, :]
+    # A running sum read at column R: the same float for any k >= R (a pairwise sum over k columns is not),
+    # so evaluating in blocks of queries, each with its own k, gives exactly the values of one search.
+    last = np.clip(relevant, 1, max(k, 1))[:, None] - 1
     with np.errstate(invalid="ignore", divide="ignore"):
-        ap = (precision * rel).sum(axis=1) / relevant
+        ap = np.take_along_axis(np.cumsum(precision * rel, axis=1), last, axis=1)[:, 0] / relevant if k else np.zeros(n)
     return np.where(relevant > 0, ap, np.nan)
 
 

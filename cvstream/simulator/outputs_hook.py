@@ -32,7 +32,7 @@ class ParquetWriter(Hook):
     def after_session(self, sim, session: int) -> None:
         for name in COLUMNS:
             write_parquet(sim.run_dir / f"{name}.parquet", sim.tables.frame(name))
-        sim.gallery.save(sim.run_dir)  # gallery-NNNN.faiss, gallery.json, gallery.parquet
+        sim.gallery.save(sim.run_dir)  # gallery-NNNN.faiss, gallery.json, gallery-metadata/part-<t>.parquet
         if "backfill_curve" in self._artifacts:
             write_parquet(sim.run_dir / "backfill_curve.parquet", self._artifacts["backfill_curve"])
         self._save_embeddings(sim, self._artifacts.get("embeddings", {}))

@@ -129,8 +129,8 @@ def test_a_saved_gallery_that_does_not_match_its_metadata_is_a_user_error(tmp_pa
     gallery, _ = filled("flat")
     gallery.save(tmp_path)
     meta = gallery.metadata()
-    meta.iloc[:-1].to_parquet(tmp_path / "gallery.parquet", index=False)
-    with pytest.raises(UserError, match="segments hold 120 vectors but gallery.parquet lists 119"):
+    meta.iloc[:-1].to_parquet(tmp_path / "gallery-metadata" / "part-0001.parquet", index=False)  # its one part
+    with pytest.raises(UserError, match="segments hold 120 vectors but gallery-metadata/ lists 119"):
         Gallery.load(tmp_path)
     (tmp_path / "gallery-0000.faiss").unlink()
     with pytest.raises(UserError, match="gallery-0000.faiss missing"):
@@ -245,7 +245,7 @@ def test_a_save_to_a_second_folder_links_the_files_already_written(tmp_path):
     gallery, rng = filled("flat/segments")
     gallery.save(tmp_path / "run")
     gallery.save(tmp_path / "copy")  # as a checkpoint does, just after the run's own save
-    for name in ["gallery-0000.faiss", "gallery-0001.faiss", "gallery-0002.faiss", "gallery.parquet"]:
+    for name in ["gallery-0000.faiss", "gallery-0001.faiss", "gallery-0002.faiss", "gallery-metadata/part-0001.parquet"]:
         assert (tmp_path / "copy" / name).stat().st_ino == (tmp_path / "run" / name).stat().st_ino
     gallery.add(unit(rng, 5), sample_ids=np.arange(5), class_ids=np.zeros(5, int), session=2, generation=2)
     gallery.save(tmp_path / "run")  # a new version of the newest segment: the copy keeps the old one

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cvstream.simulator import Simulator
+from cvstream.simulator import Simulator, load_run
 from conftest import tiny_scenario
 
 
@@ -147,7 +147,7 @@ def test_every_metric_recomputed_from_saved_embeddings(saved_run):
 
 
 def test_saved_gallery_is_what_the_session_searched(saved_run):
-    gallery = pd.read_parquet(saved_run / "gallery.parquet")
+    gallery = load_run(saved_run).gallery
     with np.load(saved_run / "embeddings" / "session-2.npz") as npz:
         assert len(npz["gallery_item_ids"]) == len(gallery)
         np.testing.assert_array_equal(npz["gallery_class_ids"], gallery.class_id.to_numpy())
@@ -179,3 +179,77 @@ def test_recall_at_without_one_still_measures_forgetting_and_flips():
     metrics = result.metrics
     assert {"recall@5", "recall@1", "forgetting", "negative_flip", "ar@5"} <= set(metrics.metric)
     assert not metrics.gallery_view.str.startswith("gen:").any()  # probe_items: 0 turns the matrix off
+
+
+# -- evaluation in blocks of queries -----------------------------------------------------------
+
+
+def _uneven_gallery(index: str):
+    """A gallery whose classes are very uneven (one of 2,000 items, many of 2 to 40) and queries of every class."""
+    from cvstream.gallery import Gallery
+    from cvstream.scenario import GallerySpec
+
+    rng = np.random.default_rng(11)
+    dim, classes = 16, 60
+    sizes = np.r_[2000, rng.integers(2, 40, classes - 1)]
+    gallery_classes = np.repeat(np.arange(classes), sizes)
+    centres = rng.normal(size=(classes, dim))
+
+    def embed(labels):
+        x = centres[labels] + 1.2 * rng.normal(size=(len(labels), dim))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    gallery = Gallery(dim, GallerySpec(index=index, nlist=8, nprobe=8, segment_size=1500, gpu=False), seed=0)
+    gallery.add(embed(gallery_classes), sample_ids=np.arange(len(gallery_classes)), class_ids=gallery_classes, session=0, generation=0)
+    query_classes = np.r_[np.zeros(40, np.int64), rng.integers(1, classes, 400)]
+    return gallery, embed(query_classes), query_classes
+
+
+class _CountingSearches:
+    """Wraps a gallery's search and records rows x k of every call."""
+
+    def __init__(self, gallery):
+        self.sizes: list[tuple[int, int]] = []
+        search = gallery.search
+
+        def counted(queries, k):
+            self.sizes.append((len(queries), k))
+            return search(queries, k)
+
+        gallery.search = counted
+
+
+@pytest.mark.parametrize("index", ["flat", "ivf", "hnsw"])
+def test_batched_evaluation_equals_one_search_for_all_and_bounds_the_neighbours(index):
+    from cvstream.simulator.evaluate import neighbors_per_query, score_neighbors, score_queries
+
+    gallery, queries, query_classes = _uneven_gallery(index)
+    kwargs = dict(recall_at=[1, 2, 4, 10], map_at_r=True)
+    k = int(neighbors_per_query(query_classes, gallery, **kwargs).max())  # the one search of the unbatched evaluation
+    assert k == 2000
+    _, item_ids = gallery.search(queries, k)
+    unbatched = score_neighbors(item_ids, query_classes, gallery, **kwargs)
+
+    counter = _CountingSearches(gallery)
+    batched = score_queries(queries, query_classes, gallery, **kwargs, neighbor_budget=4000)
+    assert list(batched) == list(unbatched)
+    for name in unbatched:
+        np.testing.assert_array_equal(batched[name], unbatched[name], err_msg=name)
+    assert sum(rows for rows, _ in counter.sizes) == len(queries)
+    if index == "hnsw":  # its answers depend on k: every block asks for the largest need, in blocks of 2 rows
+        assert {k_ for _, k_ in counter.sizes} == {2000} and max(r * k_ for r, k_ in counter.sizes) <= 4000
+    else:  # the 40 queries of the 2,000-item class one at a time, the others in blocks of their own largest R
+        assert max(r * k_ for r, k_ in counter.sizes if r > 1) <= 4000
+        assert all(r == 1 for r, k_ in counter.sizes if k_ > 4000 // 2)
+        assert sum(r * k_ for r, k_ in counter.sizes) < 0.15 * len(queries) * k
+
+
+def test_query_blocks_cover_every_query_once_within_the_budget():
+    from cvstream.simulator.evaluate import query_blocks
+
+    needed = np.random.default_rng(3).choice([1, 10, 500, 7000], size=5000, p=[0.5, 0.3, 0.19, 0.01])
+    blocks = query_blocks(needed, 10_000)
+    assert np.array_equal(np.sort(np.concatenate(blocks)), np.arange(len(needed)))
+    for rows in blocks:
+        assert len(rows) == 1 or len(rows) * needed[rows].max() <= 10_000
+    assert query_blocks(np.zeros(0, np.int64), 10) == []

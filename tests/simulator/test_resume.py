@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cvstream import cli
-from cvstream.simulator import Hook, Simulator
+from cvstream.simulator import Hook, Simulator, load_run
 from cvstream.simulator.checkpoint import latest
 from conftest import REPO, tiny_dict
 
@@ -40,7 +40,8 @@ Simulator(Scenario.from_dict({scenario!r}), out_dir=sys.argv[1], hooks=[KillMidS
 
 
 def _frames(run_dir):
-    return {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in ("metrics", "costs", "events", "gallery")}
+    return {**{name: pd.read_parquet(run_dir / f"{name}.parquet") for name in ("metrics", "costs", "events")},
+            "gallery": load_run(run_dir).gallery}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_the_checkpoint_links_the_run_gallery_files_instead_of_copying_them(unin
     folder = uninterrupted / "checkpoint" / f"session-{latest(uninterrupted)['session']}" / "gallery"
     segments = sorted(p.name for p in folder.glob("gallery-*.faiss"))
     assert len(segments) == 8  # 180 items in 25-item segments
-    for name in [*segments, "gallery.parquet"]:
+    for name in [*segments, *(f"gallery-metadata/{p.name}" for p in (folder / "gallery-metadata").glob("*.parquet"))]:
         assert (folder / name).stat().st_ino == (uninterrupted / name).stat().st_ino
 
 
