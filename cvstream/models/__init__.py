@@ -8,23 +8,25 @@ from cvstream.errors import ScenarioError
 from cvstream.models.backbones import BACKBONES
 from cvstream.models.methods import METHODS, Batch, Method, TrainContext
 from cvstream.models.net import EmbeddingNet
-from cvstream.sessions.rng import torch_seed
+from cvstream.sessions.rng import torch_generator, torch_seed
 
 
 def build_model(scenario, *, in_channels: int, input_ndim: int = 4) -> EmbeddingNet:
     """A fresh network, initialised from the scenario seed without touching the global RNG.
 
     `input_ndim` is that of the data set's array: 4 for images (N, C, H, W), 2 for feature vectors (N, D).
+    The networks of `model.upgrades` must take the same inputs: they are checked here, before any work.
     """
-    kind = BACKBONES.get(scenario.model.backbone).input_kind
-    if (kind == "vectors") != (input_ndim == 2):
-        what = "feature vectors (N, D)" if input_ndim == 2 else "images (N, C, H, W)"
-        fits = "mlp" if input_ndim == 2 else "convnet, resnet18-cifar or resnet18"
-        raise ScenarioError(
-            f"backbone {scenario.model.backbone!r} takes {kind}, but data set {scenario.dataset.name!r} gives {what}; use {fits}",
-            source=scenario.source,
-            key_path="model.backbone",
-        )
+    for key_path, spec in [("model", scenario.model), *((f"model.upgrades.{t}", u) for t, u in sorted(scenario.model.upgrades.items()))]:
+        kind = BACKBONES.get(spec.backbone).input_kind
+        if (kind == "vectors") != (input_ndim == 2):
+            what = "feature vectors (N, D)" if input_ndim == 2 else "images (N, C, H, W)"
+            fits = "mlp" if input_ndim == 2 else "convnet, resnet18-cifar or resnet18"
+            raise ScenarioError(
+                f"backbone {spec.backbone!r} takes {kind}, but data set {scenario.dataset.name!r} gives {what}; use {fits}",
+                source=scenario.source,
+                key_path=f"{key_path}.backbone",
+            )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(torch_seed(scenario.seed, "model_init"))
         return EmbeddingNet(
@@ -35,11 +37,54 @@ def build_model(scenario, *, in_channels: int, input_ndim: int = 4) -> Embedding
         )
 
 
+def upgraded_model(scenario, spec, *, previous: EmbeddingNet, session: int, head: dict | None = None) -> EmbeddingNet:
+    """The network a model upgrade builds at `session` (SPEC section 12): from scratch with `spec` (a NetworkSpec),
+    seeded by the session, on `previous`'s device, its classifier already holding a fresh row for every class
+    `previous` knows (in the same order); `head` is the method's embedding head (`Method.upgrade_head`)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(torch_seed(scenario.seed, "model_init", session))
+        model = EmbeddingNet(
+            backbone=spec.backbone, in_channels=previous.spec["in_channels"], width=spec.width, embedding_dim=spec.embedding_dim, head=head
+        )
+    model = model.to(previous.weight.device)
+    model.add_classes(previous.class_ids.cpu(), torch_generator(scenario.seed, "upgrade_rows", session))
+    return model
+
+
 def build_method(scenario) -> Method:
     """The scenario's method, after checking that the scenario can give it what it needs."""
     cls = METHODS.get(scenario.method.name)
     cls.check(scenario)
-    return cls(scenario.method.params)
+    method = cls(scenario.method.params)
+    _check_upgrades(scenario, method)
+    return method
 
 
-__all__ = ["BACKBONES", "METHODS", "Batch", "EmbeddingNet", "Method", "TrainContext", "build_method", "build_model"]
+def _check_upgrades(scenario, method: Method) -> None:
+    """What keeps a method from training across `model.upgrades` (SPEC section 12), as a ScenarioError."""
+    from cvstream.gallery.replay import REPLAY_SELECTIONS
+
+    upgrades = scenario.model.upgrades
+    if not upgrades:
+        return
+    for session in sorted(upgrades):
+        if not method.trains(session):
+            raise ScenarioError(
+                f"{scenario.method.name} takes no training step at session {session}, so the network that model.upgrades builds "
+                "there from scratch would never be trained; drop the upgrade or choose a method that trains every session",
+                source=scenario.source, key_path=f"model.upgrades.{session}",
+            )
+    if scenario.training.epochs == 0:
+        raise ScenarioError(
+            "training.epochs = 0: the networks of model.upgrades would never be trained", source=scenario.source, key_path="training.epochs"
+        )
+    selection = scenario.replay.selection
+    if "replay" in method.needs and scenario.replay.size and not REPLAY_SELECTIONS.get(selection).embeds:
+        raise ScenarioError(
+            f"replay selection {selection!r} keeps each exemplar's embedding as first stored, so its buffer would mix the "
+            "dimensions of model.upgrades; use a selection that re-embeds the buffer every session (herding), or replay.size: 0",
+            source=scenario.source, key_path="replay.selection",
+        )
+
+
+__all__ = ["BACKBONES", "METHODS", "Batch", "EmbeddingNet", "Method", "TrainContext", "build_method", "build_model", "upgraded_model"]

@@ -1,19 +1,64 @@
-"""The embedding network: backbone -> embedding (L2-normalised) -> cosine classifier that grows."""
+"""The embedding network: backbone -> embedding (L2-normalised) -> cosine classifier that grows.
+
+The embedding layer is a linear map, or, for a network that a model upgrade built for `bt2`,
+BT^2's basis transformation (`BasisTransform`). `EmbeddingNet.spec` is everything needed to
+build the same network again (a checkpoint keeps it: an upgrade changes it mid-run).
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.parametrizations import orthogonal
 
 from cvstream.models.backbones import build_backbone
 
 
-class EmbeddingNet(nn.Module):
-    def __init__(self, *, backbone: str, in_channels: int, width: int, embedding_dim: int):
+class BasisTransform(nn.Module):
+    """BT^2's embedding head (Zhou et al., ICCV 2023): an orthonormal change of basis of [a; C f].
+
+    `a` (`extra_dims`, unit length) is a branch meant for compatibility, `f` (the other `dim - extra_dims`, unit
+    length, scaled by C) the new model's own embedding. `P` rotates `C f`, then `O` rotates the first `old_dim`
+    coordinates of `[a; P C f]`: out = [O z[:old_dim]; z[old_dim:]]. Both are orthogonal, so out keeps all of
+    `f` (inner products of outs are <a, a'> + C^2 <f, f'>), while its first `old_dim` coordinates, trained
+    against the old generation, mix `a` with part of `f`: the extra dimensions hold what compatibility cannot.
+    """
+
+    def __init__(self, in_features: int, *, dim: int, old_dim: int, extra_dims: int, scale: float):
         super().__init__()
+        if not 1 <= extra_dims <= old_dim <= dim or extra_dims >= dim:
+            raise ValueError(f"basis transform: need 1 <= extra_dims ({extra_dims}) <= old_dim ({old_dim}) <= dim ({dim}), extra_dims < dim")
+        self.old_dim, self.scale = old_dim, scale
+        self.compatible = nn.Linear(in_features, extra_dims)
+        self.new = nn.Linear(in_features, dim - extra_dims)
+        self.rotate_new = orthogonal(nn.Linear(dim - extra_dims, dim - extra_dims, bias=False))
+        self.rotate_old = orthogonal(nn.Linear(old_dim, old_dim, bias=False))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        a = F.normalize(self.compatible(features).float(), dim=1)
+        f = F.normalize(self.new(features).float(), dim=1)
+        z = torch.cat([a, self.rotate_new(self.scale * f).float()], dim=1)
+        return torch.cat([self.rotate_old(z[:, : self.old_dim]).float(), z[:, self.old_dim :]], dim=1)
+
+
+def build_head(name: str | None, *, in_features: int, dim: int, **params) -> nn.Module:
+    """The embedding layer: `None`, a linear map; `"basis"`, BT^2's `BasisTransform` with `params`."""
+    if name is None:
+        return nn.Linear(in_features, dim)
+    if name == "basis":
+        return BasisTransform(in_features, dim=dim, **params)
+    raise ValueError(f"unknown embedding head {name!r}")
+
+
+class EmbeddingNet(nn.Module):
+    def __init__(self, *, backbone: str, in_channels: int, width: int, embedding_dim: int, head: dict | None = None):
+        super().__init__()
+        self.spec = {"backbone": backbone, "in_channels": in_channels, "width": width, "embedding_dim": embedding_dim,
+                     "head": dict(head) if head else None}
         self.backbone = build_backbone(backbone, in_channels=in_channels, width=width)
-        self.embed = nn.Linear(self.backbone.out_dim, embedding_dim)
+        head = dict(head or {})
+        self.embed = build_head(head.pop("name", None), in_features=self.backbone.out_dim, dim=embedding_dim, **head)
         self.embedding_dim = embedding_dim
         # Classifier rows, one per known class, and the original class id of each row.
         self.weight = nn.Parameter(torch.empty(0, embedding_dim))

@@ -2,7 +2,9 @@
 
 `checkpoint/session-<t>/` holds the model and the batching generator (`state.pt`, read back
 with `weights_only=True`), the replay buffer, evaluation state and the gallery's running
-class sums as arrays (`arrays.npz`), plain values and the replay generator (`state.json`), and the gallery as a
+class sums as arrays (`arrays.npz`), plain values, the model's network spec (a model upgrade
+changes it: a resumed run builds that network before loading its weights) and the replay
+generator (`state.json`), and the gallery as a
 saved gallery folder (`gallery/`, read back with `Gallery.load`), whose files are hard
 links to the run's own gallery files of that session: the run replaces a changed file by
 renaming a new one over it, so the link keeps the session's version, and a checkpoint
@@ -23,6 +25,7 @@ import torch
 
 from cvstream.errors import UserError
 from cvstream.gallery.index import Gallery
+from cvstream.models.net import EmbeddingNet
 from cvstream.simulator.outputs import OutputError, atomic_write_bytes, read_parquet, write_json
 from cvstream.simulator.state import RunState
 
@@ -73,6 +76,7 @@ def save(state: RunState, run_dir: Path, *, rows: dict[str, int]) -> None:
     arrays["gallery.class_sum"], arrays["gallery.class_count"] = state.gallery.class_sums()
     values = {
         "version": CHECKPOINT_VERSION, "session": session, "generation": state.generation, "next_session": state.next_session,
+        "model_spec": state.model.spec,
         "replay_rng": state.replay_rng.bit_generator.state, "evaluator": evaluation_values, "rows": dict(rows),
     }
     buffer = io.BytesIO()
@@ -108,6 +112,11 @@ def restore(state: RunState, run_dir: Path) -> dict[str, list[dict]]:
     tensors = _load(folder / "state.pt", lambda path: torch.load(path, weights_only=True, map_location="cpu"))
     arrays = _load(folder / "arrays.npz", _read_npz)
     try:
+        spec = values.get("model_spec")  # absent in checkpoints of runs before model upgrades: the scenario's network
+        if spec is not None and spec != state.model.spec:  # a model upgrade happened before the checkpoint
+            device = state.model.weight.device
+            with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten below; keep the global RNG as it was
+                state.model = EmbeddingNet(**spec).to(device)
         load_model_state(state.model, tensors["model"])
         state.train_generator.set_state(tensors["train_generator"])
         state.replay_rng.bit_generator.state = values["replay_rng"]

@@ -4,12 +4,17 @@ The engine holds only the current and the previous model, so the probe's gallery
 vectors of every generation are kept instead (probe items x dim x generations, small).
 `C[i][j]` is the R@1 of generation-i probe queries against the probe gallery as
 generation j embedded it; probe gallery and probe queries never change during a run.
+Across a model upgrade (SPEC section 12) generation i's queries are wider than generation
+j's vectors and are compared through their first d_j components, as the gallery compares
+them with its narrower segments: the same rule gives the BCT criterion, AC / BC / FC and the
+update gain across generations of different sizes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from cvstream.gallery.index import first_components
 from cvstream.sessions.rng import numpy_rng
 from cvstream.simulator.metrics import bct_criterion, compatibility_scores, recall_at_k
 from cvstream.simulator.search import top_classes
@@ -47,7 +52,9 @@ class ProbeSet:
         self.gallery_vectors[generation] = np.ascontiguousarray(gallery_vectors, dtype=np.float32)
         row = {}
         for j in self.generations:
-            nearest = top_classes(query_vectors, 1, vectors=self.gallery_vectors[j], classes=self.gallery_classes)
+            gallery = self.gallery_vectors[j]
+            queries = first_components(np.ascontiguousarray(query_vectors, dtype=np.float32), gallery.shape[1])
+            nearest = top_classes(queries, 1, vectors=gallery, classes=self.gallery_classes)
             row[j] = float(recall_at_k(nearest, self.query_classes, 1).mean())
             self.matrix[(generation, j)] = row[j]
         return row
@@ -80,13 +87,19 @@ class ProbeSet:
     def state(self) -> dict[str, np.ndarray]:
         gens = self.generations
         keys = sorted(self.matrix)
+        dims = [self.gallery_vectors[g].shape[1] for g in gens]
+        widest = max(dims, default=0)  # generations of different sizes: zero-padded to the widest, each with its own size
         return {
             "probe_generations": np.asarray(gens, dtype=np.int64),
-            "probe_vectors": np.stack([self.gallery_vectors[g] for g in gens]) if gens else np.empty((0, len(self), 0), np.float32),
+            "probe_dims": np.asarray(dims, dtype=np.int64),
+            "probe_vectors": np.stack([np.pad(self.gallery_vectors[g], ((0, 0), (0, widest - d))) for g, d in zip(gens, dims)])
+            if gens else np.empty((0, len(self), 0), np.float32),
             "probe_matrix_keys": np.asarray(keys, dtype=np.int64).reshape(-1, 2),
             "probe_matrix_values": np.asarray([self.matrix[k] for k in keys], dtype=np.float64),
         }
 
     def restore(self, state: dict[str, np.ndarray]) -> None:
-        self.gallery_vectors = {int(g): v for g, v in zip(state["probe_generations"], state["probe_vectors"])}
+        vectors = state["probe_vectors"]
+        dims = state.get("probe_dims", np.full(len(vectors), vectors.shape[-1] if vectors.ndim == 3 else 0))
+        self.gallery_vectors = {int(g): np.ascontiguousarray(v[:, :d]) for g, v, d in zip(state["probe_generations"], vectors, dims)}
         self.matrix = {(int(i), int(j)): float(v) for (i, j), v in zip(state["probe_matrix_keys"], state["probe_matrix_values"])}

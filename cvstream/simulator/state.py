@@ -16,7 +16,9 @@ class RunState:
     """The run between two sessions. Adding a field here is the only way to make a session remember something,
     and `cvstream.simulator.checkpoint` must then save and restore it (its test fails until it does)."""
 
-    model: torch.nn.Module  # the deployed generation's network (trained in place by the next session)
+    # The deployed generation's network, trained in place by the next session, or replaced by a new one at a model
+    # upgrade (SPEC section 12): its `spec` says which network it is, and the checkpoint saves that with its weights.
+    model: torch.nn.Module
     generation: int  # the deployed generation; -1 before the first deploy
     gallery: Gallery
     replay: ReplayBuffer

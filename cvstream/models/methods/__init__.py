@@ -4,6 +4,6 @@ from cvstream.models.methods.base import METHODS, NEEDS, Batch, Method, TrainCon
 
 # Registration happens on import.
 from cvstream.models.methods import bct, cvs, finetune, joint, l2, lwf, mixbct  # noqa: E402,F401
-from cvstream.models.methods import advbct, frozen, m2sd, nccl, unibct  # noqa: E402,F401
+from cvstream.models.methods import advbct, bt2, frozen, m2sd, nccl, unibct  # noqa: E402,F401
 
 __all__ = ["METHODS", "NEEDS", "Batch", "Method", "TrainContext"]

@@ -106,9 +106,8 @@ class AdvBCT(Method):
         terms = {"ce": self.classification_loss(model, batch.embeddings, batch.rows)}
         if self._centres is None or context.previous_embed is None:
             return terms
-        terms["p2s"] = p.p2s_weight * point_to_sphere(
-            batch.embeddings, self._centres[batch.rows], self._radius[batch.rows], self._has[batch.rows]
-        )
+        new = context.old_view(batch.embeddings)  # across a model upgrade: its first d_old components, as the old space
+        terms["p2s"] = p.p2s_weight * point_to_sphere(new, self._centres[batch.rows], self._radius[batch.rows], self._has[batch.rows])
         old = context.previous_embed(batch.inputs)
-        terms["adv"] = adversarial(self.discriminator, batch.embeddings.float(), old, p.adv_weight * ramp(self._fraction))
+        terms["adv"] = adversarial(self.discriminator, new.float(), old, p.adv_weight * ramp(self._fraction))
         return terms

@@ -47,8 +47,18 @@ class TrainContext:
     # f_{t-1} of every training sample of the session (no augmentation), and each sample's current row.
     previous_embeddings: torch.Tensor | None = None
     training_rows: torch.Tensor | None = None
-    class_means: torch.Tensor | None = None  # (classifier rows, dim): E_c per row, zeros where unknown
+    class_means: torch.Tensor | None = None  # (classifier rows, old_dim): E_c per row, zeros where unknown
     old_rows: torch.Tensor | None = None  # bool per row: the class has stored gallery vectors from an earlier session
+    # The previous generation's embedding dimension, where a model upgrade (SPEC section 12) made this one wider;
+    # every old vector, centre and classifier row above has it. None: the same dimension as the current model.
+    old_dim: int | None = None
+
+    def old_view(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The part of new embeddings that compares with old ones: their first `old_dim` components, exactly as
+        zero-padding the old vectors would (BCT's padded old classifier, the gallery's narrower segments)."""
+        if self.old_dim is None or embeddings.shape[-1] == self.old_dim:
+            return embeddings
+        return embeddings[..., : self.old_dim]
 
 
 class Method:
@@ -79,6 +89,10 @@ class Method:
 
     def begin_session(self, model: torch.nn.Module, context: TrainContext) -> None:
         """Called once before the first step of a session, to derive per-session state from the context."""
+
+    def upgrade_head(self, *, old_dim: int, new_dim: int) -> dict | None:
+        """The embedding head of the network a model upgrade builds (`EmbeddingNet(head=...)`); None: a linear layer."""
+        return None
 
     def trains(self, session: int) -> bool:
         """Whether `session` takes gradient steps; where not, the trainer only calls `begin_session` and the generation stays."""

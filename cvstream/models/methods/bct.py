@@ -58,7 +58,8 @@ class BCT(Method):
         p = self.params
         terms = {"ce": self.classification_loss(model, batch.embeddings, batch.rows)}
         if self._old_weight is not None and p.weight > 0:
-            influence = influence_loss(batch.embeddings, batch.rows, self._old_weight, self._valid, p.temperature)
+            # Across a model upgrade: the new embedding's first d_old components, BCT's zero-padded old classifier.
+            influence = influence_loss(context.old_view(batch.embeddings), batch.rows, self._old_weight, self._valid, p.temperature)
             terms["influence"] = p.weight * influence
             batch.covered["influence"] = self._valid[batch.rows]
         return terms

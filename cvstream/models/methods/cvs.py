@@ -30,11 +30,11 @@ class CVS(Method):
         terms = {"ce": self.classification_loss(model, batch.embeddings, batch.rows)}
         if context.previous_embed is not None and p.alpha > 0:
             old = context.previous_embed(batch.inputs)
-            terms["triplet"] = p.alpha * hardest_negative_triplet(batch.embeddings, old, old, batch.class_ids, p.margin)
+            terms["triplet"] = p.alpha * hardest_negative_triplet(context.old_view(batch.embeddings), old, old, batch.class_ids, p.margin)
             batch.covered["triplet"] = (batch.class_ids[:, None] != batch.class_ids[None, :]).any(dim=1)
         if context.class_means is not None and p.beta > 0:
             mask = context.old_rows[batch.rows]
             means = context.class_means[batch.rows]
-            terms["class_mean"] = p.beta * class_mean_loss(batch.embeddings, means, mask, p.class_mean_reduction)
+            terms["class_mean"] = p.beta * class_mean_loss(context.old_view(batch.embeddings), means, mask, p.class_mean_reduction)
             batch.covered["class_mean"] = mask
         return terms

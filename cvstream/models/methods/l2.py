@@ -29,7 +29,7 @@ class L2(Method):
         terms = {"ce": self.classification_loss(model, batch.embeddings, batch.rows)}
         if context.previous_embed is not None and p.weight > 0:
             old = context.previous_embed(batch.inputs)
-            terms["l2"] = p.weight * embedding_distance(batch.embeddings, old, p.hinge)
+            terms["l2"] = p.weight * embedding_distance(context.old_view(batch.embeddings), old, p.hinge)
         return terms
 
 

@@ -64,6 +64,8 @@ class MixBCT(Method):
             quota = max(1, round(p.mix_ratio * len(old)))
             # The batch is already shuffled, so its first credible samples are a random choice.
             replace = credible & (torch.cumsum(credible.long(), 0) <= quota)
+            # Across a model upgrade the old embeddings are zero-padded: the classifier reads them through its first d_old components.
+            old = torch.nn.functional.pad(old, (0, embeddings.shape[1] - old.shape[1]))
             embeddings = torch.where(replace[:, None], old, embeddings)
         terms["ce"] = self.classification_loss(model, embeddings, batch.rows)
         return terms

@@ -86,7 +86,7 @@ class NCCL(Method):
         credible = normalized_entropy(old @ self._old_weight.t() / p.temperature) <= p.max_entropy
         keys = torch.cat([old[credible], self._queue])
         key_labels = torch.cat([batch.class_ids[credible], self._queue_labels])
-        new = batch.embeddings
+        new = context.old_view(batch.embeddings)  # across a model upgrade: its first d_old components
         terms["feat"] = p.feat_weight * consensus_contrastive(
             new, old, batch.class_ids, keys, key_labels, temperature=p.contrast_temperature
         )

@@ -104,6 +104,6 @@ class UniBCT(Method):
             if self.refreshes == 0:  # off until the first re-estimation
                 influence = zero_loss(batch.embeddings)
             else:
-                influence = influence_loss(batch.embeddings, batch.rows, self._old_weight, self._valid, p.temperature)
+                influence = influence_loss(context.old_view(batch.embeddings), batch.rows, self._old_weight, self._valid, p.temperature)
             terms["influence"] = p.weight * influence
         return terms
