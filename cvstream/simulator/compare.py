@@ -158,3 +158,78 @@ def run_comparison(
         shutil.copyfile(curve, out_dir / "backfill_curve.parquet")
     return table
 
+
+
+# -- the service timeline, policy against policy (`cvstream compare SCENARIO --timeline`) --------------------
+
+TIMELINE_VARIANTS: dict[str, dict] = {
+    # name -> what it sets: the backfill policy, the deploy rule and how queries search a mixed gallery
+    "none": {"policy": "none", "deploy": "hot", "queries": "new"},
+    "full-hot": {"policy": "full", "deploy": "hot", "queries": "new"},
+    "full-after-backfill": {"policy": "full", "deploy": "after-backfill", "queries": "new"},
+    "partial": {"policy": "partial", "deploy": "hot", "queries": "new"},
+    "transform": {"policy": "transform", "deploy": "hot", "queries": "new"},
+    "dual": {"policy": "full", "deploy": "hot", "queries": "dual"},
+    "adapter": {"policy": "full", "deploy": "hot", "queries": "adapter"},
+}
+DEFAULT_TIMELINE_VARIANTS = ("none", "full-hot", "full-after-backfill", "partial", "transform", "dual")
+TIMELINE_COMPARISON_COLUMNS = [
+    "variant", "policy", "deploy", "queries", "quality_time_area", "worst_dip", "recovery_hours_mean", "recovery_hours_max",
+    "unrecovered_deploys", "deploys", "accel_hours_train", "accel_hours_backfill", "accel_hours_serve", "accel_hours_ingest", "run_dir",
+]
+
+
+def parse_timeline_variants(text: str | None) -> list[str]:
+    """`none,full-hot,dual` -> those presets (default: the six of the issue); an unknown one is a UserError."""
+    if not text:
+        return list(DEFAULT_TIMELINE_VARIANTS)
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in TIMELINE_VARIANTS]
+    if unknown or not names:
+        raise UserError(f"--variants: {', '.join(unknown) or text!r} unknown; choose from {', '.join(TIMELINE_VARIANTS)}")
+    if len(set(names)) != len(names):
+        raise UserError(f"--variants: a variant is listed twice ({', '.join(names)})")
+    return names
+
+
+def run_timeline_comparison(
+    scenario_path: str | Path, variants: list[str], *, out_dir: str | Path, overrides: list[str] = (), data_root=None,
+    partial_budget: float = 0.25, progress: bool = False, on_variant=None,
+) -> pd.DataFrame:
+    """Every variant on the same scenario, stream, seed and timeline settings (the scenario's `timeline` section, or
+    every default): one run folder each, `timeline_comparison.parquet` and an overlaid `timeline.png` under `out_dir`.
+    Each variant trains its own generations: a method that reads the gallery (cvs) learns from what its policy left."""
+    from cvstream.scenario import Scenario
+    from cvstream.simulator import Simulator
+    from cvstream.simulator.outputs import write_parquet
+    from cvstream.simulator.timeline_report import plot_timeline
+
+    out_dir = Path(out_dir)
+    if (out_dir / "timeline_comparison.parquet").exists():
+        raise UserError(f"{out_dir} already holds a timeline comparison; choose another --out, or remove it")
+    base = Scenario.from_yaml(scenario_path, overrides=list(overrides))
+    timeline = base.timeline.model_dump(mode="json") if base.timeline is not None else {}
+    scenarios = {}
+    for name in variants:  # validate every variant before the first one runs
+        preset = TIMELINE_VARIANTS[name]
+        data = base.to_dict()
+        budget = partial_budget if preset["policy"] == "partial" else None
+        data["backfill"] = {**data["backfill"], "policy": preset["policy"], "budget": budget,
+                            "order": data["backfill"]["order"] if budget is not None else "random"}
+        data["timeline"] = {**timeline, "deploy": preset["deploy"], "queries": preset["queries"]}
+        scenarios[name] = Scenario.from_dict(data, source=f"{scenario_path} ({name})")
+    rows, frames = [], {}
+    for name in variants:
+        sim = Simulator(scenarios[name], out_dir=out_dir / name, data_root=data_root, progress=progress)
+        sim.run()
+        result = sim.timeline
+        frames[name] = result.frame
+        preset = TIMELINE_VARIANTS[name]
+        rows.append({"variant": name, **preset, **{k: result.summary.get(k) for k in TIMELINE_COMPARISON_COLUMNS if k in result.summary},
+                     "run_dir": str(sim.run_dir)})
+        if on_variant is not None:
+            on_variant(rows[-1])
+    table = pd.DataFrame(rows, columns=TIMELINE_COMPARISON_COLUMNS)
+    write_parquet(out_dir / "timeline_comparison.parquet", table)
+    plot_timeline(frames, out_dir / "timeline.png", title=f"{base.name}: quality over simulated time, by policy")
+    return table

@@ -1,0 +1,291 @@
+"""The service timeline (SPEC section 11): its identities with the session engine, its costs, its clock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cvstream.errors import ScenarioError
+from cvstream.models.flops import forward_flops, images_per_second
+from cvstream.simulator import Simulator, load_run
+from cvstream.simulator.timeline import TIMELINE_COLUMNS, summarize
+from conftest import REPO, tiny_dict, tiny_scenario
+
+# Slow embedding on purpose (items per second per accelerator): a backfill of the tiny gallery spans hours.
+GIVEN = {"train": 50.0, "embed": 0.05}
+
+
+def timeline(**keys) -> dict:
+    base = {"session_interval_hours": 10, "eval_every_hours": 2, "throughput": GIVEN, "chunk_items": 7,
+            "accelerators": {"train": 2, "backfill": 3, "serve": 1}}
+    return {**base, **keys}
+
+
+def run(policy="none", *, out=None, budget=None, **keys):
+    backfill = {"policy": policy, **({"budget": budget} if budget is not None else {})}
+    sim = Simulator(tiny_scenario(timeline=timeline(**keys), backfill=backfill), out_dir=out, write=out is not None)
+    result = sim.run()  # a scenario with a timeline section runs through it
+    assert result.timeline is sim.timeline.frame
+    return sim, sim.timeline.frame, sim.timeline.summary
+
+
+def mixed_r1(sim) -> pd.Series:
+    m = sim.result().metrics
+    rows = m[(m.gallery_view == "mixed") & (m.metric == "recall@1") & (m.subset == "all")]
+    return rows.set_index("session").value
+
+
+def after_deploys(frame: pd.DataFrame) -> pd.DataFrame:
+    """The evaluation right after each deploy, indexed by the deployed generation."""
+    rows = []
+    for i in np.flatnonzero(frame.kind == "deploy"):
+        following = frame.iloc[i + 1 :]
+        evaluation = following[following.kind == "evaluate"].iloc[0]
+        assert evaluation.time_hours == frame.time_hours.iloc[i] and json.loads(evaluation.detail)["why"] == "deploy"
+        rows.append(evaluation)
+    return pd.DataFrame(rows).set_index("serving_generation")
+
+
+def test_at_deploy_hot_none_equals_the_engines_mixed_recall():
+    sim, frame, _ = run("none", ingest="at-deploy", deploy="hot")
+    expected = mixed_r1(sim)
+    got = after_deploys(frame).r1_all
+    assert list(got.index) == [0, 1, 2]
+    for t in range(3):
+        assert got[t] == expected[t]  # the same vectors, the same queries: equal, not close
+
+
+def test_after_backfill_full_switch_equals_the_full_backfill_run():
+    sim, frame, _ = run("full", ingest="at-deploy", deploy="after-backfill")
+    expected = mixed_r1(sim)  # this learning run is the full-backfill run
+    got = after_deploys(frame)
+    for t in range(3):
+        assert got.r1_all[t] == expected[t]
+        assert got.backfilled_fraction[t] == 1.0 and got.r1_full[t] == got.r1_all[t]
+
+
+def test_backfill_cost_span_and_rate_are_exact():
+    sim, frame, summary = run("full", ingest="at-deploy", deploy="after-backfill")
+    acc, rate = 3, GIVEN["embed"]
+    chunks = frame[frame.kind == "backfill_chunk"]
+    items = int(chunks.groupby("target_generation").backfilled_items.max().sum())
+    assert items > 0
+    assert summary["accel_hours_backfill"] == pytest.approx(items / (rate * 3600), rel=1e-12)
+    for target, rows in chunks.groupby("target_generation"):
+        start = frame[(frame.kind == "backfill_start") & (frame.target_generation == target)].time_hours.iloc[0]
+        done = frame[(frame.kind == "backfill_done") & (frame.target_generation == target)].time_hours.iloc[0]
+        n = rows.backfilled_items.max()
+        assert done - start == pytest.approx(n / (rate * 3600) / acc, rel=1e-12)  # the span: accelerator-hours / accelerators
+        # The re-embedded count rises at exactly accelerators x throughput items per second.
+        assert np.allclose(rows.backfilled_items.to_numpy(), (rows.time_hours.to_numpy() - start) * 3600 * acc * rate, rtol=1e-9)
+        # after-backfill: the generation serves from the instant its last chunk is in.
+        deploy = frame[(frame.kind == "deploy") & (frame.session == target)].time_hours.iloc[0]
+        assert deploy == done == rows.time_hours.max()
+        assert (frame[(frame.time_hours < deploy) & (frame.time_hours >= start)].serving_generation < target).all()
+
+
+def test_every_item_is_searchable_from_its_arrival_once_and_only_once():
+    sim, frame, _ = run("full", ingest="continuous", deploy="hot")
+    from cvstream.simulator.timeline import Timeline
+
+    arrivals = []
+    for t in range(len(sim.stream)):
+        n = len(sim.stream[t].gallery_ids)
+        arrivals.append((t - 1) * 10 + np.arange(1, n + 1) / n * 10)
+    arrivals = np.sort(np.concatenate(arrivals))
+    first_deploy = frame[frame.kind == "deploy"].time_hours.min()
+    served = frame[frame.serving_generation >= 0]
+    expected = np.searchsorted(arrivals, np.maximum(served.time_hours.to_numpy(), first_deploy), side="right")
+    assert (served.gallery_items.to_numpy() == expected).all()  # arrived = searchable, deploys included
+    assert served.gallery_items.is_monotonic_increasing  # nothing ever disappears
+    # The final gallery holds each arrived sample once.
+    sim2 = Simulator(tiny_scenario(timeline=timeline(), backfill={"policy": "full"}), write=False)
+    with sim2.running():
+        line = Timeline(sim2)
+        line.run()
+        ids = line.gallery.sample_ids_of(np.arange(len(line.gallery)))
+    assert len(np.unique(ids)) == len(ids) == len(np.concatenate([s.gallery_ids for s in sim2.stream]))
+
+
+def test_a_deploy_during_a_backfill_retargets_it():
+    # Sessions every half hour; re-embedding the 120 items stale at the second deploy takes 120 / (0.05 x 3600) = 0.67 h
+    # on one accelerator: the third deploy comes first.
+    sim, frame, _ = run("full", ingest="continuous", deploy="hot", session_interval_hours=0.5, eval_every_hours=0.25,
+                        accelerators={"train": 2, "backfill": 1, "serve": 1})
+    retargets = frame[frame.kind == "backfill_retarget"]
+    assert len(retargets) >= 1
+    abandoned = json.loads(retargets.detail.iloc[0])["abandoned"]
+    later = frame[(frame.kind == "backfill_start") & (frame.time_hours >= retargets.time_hours.iloc[0])]
+    assert (later.target_generation > abandoned).all() and len(later)
+
+
+def test_continuous_hot_new_queries_see_stale_items_until_the_backfill_completes():
+    _, frame, summary = run("full", ingest="continuous", deploy="hot")
+    ev = frame[(frame.kind == "evaluate") & frame.r1_all.notna()]
+    done = ev[ev.detail.map(lambda d: json.loads(d)["why"]) == "backfill_done"]
+    assert len(done) == 2 and (done.r1_all == done.r1_full).all()  # complete: the gallery is the reference
+    assert summary["unrecovered_deploys"] == 0 and summary["deploys"] == 3
+    assert set(TIMELINE_COLUMNS) == set(frame.columns)
+
+
+def test_dual_queries_bill_two_forwards_while_the_gallery_is_mixed():
+    _, new, s_new = run("full", ingest="continuous", deploy="hot", queries="new", queries_per_hour=100)
+    _, dual, s_dual = run("full", ingest="continuous", deploy="hot", queries="dual", queries_per_hour=100)
+    first = new[new.kind == "deploy"].time_hours.min()
+    horizon = s_new["horizon_hours"]
+    mixed_hours = sum(e - s for s, e in _mixed_spans(dual))
+    assert s_new["accel_hours_serve"] == pytest.approx((horizon - first) * 100 / GIVEN["embed"] / 3600, rel=1e-9)
+    assert s_dual["accel_hours_serve"] - s_new["accel_hours_serve"] == pytest.approx(mixed_hours * 100 / GIVEN["embed"] / 3600, rel=1e-9)
+    # Dual answers equal new answers wherever nothing is stale.
+    clean = (new.kind == "evaluate") & (new.stale_items == 0) & new.r1_all.notna()
+    assert np.array_equal(new[clean].r1_all.to_numpy(), dual[clean].r1_all.to_numpy())
+
+
+def _mixed_spans(frame):
+    """Spans between a deploy onto a stale gallery and the completion of its backfill."""
+    spans, start = [], None
+    for row in frame.itertuples():
+        if row.kind == "deploy" and row.stale_items > 0:
+            start = row.time_hours
+        if row.kind == "backfill_done" and start is not None:
+            spans.append((start, row.time_hours))
+            start = None
+    return spans
+
+
+def test_flops_throughput_is_the_counted_flops_over_the_profile():
+    sim = Simulator(tiny_scenario(timeline={"accelerator": {"tflops": 100, "utilization": 0.5}}), write=False)
+    with sim.running():
+        from cvstream.simulator.timeline import resolve_throughput
+
+        tp = resolve_throughput(sim.scenario.timeline, sim.model, tuple(sim.images.shape[1:]), hidden=256, images=sim.images)
+        flops = forward_flops(sim.model, tuple(sim.images.shape[1:]))
+    assert tp.flops_per_image == flops > 0
+    assert tp.embed == pytest.approx(100e12 * 0.5 / flops) and tp.train == pytest.approx(tp.embed / 3)
+    assert images_per_second(flops, tflops=100, utilization=0.5) == tp.embed
+
+
+def test_forward_flops_counts_a_linear_layer_exactly():
+    import torch
+
+    assert forward_flops(torch.nn.Linear(10, 4, bias=False), (10,)) == 2 * 10 * 4
+
+
+def test_summary_figures_on_a_hand_made_timeline():
+    rows = [
+        {"time_hours": 0.0, "kind": "deploy"}, {"time_hours": 0.0, "kind": "evaluate", "r1_all": 0.5, "r1_full": 0.5},
+        {"time_hours": 4.0, "kind": "evaluate", "r1_all": 0.6, "r1_full": 0.6},
+        {"time_hours": 10.0, "kind": "deploy"}, {"time_hours": 10.0, "kind": "evaluate", "r1_all": 0.3, "r1_full": 0.7},
+        {"time_hours": 12.0, "kind": "evaluate", "r1_all": 0.2, "r1_full": 0.7},
+        {"time_hours": 16.0, "kind": "evaluate", "r1_all": 0.695, "r1_full": 0.7},
+    ]
+    frame = pd.DataFrame(rows).reindex(columns=TIMELINE_COLUMNS)
+    for job in ("train", "backfill", "serve", "ingest"):
+        frame[f"accel_hours_{job}"] = 1.0
+    s = summarize(frame, horizon=20.0)
+    area = (0.5 * 4 + 0.6 * 6 + 0.3 * 2 + 0.2 * 4 + 0.695 * 4) / 20
+    assert s["quality_time_area"] == pytest.approx(area)
+    assert s["recovery_hours_mean"] == pytest.approx((0 + 6) / 2) and s["recovery_hours_max"] == pytest.approx(6)
+    assert s["worst_dip"] == pytest.approx(0.6 - 0.2) and s["unrecovered_deploys"] == 0
+
+
+def test_timeline_keys_are_validated_with_the_key_path():
+    with pytest.raises(ScenarioError, match="timeline.deploy"):
+        tiny_scenario(timeline={"deploy": "later"})
+    with pytest.raises(ScenarioError, match="timeline.accelerators.backfill"):
+        tiny_scenario(timeline={"accelerators": {"backfill": 0}})
+    with pytest.raises(ScenarioError, match="sessions_interval"):
+        tiny_scenario(timeline={"sessions_interval": 3})
+    assert "timeline" not in tiny_scenario().to_dict()  # absent stays absent (and the digest of old scenarios with it)
+    assert tiny_scenario(timeline={}).timeline.session_interval_hours == 168
+
+
+def test_timeline_files_and_a_resume_after_sigkill_replay_the_same_timeline(tmp_path):
+    whole = tmp_path / "whole"
+    _, frame, summary = run("partial", budget=0.5, out=whole, ingest="continuous", deploy="hot")
+    stored = pd.read_parquet(whole / "timeline.parquet")
+    pd.testing.assert_frame_equal(stored, frame)
+    pd.testing.assert_frame_equal(load_run(whole).timeline, frame)
+    assert json.loads((whole / "run.json").read_text())["timeline"] == summary
+    assert sorted(p.name for p in (whole / "generations").iterdir()) == [f"session-{t}.{e}" for t in range(3) for e in ("json", "pt")]
+
+    killed = tmp_path / "killed"
+    data = tiny_dict(timeline=timeline(ingest="continuous", deploy="hot"), backfill={"policy": "partial", "budget": 0.5})
+    script = f"""
+import os, signal
+from cvstream.scenario import Scenario
+from cvstream.simulator import Hook, Simulator
+
+class KillInSessionTwo(Hook):
+    def on_train_step(self, sim, step, total, terms):
+        if sim.generation == 1 and step == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+Simulator(Scenario.from_dict({data!r}), out_dir={str(killed)!r}, hooks=[KillInSessionTwo()]).run()
+"""
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    assert not (killed / "timeline.parquet").exists()
+    from cvstream import cli
+
+    assert cli.main(["run", "--resume", str(killed), "--no-progress"]) == 0
+    resumed = pd.read_parquet(killed / "timeline.parquet")
+    pd.testing.assert_frame_equal(resumed, stored)
+
+
+def test_compare_timeline_lays_the_policies_on_one_table(tmp_path):
+    from conftest import write_scenario
+    from cvstream import cli
+
+    path = write_scenario(tmp_path, tiny_dict(timeline=timeline(), stream={"sessions": 2}))
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", str(path), "--timeline", "--variants", "none,full-hot,full-after-backfill,dual", "--out", str(out),
+                     "--no-progress"]) == 0
+    table = pd.read_parquet(out / "timeline_comparison.parquet")
+    assert list(table.variant) == ["none", "full-hot", "full-after-backfill", "dual"]
+    assert table.set_index("variant").accel_hours_backfill["none"] == 0
+    assert (table.set_index("variant").accel_hours_backfill[["full-hot", "full-after-backfill", "dual"]] > 0).all()
+    assert (out / "timeline.png").stat().st_size > 10_000
+    assert cli.main(["compare", str(path), "--timeline", "--variants", "nope", "--out", str(tmp_path / "x")]) == 2
+
+
+
+def test_adapter_queries_answer_like_new_ones_wherever_nothing_is_stale_and_differ_while_mixed():
+    _, new, _ = run("full", ingest="continuous", deploy="hot", queries="new")
+    _, adapted, _ = run("full", ingest="continuous", deploy="hot", queries="adapter")
+    evaluated = (new.kind == "evaluate") & new.r1_all.notna()
+    clean, mixed = evaluated & (new.stale_items == 0), evaluated & (new.stale_items > 0)
+    assert np.array_equal(new[clean].r1_all.to_numpy(), adapted[clean].r1_all.to_numpy())
+    assert mixed.any() and not np.array_equal(new[mixed].map_all.to_numpy(), adapted[mixed].map_all.to_numpy())
+
+
+def test_measured_throughput_times_this_machine():
+    sim = Simulator(tiny_scenario(timeline={"throughput": "measured"}), write=False)
+    with sim.running():
+        from cvstream.simulator.timeline import resolve_throughput
+
+        tp = resolve_throughput(sim.scenario.timeline, sim.model, tuple(sim.images.shape[1:]), hidden=256, images=sim.images)
+    assert tp.source == "measured" and tp.train > 0 and tp.embed > tp.train  # a forward is cheaper than a training step
+
+
+@pytest.mark.parametrize("queries", ["new", "dual", "adapter"])
+def test_a_model_upgrade_widens_the_timelines_gallery_without_restoring_old_items(queries):
+    model = {"backbone": "convnet", "embedding_dim": 16, "width": 4, "upgrades": {1: {"backbone": "convnet", "embedding_dim": 24, "width": 6}}}
+    sim = Simulator(tiny_scenario(model=model, timeline=timeline(queries=queries), backfill={"policy": "none"}, method={"name": "bct"}),
+                    write=False)
+    sim.run()
+    frame = sim.timeline.frame
+    evaluated = frame[(frame.kind == "evaluate") & frame.r1_all.notna()]
+    assert evaluated.serving_generation.max() == 2 and evaluated.r1_all.between(0, 1).all()
+    deploys = frame[frame.kind == "deploy"]
+    assert list(deploys.session) == [0, 1, 2]
+    gallery = sim.timeline.gallery
+    assert {int(segment.d) for segment in gallery.segments} == {16, 24}  # session 0's items stay 16-d, never stored again
+    assert gallery.dim == 24 and len(gallery) == frame.gallery_items.iloc[-1]
