@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--curve-session", type=int, default=-1, help="session of the backfill curve, measured on the none variant (default -1: the last)")
     compare.add_argument("--curve-order", default="random", help="backfill order of the curve (backfill.curve_order; default: %(default)s)")
     projection_args(compare)
+    compare.add_argument("--timeline", action="store_true", help="lay the policies side by side on the service timeline (SPEC section 11)")
+    compare.add_argument("--variants", default=None, help="with --timeline: presets to run, comma-separated "
+                         "(none, full-hot, full-after-backfill, partial, transform, dual, adapter; default all but adapter)")
+    compare.add_argument("--partial-budget", type=_positive_float, default=0.25, help="with --timeline: the partial variant's budget (default %(default)s)")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     report = sub.add_parser("report", help="tables in the terminal and PNG plots next to the data, for one run or several")
@@ -70,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default=None, help="folder for the plots (default RUN_DIR/report, or the runs' common folder/report)")
     report.add_argument("--project-gallery", type=_positive_int, default=None, metavar="N", help="project each update's backfill cost to a gallery of N items")
     report.add_argument("--seconds-per-forward", type=_positive_float, default=None, metavar="S", help="seconds per backbone forward (default: measured)")
+    # issue 17: an accelerator profile for the projection, and the HTML page
+    report.add_argument("--accelerator-tflops", type=_positive_float, default=None, metavar="T",
+                        help="with --project-gallery: bill a backbone forward at backbone_flops / (T 1e12 x U) instead of this machine's rate")
+    report.add_argument("--utilization", type=_positive_float, default=None, metavar="U", help="share (0-1] of the accelerator's peak sustained")
+    report.add_argument("--html", action="store_true", help="also write report.html: one self-contained page that opens offline")
 
     sweep = sub.add_parser("sweep", help="run scenarios x seeds x methods x backfill policies; one Parquet dataset per sweep")
     sweep.add_argument("sweep", help="sweep file (YAML)")
@@ -94,7 +103,41 @@ def make_console(*, stderr: bool = False, **kwargs) -> Console:
     return Console(stderr=stderr, **kwargs)
 
 
+# Process settings for long runs (benchmarks/README.md, memory at session 200 against 20). A run frees tensors of
+# ever-changing sizes (queries of all seen classes, replay batches): glibc's default raises its mmap threshold at
+# each large free, after which such blocks come from the heap and its holes stay resident; a fixed threshold
+# keeps them in their own mappings. Under bfloat16 on the CPU, oneDNN and ideep cache a primitive per tensor shape
+# (1,024 each by default), and a growing classifier and growing query sets make new shapes every session; 64
+# hold every shape one training step uses (ResNet-18 included) and bound the rest.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+ONEDNN_CACHES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+
+
+def tune_memory() -> None:
+    """Settings of this process, each only where the user has not chosen it: glibc's mmap threshold fixed at 128 KiB
+    as MALLOC_MMAP_THRESHOLD_=131072 would (only on glibc, and not if any MALLOC_* variable or GLIBC_TUNABLES is
+    set), and the oneDNN primitive caches at 64 entries (read when torch first uses oneDNN, after this).
+
+    The trim threshold is fixed at its default as well: a raise of the mmap threshold before this call (while
+    Python imports) would have set it to twice the raised value, which a variable read at start-up never allows."""
+    for name in ONEDNN_CACHES:
+        os.environ.setdefault(name, "64")
+    if "GLIBC_TUNABLES" in os.environ or any(name.startswith("MALLOC_") for name in os.environ):
+        return
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except (AttributeError, ValueError, OSError):  # no such confstr name (not glibc), no libc.so.6
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+    libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+
+
 def main(argv: list[str] | None = None) -> int:
+    tune_memory()  # first: before the run allocates anything that lasts
     parser = _parser()
     args = parser.parse_args(argv)
     console = make_console()
@@ -208,6 +251,10 @@ def _run(args, console: Console) -> int:
         )
         return 130
     console.print(recall_table(result, title=f"R@1 against the mixed gallery ({scenario.name}, {scenario.method.name})"))
+    if sim.timeline is not None:
+        from cvstream.simulator.timeline_report import summary_table
+
+        console.print(summary_table({scenario.name: sim.timeline.summary}, title="service timeline"))
     console.print(f"files in {result.run_dir}")
     return 0
 
@@ -232,7 +279,8 @@ def _sweep(args, console: Console) -> int:
 def _report(args, console: Console) -> int:
     from cvstream.simulator.report import build_report
 
-    report = build_report(args.runs, out=args.out, paragon=args.paragon)
+    accelerator = _accelerator(args)  # issue 17
+    report = build_report(args.runs, out=args.out, paragon=args.paragon, html=args.html)
     for table in report.tables:
         console.print(table)
     for file in report.files:
@@ -243,9 +291,24 @@ def _report(args, console: Console) -> int:
 
         for path in args.runs:
             run = load_run(path)
-            projection = project_costs(run.costs, args.project_gallery, args.seconds_per_forward, events=run.events)
+            projection = project_costs(run.costs, args.project_gallery, args.seconds_per_forward, events=run.events, accelerator=accelerator)
             console.print(projection_table(projection, title=f"update costs projected to {args.project_gallery:,} items: {path}"))
     return 0
+
+
+def _accelerator(args) -> tuple[float, float] | None:
+    """`report --accelerator-tflops T --utilization U`: the profile (T, U), checked against the other options."""
+    if args.accelerator_tflops is None and args.utilization is None:
+        return None
+    if args.accelerator_tflops is None or args.utilization is None:
+        raise UserError("--accelerator-tflops T and --utilization U go together: the accelerator's peak TFLOP/s and the share of it sustained")
+    if args.utilization > 1:
+        raise UserError(f"--utilization {args.utilization:g}: a share of the peak, at most 1")
+    if not args.project_gallery:
+        raise UserError("--accelerator-tflops prices the projection: give --project-gallery N too")
+    if args.seconds_per_forward is not None:
+        raise UserError("--seconds-per-forward and --accelerator-tflops each set the rate of a forward: give one")
+    return args.accelerator_tflops, args.utilization
 
 
 def _positive_int(text: str) -> int:
@@ -273,9 +336,11 @@ def _compare(args, console: Console) -> int:
 
     from cvstream.simulator.compare import parse_variants, run_comparison
 
-    variants = parse_variants(args.backfill)
     scenario = _load(args)
     out = args.out or str(Path(scenario.output.dir) / scenario.name / f"compare-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    if args.timeline:
+        return _compare_timeline(args, scenario, out, console)
+    variants = parse_variants(args.backfill)
     console.print(f"comparing {len(variants)} backfill variants of {scenario.name} (method {scenario.method.name}) -> {out}")
     table = run_comparison(
         args.scenario, variants, out_dir=out, overrides=args.overrides, data_root=args.data_root,
@@ -286,6 +351,23 @@ def _compare(args, console: Console) -> int:
     )
     console.print(comparison_table(table, title=f"backfill policies on {scenario.name} ({scenario.method.name})"))
     console.print(f"files in {out}")
+    return 0
+
+
+def _compare_timeline(args, scenario, out: str, console: Console) -> int:
+    from cvstream.simulator.compare import parse_timeline_variants, run_timeline_comparison
+    from cvstream.simulator.timeline_report import summary_table
+
+    variants = parse_timeline_variants(args.variants)
+    console.print(f"comparing {len(variants)} timeline variants of {scenario.name} (method {scenario.method.name}) -> {out}")
+    table = run_timeline_comparison(
+        args.scenario, variants, out_dir=out, overrides=args.overrides, data_root=args.data_root, partial_budget=args.partial_budget,
+        progress=not args.no_progress and console.is_terminal,
+        on_variant=lambda row: console.print(f"  {row['variant']}: R@1 area {row['quality_time_area']:.3f}"),
+    )
+    summaries = {row["variant"]: row for row in table.to_dict("records")}
+    console.print(summary_table(summaries, title=f"the service timeline of {scenario.name} ({scenario.method.name}), by policy"))
+    console.print(f"files in {out} (timeline_comparison.parquet, timeline.png)")
     return 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator, model_serializer, model_validator
 
 from cvstream.errors import ScenarioError
 from cvstream.gallery.index import IndexSpec
@@ -50,7 +50,9 @@ def _registered(module: str, registry: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-class ModelSpec(_Section):
+class NetworkSpec(_Section):
+    """One generation's network: the scenario's `model`, and each of its `upgrades`."""
+
     backbone: Annotated[str, _registered("cvstream.models.backbones", "BACKBONES")] = "convnet"
     embedding_dim: int = Field(128, ge=2, le=8192)
     width: int | None = Field(
@@ -58,7 +60,7 @@ class ModelSpec(_Section):
     )
 
     @model_validator(mode="after")
-    def _backbone_width(self) -> "ModelSpec":
+    def _backbone_width(self) -> "NetworkSpec":
         """Fill in the backbone's own width, so the resolved scenario says which network ran."""
         from cvstream.models.backbones import BACKBONES
 
@@ -68,6 +70,40 @@ class ModelSpec(_Section):
         elif getattr(backbone, "fixed_width", False) and self.width != backbone.default_width:
             raise ValueError(f"backbone {self.backbone} has fixed widths; width must be {backbone.default_width} or left out, not {self.width}")
         return self
+
+
+class ModelSpec(NetworkSpec):
+    upgrades: dict[int, NetworkSpec] = Field(
+        default_factory=dict,
+        description="SPEC section 12: session -> the network built from scratch at that session and trained against the one it "
+        "replaces (sessions >= 1; the embedding never shrinks)",
+    )
+
+    @model_validator(mode="after")
+    def _upgrades_only_grow(self) -> "ModelSpec":
+        dim, since = self.embedding_dim, "model"
+        for session, spec in sorted(self.upgrades.items()):
+            if session < 1:
+                raise ValueError(f"upgrades: session {session}: an upgrade replaces a trained network, so its session is 1 or later")
+            if spec.embedding_dim < dim:
+                raise ValueError(
+                    f"upgrades.{session}.embedding_dim = {spec.embedding_dim} is smaller than the {dim} of {since}: an embedding may only "
+                    "grow, since older vectors are compared with a newer one through its first dimensions (SPEC section 12)"
+                )
+            dim, since = spec.embedding_dim, f"upgrades.{session}"
+        return self
+
+    @model_serializer(mode="wrap")
+    def _upgrades_only_when_given(self, handler):
+        data = handler(self)
+        if not self.upgrades:
+            data.pop("upgrades", None)  # scenarios without upgrades keep their digest
+        return data
+
+    def at(self, session: int) -> NetworkSpec:
+        """The network in force at `session`: the latest upgrade at or before it, else `model` itself."""
+        earlier = [t for t in self.upgrades if t <= session]
+        return self.upgrades[max(earlier)] if earlier else self
 
 
 class TrainingSpec(_Section):
@@ -84,7 +120,7 @@ class TrainingSpec(_Section):
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="eta_min = lr * min_lr_ratio")
     augment: bool | None = Field(None, description="random crop and flip; None: the data set decides")
     eval_batch_size: int = Field(512, ge=1)
-    amp: bool = Field(True, description="mixed precision on CUDA; ignored on CPU")
+    amp: bool = Field(True, description="bfloat16 mixed precision where the hardware has it: CUDA, CPUs with AVX512-BF16 or AMX")
     validation_fraction: float = Field(
         0.0, ge=0, lt=1, description="share of each class's training samples held out to keep the epoch with the best R@1 (0: off)"
     )
@@ -116,6 +152,19 @@ class GallerySpec(_Section):
         "so neither grows with the gallery; a search visits every segment",
     )
     gpu: bool = Field(_INDEX.gpu, description="use the Faiss GPU index when faiss has GPU support and a CUDA device is present")
+    narrow_queries: Literal["pad", "normalize"] = Field(
+        _INDEX.narrow_queries,
+        description="after a model upgrade, how a wider query scores narrower stored vectors: `pad` (SPEC section 12: its first "
+        "components, as zero-padding the stored vector would) or `normalize` (its first components rescaled to unit length: a cosine "
+        "in the older space, on the scale of the wider items' scores)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _narrow_queries_only_when_changed(self, handler):
+        data = handler(self)
+        if self.narrow_queries == _INDEX.narrow_queries:
+            data.pop("narrow_queries", None)  # scenarios that keep the default keep their digest
+        return data
 
 
 BackfillOrder = Annotated[str, _registered("cvstream.gallery.backfill", "BACKFILL_ORDERS")]
@@ -174,6 +223,53 @@ class EvaluationSpec(_Section):
 class OutputSpec(_Section):
     dir: str = Field("runs", description="runs go to <dir>/<scenario name>/<run id>/ unless --out is given")
     save_embeddings: bool = Field(False, description="keep embeddings/session-<t>.npz: the vectors each evaluation searched")
+    trackers: list[Annotated[str, _registered("cvstream.simulator.trackers", "TRACKERS")]] = Field(
+        default_factory=list, description="also send every metric and cost row and the scenario to these trackers (tensorboard, mlflow)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_trackers(self, handler):
+        data = handler(self)
+        if not self.trackers:  # absent stays absent: scenarios without trackers keep their digest
+            data.pop("trackers", None)
+        return data
+
+
+class AcceleratorCounts(_Section):
+    train: int = Field(8, ge=1, le=1_000_000, description="accelerators of a training job")
+    backfill: int = Field(8, ge=1, le=1_000_000, description="accelerators of the backfill worker")
+    serve: int = Field(1, ge=1, le=1_000_000, description="accelerators serving queries and embedding arrivals")
+
+
+class AcceleratorProfile(_Section):
+    tflops: float = Field(400.0, gt=0, le=1e6, description="peak TFLOP/s of one accelerator")
+    utilization: float = Field(0.35, gt=0, le=1, description="share of the peak a job sustains")
+
+
+class GivenThroughput(_Section):
+    train: float = Field(..., gt=0, description="training images per second per accelerator")
+    embed: float = Field(..., gt=0, description="embedding forwards per second per accelerator")
+    transform: float | None = Field(None, gt=0, description="psi mappings per second per accelerator (default: embed x backbone/psi FLOPs)")
+
+
+class TimelineSpec(_Section):
+    """SPEC section 11: the service replayed on a simulated clock in hours."""
+
+    session_interval_hours: float = Field(168.0, gt=0, le=1e6, description="session t's data is complete at t x interval")
+    ingest: Literal["continuous", "at-deploy"] = "continuous"
+    deploy: Literal["hot", "after-backfill"] = "hot"
+    queries: Literal["new", "dual", "adapter"] = "new"
+    accelerators: AcceleratorCounts = AcceleratorCounts()
+    throughput: Literal["flops", "measured"] | GivenThroughput = "flops"
+    accelerator: AcceleratorProfile = AcceleratorProfile()
+    eval_every_hours: float = Field(6.0, gt=0, le=1e6, description="evaluate at every multiple (and after every deploy and backfill)")
+    queries_per_hour: float = Field(1000.0, ge=0, description="traffic, for the serving cost")
+    horizon_hours: float | None = Field(None, gt=0, description="when the simulation stops; default the end of the last session's interval")
+    chunk_items: int = Field(1024, ge=1, le=1 << 30, description="items the backfill worker re-embeds per chunk")
+    item_scale: float = Field(
+        1.0, ge=1, le=1e12, description="each simulated image stands for this many of the service's: training, ingest and backfill "
+        "take that much longer (queries_per_hour is the service's own traffic)",
+    )
 
 
 _COMPONENT_KEYS = {"dataset": "name", "stream": "setup", "method": "name"}
@@ -193,6 +289,7 @@ class Scenario(_Section):
     backfill: BackfillSpec = BackfillSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     output: OutputSpec = OutputSpec()
+    timeline: TimelineSpec | None = Field(None, description="SPEC section 11; absent: no timeline, {}: every default")
     _source: str = PrivateAttr("scenario")
     _notes: list[str] = PrivateAttr(default_factory=list)  # what the overrides changed beyond what they named
 
@@ -272,6 +369,8 @@ class Scenario(_Section):
         out: dict[str, Any] = {}
         for key in type(self).model_fields:
             value = getattr(self, key)
+            if value is None and key == "timeline":
+                continue  # absent stays absent: scenarios without a timeline keep their digest
             if isinstance(value, Component):
                 out[key] = value.to_dict(_COMPONENT_KEYS[key])
             elif isinstance(value, BaseModel):

@@ -2,14 +2,24 @@
 
 Index types (`INDEX_TYPES`, a registry: a factory of an empty segment per name): `flat`
 (exact), `ivf` (IVF-Flat), `ivfpq` (IVF-PQ), `hnsw`. The items live in
-segments of at most `segment_size` items: item id `i` is position `i % segment_size` of
-segment `i // segment_size`, so ids are stable and need no id map. A session appends only
+segments of at most `segment_size` items, each a run of consecutive item ids: item id `i` is
+position `i % segment_size` of segment `i // segment_size` (until a model upgrade closes a
+segment early, below), so ids are stable and need no id map. A session appends only
 its new items to the newest segment, so an update costs what its new items cost: no list,
 graph or array whose size is the gallery's is ever grown, copied or searched while adding.
 A search visits every segment and merges their top k. The IVF segments share one coarse
 quantiser, trained once on the first vectors added (or a seeded sample of them). Under
 backfill policy `none` a stored vector never changes; `replace` is the only way one does.
 The gallery takes its index choice as plain values (`IndexSpec`, or anything with its fields).
+
+Mixed dimensions (a model upgrade, SPEC section 12): `widen(dim)` makes later vectors wider.
+Segments already written keep their dimension (the newest is closed, the next add opens one
+of the new dimension, with its own coarse quantiser); nothing is stored again. Every
+comparison is as if all vectors were zero-padded to the widest: a query searches a narrower
+segment with its first components (a narrower query is zero-padded), `vectors()` and the
+class means come back zero-padded to `dim`, and a `replace` into a narrower segment stores
+that segment again at the current dimension, its other items zero-padded (their scores do not
+change; an approximate index re-encodes them).
 """
 
 from __future__ import annotations
@@ -25,10 +35,11 @@ import pandas as pd
 
 from cvstream.errors import UserError
 from cvstream.files import atomic_write_bytes, link_or_copy, write_json, write_parquet
+from cvstream.gallery.parts import LIST_KEY, PARTS_DIR, changed_since, listed_parts, part_name, read_metadata
 from cvstream.registry import Registry
 
 FORMAT_VERSION = 2
-META_FILE, INFO_FILE = "gallery.parquet", "gallery.json"
+META_FILE, INFO_FILE = "gallery.parquet", "gallery.json"  # META_FILE: the whole metadata table of older saves
 _BLOCK = 4096  # rows per block of the running class sums
 SEGMENT_FILE = re.compile(r"gallery-(\d{4,})\.faiss")
 
@@ -76,6 +87,7 @@ class IndexSpec:
     train_size: int | None = None
     segment_size: int = 131_072
     gpu: bool = True
+    narrow_queries: str = "pad"  # "pad" (SPEC section 12) or "normalize": see the scenario's GallerySpec
 
     @classmethod
     def of(cls, spec) -> "IndexSpec":
@@ -112,13 +124,19 @@ class Gallery:
         self.segment_size = spec.segment_size
         self.seed = seed
         self._factory = INDEX_TYPES.get(spec.index)
-        self._template = self._factory(dim, spec)  # empty; for ivf and ivfpq, the trained coarse quantiser every segment shares
+        # Per dimension, an empty index; for ivf and ivfpq, the trained coarse quantiser every segment of it shares.
+        self._templates: dict[int, faiss.Index] = {dim: self._factory(dim, spec)}
         self._trains = not self._template.is_trained  # trained once, on the first vectors added
         self.segments: list[faiss.Index] = []
+        self._starts = np.zeros(0, dtype=np.int64)  # per segment, its first item id
         self._versions = np.zeros(0, dtype=np.int64)  # per segment, bumped at every change (what a cached copy is checked against)
         self._changes = 0  # bumped at every add and replace (what a saved metadata table is checked against)
+        # (change number, item ids whose metadata it set) since the oldest save `_saved` keeps: what a save's new part holds
+        self._metadata_log: list[tuple[int, np.ndarray]] = []
+        self._log_floor = 0  # changes up to this number have left the log
         self.trained_session = -1  # the session whose vectors trained the coarse quantiser (-1: not yet, or none needed)
         self.trained_vectors = 0
+        self._narrower_training: dict[int, dict | None] = {}  # earlier, narrower dimensions: how their index was trained
         self.gpu = bool(spec.gpu and gpu_available() and self._factory.gpu)
         self.gpu_error = ""
         self.rebuilds = 0  # segments rebuilt (hnsw graphs, indexes that cannot replace a vector in place)
@@ -137,23 +155,36 @@ class Gallery:
 
     # -- growing --------------------------------------------------------------------------
 
-    def require_trainable(self, n_first: int) -> None:
-        """Raise a UserError now if the first session's `n_first` vectors cannot train this index."""
+    def require_trainable(self, n_first: int, *, session: int = 0) -> None:
+        """Raise a UserError now if the `n_first` vectors of the first session to store this dimension (`session`: 0, or
+        that of a model upgrade) cannot train this index."""
         spec, template = self.spec, self._template
         if not self._trains:
             return
+        adds = "the first session adds" if session == 0 else f"session {session} (the model upgrade to {self.dim} dimensions) adds"
         n = min(n_first, spec.train_size) if spec.train_size else n_first
         if isinstance(template, faiss.IndexIVF) and n < template.nlist:
             raise UserError(
                 f"gallery: index {spec.index} with nlist = {spec.nlist} needs at least {spec.nlist} vectors to train its "
-                f"coarse quantiser, but the first session adds {n_first} items{' (train_size ' + str(spec.train_size) + ')' if spec.train_size else ''}; "
+                f"coarse quantiser, but {adds} {n_first} items{' (train_size ' + str(spec.train_size) + ')' if spec.train_size else ''}; "
                 f"lower gallery.nlist or use index: flat"
             )
         if isinstance(template, faiss.IndexIVFPQ) and n < 2**spec.pq_bits:
             raise UserError(
                 f"gallery: ivfpq with pq_bits = {spec.pq_bits} needs at least {2 ** spec.pq_bits} training vectors, "
-                f"but the first session adds {n_first}; lower gallery.pq_bits"
+                f"but {adds} {n_first}; lower gallery.pq_bits"
             )
+
+    def widen(self, dim: int) -> None:
+        """Store `dim`-d vectors from now on (a model upgrade); the segments already written keep their dimension."""
+        if dim < self.dim:
+            raise ValueError(f"the gallery stores {self.dim}-d vectors; it cannot narrow to {dim}")
+        if dim == self.dim:
+            return
+        self._narrower_training[self.dim] = self._training()
+        self._templates.setdefault(dim, self._factory(dim, self.spec))
+        self._class_sum = np.pad(self._class_sum, ((0, 0), (0, dim - self.dim)))
+        self.dim, self.trained_session, self.trained_vectors = dim, -1, 0
 
     def add(self, vectors: np.ndarray, *, sample_ids: np.ndarray, class_ids: np.ndarray, session: int, generation: int) -> np.ndarray:
         vectors = self._as_vectors(vectors)
@@ -162,11 +193,13 @@ class Gallery:
             self._train(vectors, session=session)
         item_ids = np.arange(len(self), len(self) + n, dtype=np.int64)
         self._changes += 1
+        self._metadata_log.append((self._changes, item_ids))
         start = 0
         while start < n:  # fill the newest segment, then open the next
-            if not self.segments or self.segments[-1].ntotal >= self.segment_size:
+            if not self.segments or self.segments[-1].ntotal >= self.segment_size or self.segments[-1].d != self.dim:
                 self.segments.append(self._empty_segment())
                 self._versions = np.append(self._versions, 0)
+                self._starts = np.append(self._starts, len(self) + start)
             chunk = vectors[start : start + self.segment_size - self.segments[-1].ntotal]
             self.segments[-1].add(chunk)  # positions ntotal, ntotal + 1, ...: the item ids, less the segment's offset
             self._versions[-1] += 1
@@ -198,7 +231,9 @@ class Gallery:
         self._accumulate(classes, self.vectors(item_ids), sign=-1)
         for number, rows, local in self._by_segment(item_ids):
             segment = self.segments[number]
-            if isinstance(segment, faiss.IndexFlat):
+            if segment.d < self.dim:
+                self._store_wider(number, local, vectors[rows], session=session)
+            elif isinstance(segment, faiss.IndexFlat):
                 _stored(segment, self.dim)[local] = vectors[rows]  # in place
             elif isinstance(segment, faiss.IndexIVF):
                 segment.update_vectors(local, vectors[rows])
@@ -213,12 +248,38 @@ class Gallery:
             self._versions[number] += 1
         stored = self.vectors(item_ids) if self.lossy else vectors
         self._accumulate(classes, stored, sign=1)
+        if generation is not None or transformed:
+            self._metadata_log.append((self._changes, item_ids.copy()))
         if generation is not None:
             self._generation.values[item_ids] = generation
             self._backfilled_at.values[item_ids] = session
             self._transformed_at.values[item_ids] = -1  # the stored vector is a true embedding again
         if transformed:
             self._transformed_at.values[item_ids] = session
+
+    def _store_wider(self, number: int, local: np.ndarray, vectors: np.ndarray, *, session: int) -> None:
+        """Store a narrower segment again at the current dimension: `vectors` at positions `local`, the other items'
+        stored vectors zero-padded (the same scores); at most `segment_size` items, as an hnsw rebuild."""
+        segment = self.segments[number]
+        items = np.arange(self._starts[number], self._starts[number] + segment.ntotal, dtype=np.int64)
+        others = np.setdiff1d(items, items[local])
+        if self.lossy:  # re-encoded at the new dimension, the others' decoded vectors change: so do their class sums
+            self._accumulate(self._class_ids.values[others], self.vectors(others), sign=-1)
+        stored = self.vectors(items)
+        stored[local] = vectors
+        if not self._template.is_trained:
+            self._train(stored, session=session)
+        wider = self._empty_segment()
+        wider.add(stored)
+        self.segments[number] = wider
+        self.rebuilds += 1
+        if self.lossy:
+            self._accumulate(self._class_ids.values[others], self.vectors(others), sign=1)
+
+    @property
+    def _template(self) -> faiss.Index:
+        """The empty index (for ivf and ivfpq, the trained coarse quantiser) of the current dimension's segments."""
+        return self._templates[self.dim]
 
     @property
     def spec(self) -> IndexSpec:
@@ -253,25 +314,31 @@ class Gallery:
             raise UserError(f"gallery: index {self.index_type} cannot be trained on {len(sample)} vectors ({exc})") from None
         self.trained_session, self.trained_vectors = session, int(len(sample))
 
-    def _empty_segment(self, taking_over: faiss.Index | None = None) -> faiss.Index:
-        """A new, empty segment; for ivf and ivfpq, sharing the trained quantiser (and copying the PQ codebooks).
+    def _training(self) -> dict | None:
+        """How the current dimension's index was trained, as gallery.json records it (None: not yet, or no training)."""
+        return {"session": self.trained_session, "vectors": self.trained_vectors} if self.trained_session >= 0 else None
+
+    def _empty_segment(self, taking_over: faiss.Index | None = None, *, dim: int | None = None) -> faiss.Index:
+        """A new, empty segment of `dim` (default the current dimension); for ivf and ivfpq, sharing that dimension's
+        trained quantiser (and copying the PQ codebooks).
 
         `taking_over`, a deserialised IVF segment with its own copy of the quantiser, hands its
         inverted lists to the new segment, so that a loaded gallery shares one quantiser again.
         Any other index type's segment is a fresh index, or a copy of the trained template.
         """
-        if not isinstance(self._template, _SHARED_IVF):
+        dim = self.dim if dim is None else dim
+        template, ip = self._templates[dim], faiss.METRIC_INNER_PRODUCT
+        if not isinstance(template, _SHARED_IVF):
             if not self._trains:
-                return self._factory(self.dim, self.spec)
-            segment = faiss.clone_index(self._template)
+                return self._factory(dim, self.spec)
+            segment = faiss.clone_index(template)
             if isinstance(segment, faiss.IndexIVF):
                 segment.set_direct_map_type(faiss.DirectMap.Array)  # for update_vectors
             return segment
-        template, ip = self._template, faiss.METRIC_INNER_PRODUCT
         if isinstance(template, faiss.IndexIVFFlat):
-            segment = faiss.IndexIVFFlat(template.quantizer, self.dim, template.nlist, ip)
+            segment = faiss.IndexIVFFlat(template.quantizer, dim, template.nlist, ip)
         else:
-            segment = faiss.IndexIVFPQ(template.quantizer, self.dim, template.nlist, template.pq.M, template.pq.nbits, ip)
+            segment = faiss.IndexIVFPQ(template.quantizer, dim, template.nlist, template.pq.M, template.pq.nbits, ip)
             segment.pq = template.pq  # a copy of the trained codebooks
         segment.is_trained = True
         segment.nprobe = template.nprobe
@@ -289,12 +356,12 @@ class Gallery:
         if len(self.segments) == 1:
             yield 0, slice(None), item_ids
             return
-        number = item_ids // self.segment_size
+        number = np.searchsorted(self._starts, item_ids, side="right") - 1
         order = np.argsort(number, kind="stable")
         present, starts = np.unique(number[order], return_index=True)
         for seg, begin, end in zip(present, starts, [*starts[1:], len(order)]):
             rows = order[begin:end]
-            yield int(seg), rows, item_ids[rows] - int(seg) * self.segment_size
+            yield int(seg), rows, item_ids[rows] - self._starts[seg]
 
     def _accumulate(self, class_ids: np.ndarray, vectors: np.ndarray, *, sign: int) -> None:
         """Add (sign 1) or remove (sign -1) vectors in the per-class sums, summed in float64."""
@@ -317,20 +384,27 @@ class Gallery:
     # -- searching ------------------------------------------------------------------------
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Inner-product search: (scores, item ids), -1 where fewer than k items were found."""
+        """Inner-product search: (scores, item ids), -1 where fewer than k items were found. A segment of another
+        dimension than the queries' is searched as if both were zero-padded to the wider (SPEC section 12); with
+        `narrow_queries: normalize` a wider query's first components are rescaled to unit length first."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(k, max(len(self), 1))
         if len(self) == 0:
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
-        coarse = None
+        views = {d: first_components(queries, d) for d in {int(s.d) for s in self.segments}}
+        if self._spec.narrow_queries == "normalize":  # a wider query's first components, at unit length
+            for d, view in views.items():
+                if d < queries.shape[1]:
+                    views[d] = view / np.maximum(np.linalg.norm(view, axis=1, keepdims=True), 1e-12)
+        coarse = {}
         if len(self.segments) > 1 and isinstance(self._template, faiss.IndexIVF) and not self.gpu:
-            # One coarse assignment for all segments: they share the quantiser (GPU copies assign on the GPU).
-            coarse = self._template.quantizer.search(queries, self._template.nprobe)
+            # One coarse assignment for all segments of a dimension: they share its quantiser (GPU copies assign on the GPU).
+            coarse = {d: self._templates[d].quantizer.search(view, self._templates[d].nprobe) for d, view in views.items()}
         best = None
         for number, segment in enumerate(self.segments):  # one segment's results at a time: memory of two searches
-            scores, ids = self._search_segment(number, segment, queries, k, coarse)
+            scores, ids = self._search_segment(number, segment, views[segment.d], k, coarse.get(segment.d))
             if number:  # positions -> item ids; the first segment's are its item ids already
-                ids = np.where(ids >= 0, ids + number * self.segment_size, -1)
+                ids = np.where(ids >= 0, ids + self._starts[number], -1)
             best = (scores, ids) if best is None else _merge(best, (scores, ids))
         return best
 
@@ -356,23 +430,25 @@ class Gallery:
     # -- reading --------------------------------------------------------------------------
 
     def vectors(self, item_ids: np.ndarray) -> np.ndarray:
-        """The stored vectors of these items, exactly as indexed (decoded, for ivfpq)."""
+        """The stored vectors of these items, exactly as indexed (decoded, for ivfpq), zero-padded to `dim` where a
+        model upgrade left them in a narrower segment."""
         item_ids = np.asarray(item_ids, dtype=np.int64)
-        out = np.empty((len(item_ids), self.dim), np.float32)
+        narrower = any(segment.d != self.dim for segment in self.segments)
+        out = (np.zeros if narrower else np.empty)((len(item_ids), self.dim), np.float32)
         if len(item_ids) == 0:
             return out
         for number, rows, local in self._by_segment(item_ids):
             segment = self.segments[number]
             if _flat_storage(segment) is not None:
-                out[rows] = _stored(segment, self.dim)[local]
+                out[rows, : segment.d] = _stored(segment, segment.d)[local]
             else:
-                out[rows] = segment.reconstruct_batch(local)
+                out[rows, : segment.d] = segment.reconstruct_batch(local)
         return out
 
     def _segment_vectors(self, segment: faiss.Index) -> np.ndarray:
-        """A copy of all of one segment's stored vectors."""
+        """A copy of all of one segment's stored vectors (of the segment's own dimension)."""
         if _flat_storage(segment) is not None:
-            return _stored(segment, self.dim).copy()
+            return _stored(segment, segment.d).copy()
         return segment.reconstruct_n(0, segment.ntotal)
 
     def class_of(self, item_ids: np.ndarray) -> np.ndarray:
@@ -398,7 +474,7 @@ class Gallery:
         return out
 
     def class_means(self, class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean of the stored vectors of each class (float32) and whether the class has any item."""
+        """Mean of the stored vectors of each class, zero-padded to `dim` (float32), and whether the class has any item."""
         counts = self.class_counts(class_ids)
         means = np.zeros((len(class_ids), self.dim), dtype=np.float32)
         has = counts > 0
@@ -406,19 +482,23 @@ class Gallery:
         means[has] = (self._class_sum[idx] / counts[has, None]).astype(np.float32)
         return means, has
 
-    def metadata(self) -> pd.DataFrame:
+    def metadata(self, item_ids: np.ndarray | None = None) -> pd.DataFrame:
+        """One row per item (all, or those of `item_ids`, in that order)."""
+        ids = np.arange(len(self), dtype=np.int64) if item_ids is None else np.asarray(item_ids, dtype=np.int64)
+
         def optional(column: _Column):
-            out = pd.array(column.values, dtype="Int64")
-            out[column.values < 0] = pd.NA
+            values = column.values[ids]
+            out = pd.array(values, dtype="Int64")
+            out[values < 0] = pd.NA
             return out
 
         return pd.DataFrame(
             {
-                "item_id": np.arange(len(self), dtype=np.int64),
-                "sample_id": self._sample_ids.values.copy(),
-                "class_id": self._class_ids.values.copy(),
-                "session_added": self._session_added.values.copy(),
-                "generation": self._generation.values.copy(),
+                "item_id": ids.copy(),
+                "sample_id": self._sample_ids.values[ids],
+                "class_id": self._class_ids.values[ids],
+                "session_added": self._session_added.values[ids],
+                "generation": self._generation.values[ids],
                 "backfilled_at": optional(self._backfilled_at),
                 "transformed_at": optional(self._transformed_at),
             }
@@ -426,28 +506,35 @@ class Gallery:
 
     def describe(self) -> dict:
         """The index choice as recorded next to the index: type, parameters, how it was trained, its segments."""
-        return {
+        out = {
             "format_version": FORMAT_VERSION, "dim": self.dim, "index": self.index_type, "spec": asdict(self._spec),
-            "trained": {"session": self.trained_session, "vectors": self.trained_vectors} if self.trained_session >= 0 else None,
+            "trained": self._training(),
             "gpu": self.gpu, "gpu_error": self.gpu_error, "items": len(self), "seed": self.seed, "hnsw_rebuilds": self.rebuilds,
-            "segments": [{"file": segment_file(i), "items": int(s.ntotal)} for i, s in enumerate(self.segments)],
+            # A segment narrower than `dim` (written before a model upgrade) says its own dimension.
+            "segments": [{"file": segment_file(i), "items": int(s.ntotal), **({"dim": int(s.d)} if s.d != self.dim else {})}
+                         for i, s in enumerate(self.segments)],
         }
+        narrower = sorted({int(s.d) for s in self.segments} - {self.dim})
+        if narrower:
+            out["narrower"] = [{"dim": d, "trained": self._narrower_training.get(d)} for d in narrower]
+        return out
 
     # -- persistence ----------------------------------------------------------------------
 
     def save(self, folder: str | Path) -> None:
-        """Write the segment files, gallery.json and gallery.parquet (each atomically) into `folder`.
+        """Write the segment files, gallery.json and the metadata parts (each atomically) into `folder`.
 
         What this object already wrote and has not changed since is not written again: a file
         still current in `folder` is kept, one current in a folder saved to before (the run's
-        own gallery, for a checkpoint) is hard-linked. A session's save thus costs its new
-        segment data and the metadata, not the gallery.
+        own gallery, for a checkpoint) is hard-linked. The metadata is a list of parts
+        (`cvstream.gallery.parts`), and a save adds one holding only the rows changed since. A
+        session's save thus costs its new segment data and its changed rows, not the gallery.
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         here = str(folder.resolve())
         saved = dict(self._saved or {})  # folder -> {file name: (version it holds, its inode, size and mtime then)}
-        current = {segment_file(i): int(v) for i, v in enumerate(self._versions)} | {META_FILE: self._changes}
+        current = {segment_file(i): int(v) for i, v in enumerate(self._versions)}
         record: dict[str, tuple] = {}
 
         def holds_current(where: str, name: str) -> bool:
@@ -470,10 +557,47 @@ class Gallery:
             match = SEGMENT_FILE.fullmatch(path.name)
             if match and int(match.group(1)) >= len(self.segments):
                 path.unlink()
-        put(META_FILE, lambda path: write_parquet(path, self.metadata()))
-        write_json(folder / INFO_FILE, self.describe())
+        record[PARTS_DIR] = self._save_parts(folder, here, saved)
+        write_json(folder / INFO_FILE, {**self.describe(), LIST_KEY: [name for name, _ in record[PARTS_DIR][1]]})
+        (folder / META_FILE).unlink(missing_ok=True)  # the whole table of an older save here: the parts replace it
         saved.pop(here, None)
         self._saved = {**dict(list(saved.items())[-1:]), here: record}  # this folder and the one saved to before it
+        self._log_floor = min(entry[PARTS_DIR][0] for entry in self._saved.values())
+        self._metadata_log = [(number, ids) for number, ids in self._metadata_log if number > self._log_floor]
+
+    def _save_parts(self, folder: Path, here: str, saved: dict) -> tuple[int, list[tuple[str, tuple]]]:
+        """Bring `folder`'s metadata parts up to date; returns (the change they hold up to, [(part, its signature)]).
+
+        A folder saved to before gets a part of the rows changed since; a new one, links to the parts of
+        the folder saved to before it plus such a part; one that neither can serve, a single part of all rows.
+        """
+        parts_dir = folder / PARTS_DIR
+        parts_dir.mkdir(exist_ok=True)
+
+        def intact(where: str):
+            entry = saved.get(where, {}).get(PARTS_DIR)
+            if entry is None or entry[0] < self._log_floor:
+                return None
+            return entry if all(_signature(Path(where) / PARTS_DIR / name) == sig for name, sig in entry[1]) else None
+
+        through, parts = intact(here) or (None, [])
+        sources = [(entry[0], f, entry[1]) for f in saved if f != here and (entry := intact(f))] if through is None else []
+        if sources:  # the most recent one: the fewest rows left to write
+            through, source, linked = max(sources)
+            for name, _ in linked:
+                link_or_copy(Path(source) / PARTS_DIR / name, parts_dir / name)
+                parts.append((name, _signature(parts_dir / name)))
+        rows = np.arange(len(self), dtype=np.int64) if through is None else changed_since(self._metadata_log, through)
+        if len(rows) or not parts:
+            table = self.metadata(rows)
+            name = part_name(table, {name for name, _ in parts})
+            write_parquet(parts_dir / name, table)
+            parts = [*parts, (name, _signature(parts_dir / name))]
+        keep = {name for name, _ in parts}
+        for path in parts_dir.glob("*.parquet"):  # parts of an earlier save here that the list no longer holds
+            if path.name not in keep:
+                path.unlink()
+        return self._changes, parts
 
     @classmethod
     def load(cls, folder: str | Path, *, class_sums: tuple[np.ndarray, np.ndarray] | None = None) -> "Gallery":
@@ -484,13 +608,18 @@ class Gallery:
         stored vectors); without them the sums are recomputed from the stored vectors.
         """
         folder = Path(folder)
-        missing = [name for name in (INFO_FILE, META_FILE) if not (folder / name).is_file()]
-        if missing:
-            raise UserError(f"{folder}: no saved gallery ({', '.join(missing)} missing)")
+        if not (folder / INFO_FILE).is_file():
+            raise UserError(f"{folder}: no saved gallery ({INFO_FILE} missing)")
         try:
             info = json.loads((folder / INFO_FILE).read_text())
-        except (OSError, ValueError) as exc:
+            parts = listed_parts(info) if isinstance(info, dict) else None
+        except (OSError, ValueError, UserError) as exc:
             raise UserError(f"{folder / INFO_FILE}: the saved gallery cannot be read ({exc})") from None
+        meta_files = [META_FILE] if parts is None else [f"{PARTS_DIR}/{name}" for name in parts]
+        missing = [name for name in meta_files if not (folder / name).is_file()]
+        if missing:
+            raise UserError(f"{folder}: no saved gallery ({', '.join(missing)} missing)")
+        meta_name = META_FILE if parts is None else f"{PARTS_DIR}/"
         if not isinstance(info, dict) or info.get("format_version") != FORMAT_VERSION:
             version = info.get("format_version") if isinstance(info, dict) else None
             raise UserError(f"{folder / INFO_FILE}: gallery format {version}, expected {FORMAT_VERSION} (saved by another cvstream)")
@@ -504,21 +633,28 @@ class Gallery:
         reading = INFO_FILE
         try:
             gallery = cls(int(info["dim"]), IndexSpec(**info["spec"]), seed=int(info.get("seed", 0)))
-            reading = META_FILE
-            meta = pd.read_parquet(folder / META_FILE)
+            dims = [int(entry.get("dim", gallery.dim)) for entry in entries]
+            for narrower in info.get("narrower", []):
+                gallery._narrower_training[int(narrower["dim"])] = narrower.get("trained")
+            for dim in sorted(set(dims) - {gallery.dim}):
+                if not 0 < dim < gallery.dim:
+                    raise ValueError(f"a segment of {dim} dimensions in a gallery of {gallery.dim}")
+                gallery._templates[dim] = gallery._factory(dim, gallery.spec)
+            reading = meta_name
+            meta = read_metadata(folder, parts)
             segments = []
             for reading in files:
                 segments.append(faiss.deserialize_index(np.fromfile(folder / reading, dtype=np.uint8)))
         except Exception as exc:  # pyarrow, Faiss and pydantic raise many types for a damaged file
             raise UserError(f"{folder / reading}: the saved gallery cannot be read ({type(exc).__name__}: {exc})") from None
-        problems = gallery._check_segments(segments, files)
+        problems = gallery._check_segments(segments, files, dims)
         total = sum(int(s.ntotal) for s in segments)
         if total != len(meta):
-            problems.append(f"the index segments hold {total} vectors but {META_FILE} lists {len(meta)} items")
+            problems.append(f"the index segments hold {total} vectors but {meta_name} lists {len(meta)} items")
         if not np.array_equal(meta["item_id"].to_numpy(dtype=np.int64), np.arange(len(meta), dtype=np.int64)):
-            problems.append(f"{META_FILE}: item ids are not 0..{len(meta) - 1} in order")
+            problems.append(f"{meta_name}: item ids are not 0..{len(meta) - 1} in order")
         if int(info.get("items", len(meta))) != len(meta):
-            problems.append(f"{INFO_FILE} says {info.get('items')} items, {META_FILE} lists {len(meta)}")
+            problems.append(f"{INFO_FILE} says {info.get('items')} items, {meta_name} lists {len(meta)}")
         if problems:
             raise UserError(f"{folder}: the saved gallery does not match its metadata: " + "; ".join(problems))
         gallery._adopt(segments)
@@ -543,37 +679,44 @@ class Gallery:
             gallery._accumulate(ints("class_id"), gallery.vectors(np.arange(len(meta), dtype=np.int64)), sign=1)
         return gallery
 
-    def _check_segments(self, segments: list[faiss.Index], names: list[str]) -> list[str]:
-        """What is wrong with deserialised segments for this gallery's dimension, backend and segment size."""
+    def _check_segments(self, segments: list[faiss.Index], names: list[str], dims: list[int]) -> list[str]:
+        """What is wrong with deserialised segments for their dimensions (`dims`, as gallery.json lists them), this
+        gallery's backend and its segment size (with one dimension, every segment but the last is full)."""
         kind = type(self._template)
+        one_dimension = len(set(dims)) == 1
         problems = []
-        for number, (segment, name) in enumerate(zip(segments, names)):
-            if segment.d != self.dim:
-                problems.append(f"{name} holds {segment.d}-d vectors, {INFO_FILE} says {self.dim}")
+        for number, (segment, name, dim) in enumerate(zip(segments, names, dims)):
+            if segment.d != dim:
+                problems.append(f"{name} holds {segment.d}-d vectors, {INFO_FILE} says {dim}")
             elif not isinstance(segment, kind) or segment.metric_type != faiss.METRIC_INNER_PRODUCT:
                 problems.append(f"{name} is a {type(segment).__name__}, not the inner-product {self.index_type} index {INFO_FILE} names")
             elif isinstance(segment, faiss.IndexIVF) and segment.nlist != self._template.nlist:
                 problems.append(f"{name} has {segment.nlist} inverted lists, {INFO_FILE} says nlist = {self._template.nlist}")
-            elif number < len(segments) - 1 and segment.ntotal != self.segment_size or segment.ntotal > self.segment_size:
+            elif one_dimension and number < len(segments) - 1 and segment.ntotal != self.segment_size or segment.ntotal > self.segment_size:
                 problems.append(f"{name} holds {segment.ntotal} items; segments hold {self.segment_size}, the last one at most that")
         return problems
 
     def _adopt(self, segments: list[faiss.Index]) -> None:
         """Take deserialised segments as this gallery's (after a load or a checkpoint restore)."""
-        if isinstance(self._template, _SHARED_IVF) and segments:
-            # A template trained with the first segment's centroids (and codebooks) holds the shared quantiser;
-            # every segment hands its inverted lists to a segment built around it.
-            first = segments[0]
-            self._template = self._factory(self.dim, self.spec)
-            self._template.quantizer.add(first.quantizer.reconstruct_n(0, first.nlist))
-            if isinstance(self._template, faiss.IndexIVFPQ):
-                self._template.pq = first.pq
-            self._template.is_trained = True
-            segments = [self._empty_segment(taking_over=segment) for segment in segments]
-        elif self._trains and segments:  # any other trained index: the template is the first segment, emptied
-            self._template = faiss.clone_index(segments[0])
-            self._template.reset()
+        firsts = {}  # dimension -> its first segment
+        for segment in segments:
+            firsts.setdefault(int(segment.d), segment)
+        if isinstance(self._template, _SHARED_IVF):
+            # Per dimension, a template trained with its first segment's centroids (and codebooks) holds the shared
+            # quantiser; every segment hands its inverted lists to a segment built around it.
+            for dim, first in firsts.items():
+                template = self._templates[dim] = self._factory(dim, self.spec)
+                template.quantizer.add(first.quantizer.reconstruct_n(0, first.nlist))
+                if isinstance(template, faiss.IndexIVFPQ):
+                    template.pq = first.pq
+                template.is_trained = True
+            segments = [self._empty_segment(taking_over=segment, dim=int(segment.d)) for segment in segments]
+        elif self._trains:  # any other trained index: a dimension's template is its first segment, emptied
+            for dim, first in firsts.items():
+                self._templates[dim] = faiss.clone_index(first)
+                self._templates[dim].reset()
         self.segments = segments
+        self._starts = np.cumsum([0] + [int(s.ntotal) for s in segments[:-1]]).astype(np.int64) if segments else np.zeros(0, np.int64)
         self._versions = np.zeros(len(segments), dtype=np.int64)
         self._gpu = self._saved = None
 
@@ -611,6 +754,16 @@ def _stored(segment: faiss.Index, dim: int) -> np.ndarray:
     """The float vectors of a flat or HNSW-Flat segment, in place (writable)."""
     flat = _flat_storage(segment)
     return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * dim).reshape(flat.ntotal, dim)
+
+
+def first_components(queries: np.ndarray, dim: int) -> np.ndarray:
+    """Queries as `dim`-d vectors compare with them (SPEC section 12): their first `dim` components, or zero-padded to
+    `dim`. An inner product with the first components is one with the vectors zero-padded to the queries' width."""
+    if queries.shape[1] == dim:
+        return queries
+    if queries.shape[1] > dim:
+        return np.ascontiguousarray(queries[:, :dim])
+    return np.pad(queries, ((0, 0), (0, dim - queries.shape[1])))
 
 
 def _merge(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ progress bar are hooks, checkpointing is the engine's.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from datetime import datetime, timezone
@@ -23,7 +24,7 @@ from cvstream.errors import UserError
 from cvstream.gallery import Gallery, ReplayBuffer
 from cvstream.gallery.backfill import BACKFILL_POLICIES, fit_transform, order_items, plan_backfill, stale_items, transform_pairs
 from cvstream.gallery.replay import REPLAY_SELECTIONS
-from cvstream.models import build_method, build_model
+from cvstream.models import build_method, build_model, upgraded_model
 from cvstream.models.methods.base import TrainContext
 from cvstream.models.trainer import embed, train_session
 from cvstream.sessions import scenario_stream
@@ -56,6 +57,10 @@ def preflight(scenario, stream) -> None:
     curve = scenario.backfill.curve_session
     if curve is not None and curve >= len(stream):
         raise UserError(f"backfill.curve_session = {curve}, but the stream has {len(stream)} sessions (0..{len(stream) - 1})")
+    for session, spec in sorted(scenario.model.upgrades.items()):  # SPEC section 12: its vectors open segments of their own
+        if session >= len(stream):
+            raise UserError(f"model.upgrades: session {session}, but the stream has {len(stream)} sessions (0..{len(stream) - 1})")
+        Gallery(spec.embedding_dim, scenario.gallery, seed=scenario.seed).require_trainable(len(stream[session].gallery_ids), session=session)
 
 
 class Simulator:
@@ -91,6 +96,10 @@ class Simulator:
         self.hooks: list[Hook] = []
         if write:
             self.hooks.append(ParquetWriter())
+            if scenario.output.trackers:  # issue 17: TensorBoard / MLflow, from the rows the writer saves
+                from cvstream.simulator.trackers import TrackerHook
+
+                self.hooks.append(TrackerHook(scenario.output.trackers))
         if progress:
             self.hooks.append(ProgressHook())
         if scenario.evaluation.every_steps:
@@ -98,6 +107,9 @@ class Simulator:
         self.hooks.extend(hooks)
         self.method = build_method(scenario)
         self.state: RunState | None = None
+        self._flops_by_generation: dict[int, int] = {}  # issue 17: backbone_flops, per generation
+        self.extra_info: dict = {}  # more for run.json (the timeline's summary)
+        self.timeline = None  # a TimelineResult, after a run with a timeline section
         self.started_at: datetime | None = None
         self.status = "created"
 
@@ -112,6 +124,22 @@ class Simulator:
     # -- the run -------------------------------------------------------------------------------
 
     def run(self) -> RunResult:
+        """Every session from `state.next_session` on; with a `timeline` section, driven by the service timeline."""
+        if self.scenario.timeline is not None:
+            from cvstream.simulator.timeline import run_timeline
+
+            self.timeline = run_timeline(self)
+            return self.result()
+        with self.running():
+            for t in range(self.state.next_session, len(self.stream)):
+                self.run_session(t)
+        return self.result()
+
+    @contextlib.contextmanager
+    def running(self):
+        """Everything around the sessions: prepare, lock the run folder, restore a resumed run, the hooks' start
+        and end, the run's status. Inside it, `run_session(t)` for t from `state.next_session` on (the service
+        timeline drives them one at a time from its own clock)."""
         self._prepare()
         self.status = "running"
         self._lock = RunLock(self.run_dir) if self.run_dir is not None else None
@@ -132,16 +160,14 @@ class Simulator:
             self._finish("failed")
             raise
         try:
-            for t in range(self.state.next_session, len(self.stream)):
-                self.run_session(t)
+            yield self
         except KeyboardInterrupt:
             self._finish("interrupted")
             raise
         except BaseException:
             self._finish("failed")
             raise
-        self._finish("completed")
-        return self.result()
+        self._finish("completed" if self.state.next_session >= len(self.stream) else "stopped")
 
     def run_session(self, t: int) -> None:
         """One session, in the one order there is."""
@@ -173,10 +199,20 @@ class Simulator:
         outcome, value = action(t, *args)
         if outcome.seconds is None:  # a step that timed its own work says so; others take their wall time
             outcome.seconds = time.perf_counter() - clock
+        if outcome.cost_phase:  # issue 17: FLOPs per image of the generation that did the work
+            outcome.backbone_flops = self._backbone_flops(outcome.generation)
         self.tables.add_event(self.run_id, event, outcome, started_at=started.isoformat())
         for hook in self.hooks:
             self.record_metrics(hook.after_event(self, event, outcome), session=t)
         return value
+
+    def _backbone_flops(self, generation: int) -> int:
+        """FLOPs per image of `generation`'s network, counted once per generation (the current model is that generation)."""
+        if generation not in self._flops_by_generation:
+            from cvstream.models.flops import forward_flops
+
+            self._flops_by_generation[generation] = forward_flops(self.state.model, tuple(self.images.shape[1:]))
+        return self._flops_by_generation[generation]
 
     def record_metrics(self, rows: list[dict] | None, *, session: int) -> None:
         """Add metric rows (as in metrics.parquet: `metric`, `value`, and optionally `subset`, `gallery_view`,
@@ -199,6 +235,7 @@ class Simulator:
             run_dir=self.run_dir, run_id=self.run_id, status=self.status,
             metrics=self.tables.frame("metrics"), costs=self.tables.frame("costs"), events=self.tables.frame("events"),
             stream=self.stream.to_frame(), gallery=self.gallery.metadata(),
+            timeline=self.timeline.frame if self.timeline is not None else None,
         )
 
     # -- the state, and read-only views of it for hooks ----------------------------------------
@@ -270,8 +307,15 @@ class Simulator:
         ids = ids[~np.isin(ids, val_ids)]
         classes = self.labels_of(ids)
         keep_previous = bool(needs & {"previous_model", "previous_embeddings"}) and state.generation >= 0
-        # The previous generation, frozen before the classifier grows: only it and the current model live.
-        previous = copy.deepcopy(state.model).eval().requires_grad_(False) if keep_previous else None
+        upgrade = s.model.upgrades.get(t)
+        if upgrade is not None:  # SPEC section 12: a network built from scratch, trained against the one it replaces
+            old = state.model.eval().requires_grad_(False)
+            head = self.method.upgrade_head(old_dim=old.embedding_dim, new_dim=upgrade.embedding_dim)
+            state.model = upgraded_model(s, upgrade, previous=old, session=t, head=head)
+            state.gallery.widen(upgrade.embedding_dim)
+            previous = old if keep_previous else None
+        else:  # the previous generation, frozen before the classifier grows: only it and the current model live
+            previous = copy.deepcopy(state.model).eval().requires_grad_(False) if keep_previous else None
         state.model.add_classes(
             np.concatenate([session.new_classes, np.unique(classes)]), torch_generator(s.seed, "classifier_rows", t)
         )
@@ -307,8 +351,10 @@ class Simulator:
         context, forwards = TrainContext(session=t), 0
         if previous is not None:
             context.previous_embed = previous
+            if previous.embedding_dim != model.embedding_dim:  # across a model upgrade: old vectors compare through it
+                context.old_dim = previous.embedding_dim
             known = torch.isin(model.class_ids, previous.class_ids)
-            weight = torch.zeros_like(model.weight.detach())
+            weight = model.weight.detach().new_zeros((model.num_classes, previous.embedding_dim))
             rows = previous.rows_of(model.class_ids[known])
             weight[known] = torch.nn.functional.normalize(previous.weight.detach()[rows], dim=1)
             context.previous_weight, context.previous_known = weight, known
@@ -319,8 +365,8 @@ class Simulator:
         if "class_means" in needs and len(gallery):
             # L_d covers every class with stored vectors from an earlier session (CVS's Pi and Gamma sets): on
             # blurry and general streams that includes classes whose home session is now or later.
-            means, has = gallery.class_means(model.class_ids.cpu().numpy())
-            context.class_means = torch.from_numpy(means).to(self.device)
+            means, has = gallery.class_means(model.class_ids.cpu().numpy())  # zero-padded to the widest stored vector
+            context.class_means = torch.from_numpy(means[:, : context.old_dim or means.shape[1]]).to(self.device)
             context.old_rows = torch.from_numpy(has).to(self.device)
         return context, forwards
 

@@ -80,6 +80,12 @@ def per_session(run: LoadedRun, *, metric: str = "recall@1", view: str = "mixed"
     return run.result.metric_table(metric, view)
 
 
+def upgrade_sessions(run: LoadedRun) -> dict[int, str]:
+    """Session -> the network a model upgrade built there (SPEC section 12), as `resnet18-cifar, 256-d`."""
+    upgrades = run.info["scenario"].get("model", {}).get("upgrades", {})
+    return {int(t): f"{u['backbone']}, {u['embedding_dim']}-d" for t, u in upgrades.items()}
+
+
 def spread(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mean and standard deviation (0 for a single run) over runs, aligned on sessions and subsets."""
     stacked = pd.concat(frames, keys=range(len(frames)))
@@ -146,8 +152,10 @@ def recall_rich(g: Group) -> Table:
     table.add_column("session", justify="right")
     for c in mean.columns:
         table.add_column(f"R@1 {c}", justify="right")
+    upgrades = upgrade_sessions(g.runs[0])
     for session, row in mean.iterrows():
-        table.add_row(str(session), *[_fmt(row[c], std.loc[session, c] if len(g.runs) > 1 else None) for c in mean.columns])
+        label = f"{session} (upgrade: {upgrades[session]})" if session in upgrades else str(session)
+        table.add_row(label, *[_fmt(row[c], std.loc[session, c] if len(g.runs) > 1 else None) for c in mean.columns])
     return table
 
 
@@ -207,6 +215,8 @@ def plot_recall(groups: list[Group], path: Path) -> Path:
                 continue
             line = mean[subset].dropna()
             ax.plot(line.index, line.values, marker="o", label=g.label)
+            for session in upgrade_sessions(g.runs[0]):  # a model upgrade: a new network from this session on
+                ax.axvline(session, color="grey", linestyle=":", linewidth=1)
             if len(g.runs) > 1:
                 band = std[subset].loc[line.index]
                 ax.fill_between(line.index, line - band, line + band, alpha=0.2)
@@ -311,8 +321,11 @@ def _common_depth(paths: list[Path]) -> int:
     return depth
 
 
-def build_report(paths: list[str | Path], *, out: str | Path | None = None, paragon: str | Path | None = None) -> Report:
-    """Load the runs, build the tables, write the plots (and update_gain.parquet with a paragon) into `out`."""
+def build_report(
+    paths: list[str | Path], *, out: str | Path | None = None, paragon: str | Path | None = None, html: bool = False
+) -> Report:
+    """Load the runs, build the tables, write the plots (and update_gain.parquet with a paragon) into `out`;
+    `html`: also report.html, one self-contained page of all of it."""
     from cvstream.simulator.outputs import write_parquet
 
     runs = load(paths)
@@ -336,10 +349,28 @@ def build_report(paths: list[str | Path], *, out: str | Path | None = None, para
     report.files.append(plot_cost(groups, out / "accuracy_vs_forwards.png"))
     if (file := plot_backfill_curves(runs, out / "backfill_curve.png")) is not None:
         report.files.append(file)
+    _timeline_parts(runs, out, report)
     if paragon is not None:
         reference = load([paragon])[0]
         gains = pd.concat([update_gains(r, reference) for r in runs], ignore_index=True)
         report.tables.append(gains_rich(gains))
         write_parquet(out / "update_gain.parquet", gains)
         report.files.append(out / "update_gain.parquet")
+    if html:  # issue 17; keep last: the page embeds every table and plot above
+        from cvstream.simulator.html_report import write_html
+
+        report.files.append(write_html(report, runs, out / "report.html"))
     return report
+
+
+def _timeline_parts(runs: list[LoadedRun], out: Path, report: Report) -> None:
+    """Runs with a service timeline (timeline.parquet): their summary table and quality over simulated time."""
+    from cvstream.simulator.timeline_report import plot_timeline, summary_table
+
+    with_timeline = [r for r in runs if (Path(r.result.run_dir) / "timeline.parquet").is_file() and "timeline" in r.info]
+    if not with_timeline:
+        return
+    labels = [r.label if len(with_timeline) == 1 else f"{r.label} {Path(r.result.run_dir).name}" for r in with_timeline]
+    report.tables.append(summary_table({label: r.info["timeline"] for label, r in zip(labels, with_timeline)}, title="service timeline"))
+    frames = {label: read_parquet(Path(r.result.run_dir) / "timeline.parquet") for label, r in zip(labels, with_timeline)}
+    report.files.append(plot_timeline(frames, out / "timeline.png"))

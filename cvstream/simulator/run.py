@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from cvstream.errors import UserError
+from cvstream.gallery.parts import saved_metadata
 from cvstream.simulator.outputs import read_parquet
 
 FORMAT_VERSION = 1
@@ -29,6 +30,7 @@ class RunResult:
     events: pd.DataFrame
     stream: pd.DataFrame
     gallery: pd.DataFrame
+    timeline: pd.DataFrame | None = None  # the service timeline (timeline.parquet), when the scenario has one
 
     def recall_table(self, k: int = 1, view: str = "mixed") -> pd.DataFrame:
         """R@k per session (rows) and subset (old, new, all), against the given gallery view."""
@@ -121,6 +123,7 @@ def run_info(sim, *, status: str) -> dict:
         "argv": sys.argv,
         "started_at": sim.started_at.isoformat() if sim.started_at else None,
         "sessions": len(sim.stream),
+        **getattr(sim, "extra_info", {}),
     }
 
 
@@ -134,5 +137,7 @@ def load_run(path: str | Path) -> RunResult:
 
     return RunResult(
         run_dir=path, run_id=info["run_id"], status=info.get("status", "unknown"),
-        metrics=table("metrics"), costs=table("costs"), events=table("events"), stream=table("stream"), gallery=table("gallery"),
+        metrics=table("metrics"), costs=table("costs"), events=table("events"), stream=table("stream"),
+        gallery=saved_metadata(path),  # one table from the per-session parts (or an older run's gallery.parquet)
+        timeline=read_parquet(path / "timeline.parquet") if (path / "timeline.parquet").is_file() else None,
     )
