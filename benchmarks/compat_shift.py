@@ -3,7 +3,7 @@
 Runs the first two sessions of a scenario, then embeds session 0's queries with generation 1 and
 reports their R@1 against session 0's gallery as generation 0 stored it (relative compatibility),
 and the mean best similarity to those old items against that to session 1's items (generation 1).
-Run: CVSTREAM_DATA=/work/shared/data .venv/bin/python benchmarks/compat_shift.py experiments/omniglot-methods-cpu.yaml nccl
+Run: CVSTREAM_DATA=../shared/data .venv/bin/python benchmarks/compat_shift.py experiments/omniglot-methods-cpu.yaml nccl
 """
 
 from __future__ import annotations
