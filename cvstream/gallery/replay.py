@@ -144,8 +144,8 @@ class ReplayBuffer:
         if self._select.quotas == "balanced":
             quotas = balanced_quotas({c: len(ids) for c, (ids, _, _) in merged.items()}, self.size)
         else:
-            quota = max(self.size // max(classes_seen, 1), 0)
-            quotas = {c: quota for c in merged}
+            quota = self.size // max(classes_seen, 1)
+            quotas = {c: quota for c in merged} if quota else self._one_each(merged, arrivals, rng)
         for c, (ids, vecs, select) in merged.items():
             keep = self._select(vecs, quotas[c], rng) if select else np.arange(min(quotas[c], len(ids)))
             self._store(c, ids[keep], vecs[keep])
@@ -185,6 +185,14 @@ class ReplayBuffer:
             members = classes == c
             self._store(int(c), samples[members], vectors[members])
         self._arrivals_seen = int(arrays["arrivals_seen"])
+
+    def _one_each(self, merged: dict, arrivals: dict, rng: np.random.Generator) -> dict[int, int]:
+        """More classes seen than slots (size // classes_seen is 0): one exemplar for as many classes as fit, this
+        session's classes first, the others drawn at random, rather than an empty buffer."""
+        rest = [c for c in merged if c not in arrivals]
+        order = [c for c in merged if c in arrivals] + [rest[i] for i in rng.permutation(len(rest))]
+        kept = set(order[: self.size])
+        return {c: int(c in kept) for c in merged}
 
     def _store(self, c: int, ids: np.ndarray, vecs: np.ndarray) -> None:
         if len(ids) == 0:

@@ -59,3 +59,19 @@ def test_reservoir_keeps_a_uniform_sample_of_all_arrivals():
         assert len(buffer) == 50
         first_session.append(buffer.per_class().get(0, 0))
     assert np.mean(first_session) == pytest.approx(25, abs=1.5)
+
+
+@pytest.mark.parametrize("selection", ["herding", "random"])
+def test_more_classes_than_slots_keep_one_exemplar_each_for_as_many_as_fit_newest_first(selection):
+    # size // classes_seen is 0 from session 2 on: the buffer used to empty itself there, every few sessions
+    buffer = ReplayBuffer(5, selection)
+    rng = np.random.default_rng(2)
+    seen = set()
+    for t in range(5):
+        arrivals = _arrivals([3 * t, 3 * t + 1, 3 * t + 2], 4, start=100 * t)
+        seen |= set(arrivals)
+        buffer.update(arrivals, classes_seen=len(seen), rng=rng)
+        expected = min(5, len(seen)) if len(seen) > 5 else 5 // len(seen) * len(seen)
+        assert len(buffer) == expected
+        if len(seen) > 5:
+            assert set(arrivals) <= set(buffer.per_class()) and set(buffer.per_class().values()) == {1}
