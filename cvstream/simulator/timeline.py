@@ -272,7 +272,8 @@ class Timeline:
         self.query_classes = sim.labels_of(self.query_ids).astype(np.int64)
         self.query_home = stream.home_of(self.query_classes)
         self.gallery = Gallery(self.scenario.model.embedding_dim, self.scenario.gallery, seed=self.scenario.seed)
-        self.space = np.empty(0, np.int64)  # per item: the generation whose embedding space its vector is in
+        # Per arrival, in admission order (= gallery item id): the generation whose embedding space its vector is in.
+        self._space = np.full(len(self.arrival_ids), -1, np.int64)
         self.reference: Gallery | None = None  # the present items, all embedded by the serving generation
         self.serving = self.previous = -1
         self.target = -1  # the backfill worker's current target, -1 when idle
@@ -285,7 +286,11 @@ class Timeline:
         self.backfilled = 0
         self.rows: list[dict] = []
         self._billed_until = 0.0
-        self.deploy_times: list[float] = []
+
+    @property
+    def space(self) -> np.ndarray:
+        """Per gallery item (the admitted arrivals): the generation whose embedding space its vector is in (a view)."""
+        return self._space[: self.admitted]
 
     # -- the run ------------------------------------------------------------------------------------
 
@@ -430,7 +435,6 @@ class Timeline:
     def _deploy(self, generation: int) -> None:
         self._admit()  # what arrived until now is embedded by the generation that served then
         self.previous, self.serving = self.serving, generation
-        self.deploy_times.append(self.env.now)
         if self.spec.ingest == "at-deploy":
             before = self.admitted
             self._admit(through_session=generation)
@@ -463,6 +467,7 @@ class Timeline:
         if end <= self.admitted:
             return
         ids, sessions = self.arrival_ids[self.admitted : end], self.arrival_session[self.admitted : end]
+        self._space[self.admitted : end] = self.serving
         self.admitted = end
         vectors = self._embeddings_of(self.serving).get(ids)
         for t in np.unique(sessions):
@@ -471,7 +476,6 @@ class Timeline:
             if self.reference is not None:
                 self.reference.add(vectors[mine], sample_ids=ids[mine], class_ids=self.sim.labels_of(ids[mine]), session=int(t),
                                    generation=self.serving)
-        self.space = np.concatenate([self.space, np.full(len(ids), self.serving, np.int64)])
         self.accel_hours["ingest"] += self.scale * len(ids) / self.throughput[self.serving].embed / 3600
 
     def _fit_adapter(self) -> np.ndarray | None:
