@@ -185,8 +185,6 @@ def timeline_summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _run_section(run, number: int) -> str:
-    from cvstream.simulator.outputs import read_parquet
-
     info, result = run.info, run.result
     facts = {
         "run id": result.run_id, "status": info.get("status"), "folder": Path(result.run_dir).resolve(),
@@ -205,9 +203,8 @@ def _run_section(run, number: int) -> str:
     if not result.costs.empty:
         costs = result.costs.drop(columns=[c for c in ("run_id",) if c in result.costs.columns])
         parts.append(frame_html(costs, title="costs per session and phase (costs.parquet)"))
-    timeline_file = Path(result.run_dir) / "timeline.parquet"
-    if timeline_file.is_file():
-        timeline = read_parquet(timeline_file)
+    timeline = result.timeline  # load_run read timeline.parquet where the run has one
+    if timeline is not None:
         parts.append("<h3>Service timeline</h3>")
         parts.append(frame_html(timeline_summary(timeline), title=f"timeline.parquet: {len(timeline):,} rows x {len(timeline.columns)} columns"))
     parts.append("<h3>Scenario (run.json)</h3>")

@@ -367,10 +367,10 @@ def _timeline_parts(runs: list[LoadedRun], out: Path, report: Report) -> None:
     """Runs with a service timeline (timeline.parquet): their summary table and quality over simulated time."""
     from cvstream.simulator.timeline_report import plot_timeline, summary_table
 
-    with_timeline = [r for r in runs if (Path(r.result.run_dir) / "timeline.parquet").is_file() and "timeline" in r.info]
+    with_timeline = [r for r in runs if r.result.timeline is not None and "timeline" in r.info]  # load_run read timeline.parquet
     if not with_timeline:
         return
     labels = [r.label if len(with_timeline) == 1 else f"{r.label} {Path(r.result.run_dir).name}" for r in with_timeline]
     report.tables.append(summary_table({label: r.info["timeline"] for label, r in zip(labels, with_timeline)}, title="service timeline"))
-    frames = {label: read_parquet(Path(r.result.run_dir) / "timeline.parquet") for label, r in zip(labels, with_timeline)}
+    frames = {label: r.result.timeline for label, r in zip(labels, with_timeline)}
     report.files.append(plot_timeline(frames, out / "timeline.png"))
