@@ -89,6 +89,7 @@ class Stream(Sequence):
         self.home_array = np.full(size, -1, dtype=np.int64)  # -1: the class is not in the stream
         if self.home_session:
             self.home_array[np.fromiter(self.home_session, np.int64)] = np.fromiter(self.home_session.values(), np.int64)
+        self._first_trained: np.ndarray | None = None  # per class, the first session with a training arrival of it
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -103,6 +104,17 @@ class Stream(Sequence):
 
     def classes_seen(self, t: int) -> np.ndarray:
         return np.flatnonzero((self.home_array >= 0) & (self.home_array <= t)).astype(np.int64)
+
+    def classes_trained(self, t: int) -> np.ndarray:
+        """Classes with a training arrival in sessions 0..t: on blurry and general streams more than `classes_seen(t)`,
+        since a class's samples can arrive before its home session."""
+        if self._first_trained is None:
+            first = np.full(len(self.home_array), len(self.sessions), dtype=np.int64)
+            for index, session in enumerate(self.sessions):
+                classes = np.unique(self.labels[session.train_ids])
+                first[classes] = np.minimum(first[classes], index)
+            self._first_trained = first
+        return np.flatnonzero(self._first_trained <= t).astype(np.int64)
 
     def home_of(self, class_ids: np.ndarray) -> np.ndarray:
         return self.home_array[np.asarray(class_ids, dtype=np.int64)]

@@ -423,7 +423,7 @@ class Simulator:
         current = {c: embedded[a:b] for c, a, b in zip(exemplars, bounds[:-1], bounds[1:])} if exemplars else None
         # Every class trained on so far, not only those the buffer still holds: once classes outnumber its slots,
         # some drop out of the buffer and must still count.
-        seen = len(np.unique(self.labels_of(np.concatenate([self.stream[i].train_ids for i in range(t + 1)]))))
+        seen = len(self.stream.classes_trained(t))
         replay.update(arrivals, classes_seen=seen, rng=self.state.replay_rng, current=current)
         outcome = Outcome(
             generation=self.generation, seconds=time.perf_counter() - clock, backbone_forwards=len(to_embed),

@@ -256,3 +256,16 @@ def test_official_test_split_is_the_query_set():
     queries = stream[-1].query_ids
     assert labels.test_mask[queries].all() and len(queries) == 18
     assert not labels.test_mask[np.concatenate([s.train_ids for s in stream])].any()
+
+
+def test_classes_trained_counts_classes_that_arrive_before_their_home_session():
+    import numpy as np
+
+    from cvstream.sessions.streams import Session, Stream
+
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    sessions = [Session(index=0, new_classes=np.array([0]), train_ids=np.array([0, 2]), gallery_ids=np.array([0, 2]), query_ids=np.array([1])),
+                Session(index=1, new_classes=np.array([1]), train_ids=np.array([3, 4]), gallery_ids=np.array([3, 4]), query_ids=np.array([1]))]
+    stream = Stream(sessions, labels=labels, home_session={0: 0, 1: 1, 2: 2})
+    assert stream.classes_seen(0).tolist() == [0] and stream.classes_trained(0).tolist() == [0, 1]  # class 1 arrived early
+    assert stream.classes_trained(1).tolist() == [0, 1, 2] and stream.classes_seen(1).tolist() == [0, 1]
