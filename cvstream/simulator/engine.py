@@ -172,6 +172,7 @@ class Simulator:
     def run_session(self, t: int) -> None:
         """One session, in the one order there is."""
         memory.reset_peak()  # session_end then reports this session's own peak
+        self._session_cpu = time.process_time()  # and the CPU seconds the session took, all threads of the process
         step = self._step
         step(t, "session_start", self.start)
         generation = step(t, "train", self.train)
@@ -530,4 +531,7 @@ class Simulator:
         # Memory figures per session: a long stream shows here whether anything but the gallery grows.
         state = self.state
         detail = {"gallery_size": len(state.gallery), "replay": len(state.replay), **memory.snapshot(state.gallery)}
+        started = getattr(self, "_session_cpu", None)
+        if started is not None:
+            detail["cpu_seconds"] = round(time.process_time() - started, 3)
         return Outcome(generation=self.generation, detail=detail), None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import faiss
 import numpy as np
@@ -15,13 +16,17 @@ from cvstream.simulator.memory import gallery_bytes, index_bytes, peak_rss_bytes
 from tests.conftest import tiny_scenario
 
 
-def test_session_end_events_record_memory_and_the_gallery_grows():
+def test_session_end_events_record_memory_cpu_time_and_the_gallery_grows():
+    cpu = time.process_time()
     result = Simulator(tiny_scenario(evaluation={"probe_items": 8}), write=False).run()
+    cpu = time.process_time() - cpu
     ends = [json.loads(d) for d in result.events.query("kind == 'session_end'").detail]
     assert len(ends) == 3
     for d in ends:
         assert d["peak_rss_bytes"] >= d["rss_bytes"] > 10 * 2**20
+        assert d["cpu_seconds"] > 0
     assert ends[0]["gallery_bytes"] < ends[-1]["gallery_bytes"]
+    assert sum(d["cpu_seconds"] for d in ends) <= cpu  # each session's own share of what the run took
 
 
 def test_peak_resets_to_the_current_size():
