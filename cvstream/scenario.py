@@ -8,10 +8,12 @@ registry too, so adding any component never touches this file.
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import hashlib
 import importlib
 import json
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -461,15 +463,32 @@ def _format_loc(loc: tuple) -> str:
     return out
 
 
+def _section_type(annotation: Any) -> Any:
+    """The model class an annotation holds: itself, the value type of a dict or list, the model member of a union."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _section_type(args[0])
+    candidates = args[-1:] if origin in (dict, collections.abc.Mapping) else args
+    for arg in candidates:
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys a section at `loc` accepts; entries of a mapping or list (model.upgrades.<session>) are skipped."""
     current: Any = model
     for part in loc:
-        if isinstance(part, int):
-            continue
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            continue  # a dict key or list index inside a field: the field's value type already stands here
+        current = _section_type(fields[part].annotation)
+        if current is None:
             return []
-        current = field.annotation
     fields = getattr(current, "model_fields", None)
     return sorted(fields) if fields else []
 

@@ -50,6 +50,11 @@ def test_override_can_switch_a_component_by_name():
         (tiny_dict(stream={"setup": "disjoint", "sessions": 0}), "stream.sessions", "greater than"),
         (tiny_dict(device="gpu"), "device", "'auto', 'cpu' or 'cuda'"),
         ({**tiny_dict(), "extra_section": 1}, "extra_section", "unknown key"),
+        (  # a key inside one entry of a mapping of sections: the entry's own keys are listed
+            tiny_dict(model={"backbone": "convnet", "embedding_dim": 16, "upgrades": {1: {"backbone": "convnet", "embeding_dim": 32}}}),
+            "model.upgrades.1.embeding_dim",
+            "did you mean 'embedding_dim'?); allowed keys: backbone, embedding_dim, width",
+        ),
     ],
 )
 def test_bad_values_name_the_key_path(data, key_path, words):
