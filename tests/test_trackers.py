@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from cvstream.errors import ScenarioError
-from cvstream.simulator import Simulator
+from cvstream.simulator import Hook, Simulator
 from cvstream.simulator.trackers import COST_COLUMNS, TensorBoardTracker, mlflow_key
 from conftest import tiny_dict, tiny_scenario
 
@@ -42,13 +42,18 @@ def _expected(run_dir) -> dict[tuple[str, int], list[float]]:
     return out
 
 
-def test_tensorboard_event_files_hold_every_metric_and_cost_row(run_dir):
+def _tensorboard_events(run_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
+    return events
+
+
+def _assert_tensorboard_holds_the_parquet_rows(run_dir):
+    """Every (tag, step) of the Parquet files, with its values, once; nothing else."""
+    events = _tensorboard_events(run_dir)
     expected = _expected(run_dir)
-    assert "recall@1/mixed/all" in events.Tags()["scalars"] and "costs/train/backbone_flops" in events.Tags()["scalars"]
     assert set(events.Tags()["scalars"]) == {tag for tag, _ in expected}
     found: dict[tuple[str, int], list[float]] = {}
     for tag in events.Tags()["scalars"]:
@@ -57,6 +62,32 @@ def test_tensorboard_event_files_hold_every_metric_and_cost_row(run_dir):
     assert found.keys() == expected.keys()
     for key, values in expected.items():  # TensorBoard keeps float32
         np.testing.assert_allclose(found[key], values, rtol=1e-6, atol=1e-30, err_msg=str(key))
+
+
+def _assert_mlflow_holds_the_parquet_rows(run_dir, uri, run_id, *, timings: bool = True):
+    """As for TensorBoard; with `timings` False, the `seconds` costs only once per step, whatever their value."""
+    from mlflow.tracking import MlflowClient
+
+    expected = _expected(run_dir)
+    client = MlflowClient(tracking_uri=uri)
+    for tag in {tag for tag, _ in expected}:
+        history = client.get_metric_history(run_id, mlflow_key(tag))
+        found = {}
+        for m in history:
+            found.setdefault(m.step, []).append(m.value)
+        want = {step: values for (t, step), values in expected.items() if t == tag}
+        assert found.keys() == want.keys(), tag
+        for step in want:  # MLflow keeps float64: the same numbers
+            if not timings and tag.endswith("/seconds"):
+                assert len(found[step]) == len(want[step]), f"{tag} step {step}"
+                continue
+            np.testing.assert_array_equal(sorted(found[step]), sorted(want[step]), err_msg=f"{tag} step {step}")
+
+
+def test_tensorboard_event_files_hold_every_metric_and_cost_row(run_dir):
+    events = _tensorboard_events(run_dir)
+    assert "recall@1/mixed/all" in events.Tags()["scalars"] and "costs/train/backbone_flops" in events.Tags()["scalars"]
+    _assert_tensorboard_holds_the_parquet_rows(run_dir)
     text = events.Tensors("scenario/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "name: synthetic" in text and "setup: disjoint" in text
 
@@ -75,19 +106,38 @@ def test_mlflow_run_holds_every_metric_and_cost_row_and_the_scenario(run_dir, mo
     expected = _expected(run_dir)
     last = max(step for _, step in expected)
     assert run["metrics.recall_at_1/mixed/all"] == expected[("recall@1/mixed/all", last)][-1]
+    _assert_mlflow_holds_the_parquet_rows(run_dir, uri, run["run_id"])
     client = MlflowClient(tracking_uri=uri)
-    for tag in {tag for tag, _ in expected}:
-        history = client.get_metric_history(run["run_id"], mlflow_key(tag))
-        found = {}
-        for m in history:
-            found.setdefault(m.step, []).append(m.value)
-        want = {step: values for (t, step), values in expected.items() if t == tag}
-        assert found.keys() == want.keys(), tag
-        for step in want:  # MLflow keeps float64: the same numbers
-            np.testing.assert_array_equal(sorted(found[step]), sorted(want[step]), err_msg=f"{tag} step {step}")
     (run_dir / "dl").mkdir(exist_ok=True)
     scenario = client.download_artifacts(run["run_id"], "scenario.yaml", str(run_dir / "dl"))
     assert "name: synthetic" in open(scenario).read()
+
+
+class _KilledAfterSending(Hook):
+    """Stops the run after the trackers sent `session`'s rows and before its checkpoint: the session runs again."""
+
+    def __init__(self, session: int):
+        self.session = session
+
+    def after_session(self, sim, session: int) -> None:
+        if session == self.session:
+            raise KeyboardInterrupt
+
+
+def test_a_session_sent_before_a_kill_is_not_sent_twice_on_resume(tmp_path, monkeypatch):
+    import mlflow
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        Simulator(_scenario(["tensorboard", "mlflow"]), out_dir=out, hooks=[_KilledAfterSending(1)]).run()
+    assert Simulator.resume(out).run().status == "completed"
+    _assert_tensorboard_holds_the_parquet_rows(out)  # session 1's first events are purged
+    uri = f"sqlite:///{out.resolve() / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED" and runs.iloc[0]["tags.cvstream.logged_through"] == "2"
+    # Session 1's points once: those of its first run, which the seeded rerun repeats but for its timings.
+    _assert_mlflow_holds_the_parquet_rows(out, uri, runs.iloc[0]["run_id"], timings=False)
 
 
 def test_mlflow_tracking_uri_from_the_environment_is_honoured(tmp_path, monkeypatch):

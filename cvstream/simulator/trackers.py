@@ -3,9 +3,17 @@
 The hook sends each session's committed metric and cost rows, the same rows the writer saves
 to Parquet, once the session ends, and the scenario when the run starts. A tracker is one
 class in `TRACKERS` with `log_scenario(scenario)`, `log_rows(metrics, costs, session=t)` and
-`close(status)`, built with the run's folder, its id and the experiment (scenario) name. A
+`close(status)`, built with the run's folder, its id and the experiment (scenario) name, and
+`first_session` where its constructor takes it. A
 tracker that cannot write (its library is missing, a write fails) is reported once on stderr
 and dropped: the run goes on.
+
+Resuming: a session whose rows were sent but whose checkpoint was not written (the run was
+killed in between) runs again, and its rows are sent again. TensorBoard then hides the earlier
+events from that session on (`purge_step`), so it shows the rerun's; MLflow, which cannot take
+points back, keeps the first ones (the same metrics, the session being seeded; its own timings):
+the run's tag `cvstream.logged_through` says the last session sent, and a session at or before
+it is not sent twice.
 
 Names: TensorBoard tags are `<metric>/<gallery view>/<subset>` (`recall@1/mixed/all`) and
 `costs/<phase>/<column>`, with the session as the step. MLflow keys are the same with `@`
@@ -15,6 +23,7 @@ written `_at_` and any other character MLflow refuses written `_` (`recall_at_1/
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -55,12 +64,14 @@ def scenario_yaml(scenario: dict) -> str:
 class TensorBoardTracker:
     """Event files in RUN_DIR/tensorboard (`tensorboard --logdir RUN_DIR/tensorboard`)."""
 
-    def __init__(self, *, run_dir: Path, run_id: str, experiment: str):
+    def __init__(self, *, run_dir: Path, run_id: str, experiment: str, first_session: int = 0):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ImportError(f"tensorboard is not installed ({EXTRA})") from None
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        # Resumed at `first_session`: events of that session on, written before the run stopped, are hidden.
+        purge = first_session if first_session > 0 else None
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=purge)
 
     def log_scenario(self, scenario: dict) -> None:
         text = "\n".join("    " + line for line in scenario_yaml(scenario).splitlines())  # a Markdown code block
@@ -107,7 +118,9 @@ class MlflowTracker:
     (`mlflow ui --backend-store-uri sqlite:///RUN_DIR/mlruns/mlflow.db`).
     """
 
-    def __init__(self, *, run_dir: Path, run_id: str, experiment: str):
+    LOGGED = "cvstream.logged_through"
+
+    def __init__(self, *, run_dir: Path, run_id: str, experiment: str, first_session: int = 0):
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
@@ -122,9 +135,11 @@ class MlflowTracker:
             found = self.client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else self.client.create_experiment(experiment, artifact_location=artifacts)
         found = self.client.search_runs([experiment_id], filter_string=f"tags.`cvstream.run_id` = '{run_id}'", max_results=1)
+        self.logged_through = -1
         if found:  # a resumed run continues its MLflow run
             self.run_id = found[0].info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
+            self.logged_through = int(found[0].data.tags.get(self.LOGGED, -1))
         else:
             run = self.client.create_run(experiment_id, run_name=run_id, tags={"cvstream.run_id": run_id, "cvstream.run_dir": str(run_dir)})
             self.run_id = run.info.run_id
@@ -141,11 +156,15 @@ class MlflowTracker:
     def log_rows(self, metrics: pd.DataFrame, costs: pd.DataFrame, *, session: int) -> None:
         from mlflow.entities import Metric
 
+        if session <= self.logged_through:  # sent before the run stopped, and run again since
+            return
         stamp = int(time.time() * 1000)
         rows = [Metric(mlflow_key(metric_tag(r)), float(r.value), stamp, int(r.session)) for r in metrics.itertuples(index=False)]
         rows += [Metric(mlflow_key(tag), value, stamp, step) for tag, step, value in cost_rows(costs)]
         for start in range(0, len(rows), 1000):  # MLflow takes at most 1000 metrics per batch
             self.client.log_batch(self.run_id, metrics=rows[start:start + 1000])
+        self.client.set_tag(self.run_id, self.LOGGED, str(session))
+        self.logged_through = session
 
     def close(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=_MLFLOW_STATUS.get(status, "FINISHED"))
@@ -173,9 +192,12 @@ class TrackerHook(Hook):
     def before_run(self, sim) -> None:
         self.sent = {name: sim.tables.committed[name] for name in ("metrics", "costs")}  # a resumed run sent its old rows already
         scenario = sim.scenario.to_dict()
+        first = {"first_session": sim.state.next_session}
         for name in self.names:
             try:
-                tracker = TRACKERS.get(name)(run_dir=sim.run_dir, run_id=sim.run_id, experiment=sim.scenario.name)
+                cls = TRACKERS.get(name)
+                takes_first = "first_session" in inspect.signature(cls).parameters  # plug-in trackers may not
+                tracker = cls(run_dir=sim.run_dir, run_id=sim.run_id, experiment=sim.scenario.name, **(first if takes_first else {}))
                 tracker.log_scenario(scenario)
             except Exception as exc:
                 self._warn(name, exc)
