@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_until_killed(script: str, *args: str) -> None:
+    """Run `script` in a fresh Python that imports this checkout; it must die by SIGKILL (a crash mid-run)."""
+    done = subprocess.run([sys.executable, "-c", script, *args], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
 
 TINY = {
     "name": "tiny",

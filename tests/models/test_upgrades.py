@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -21,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, tiny_dict, tiny_scenario, write_scenario
+from conftest import run_until_killed, tiny_dict, tiny_scenario, write_scenario
 from cvstream.cli import main
 from cvstream.errors import ScenarioError
 from cvstream.gallery import Gallery
@@ -290,9 +286,7 @@ def test_a_run_with_an_upgrade_resumes_after_sigkill_and_writes_what_the_uninter
     assert info["dim"] == 32 and {entry.get("dim", 32) for entry in info["segments"]} == {16, 32}
     assert info["hnsw_rebuilds"] >= 1  # a backfilled item's narrower segment was stored again at 32-d
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", KILLER.format(scenario=SCENARIO), str(out)], env=env, capture_output=True, timeout=300)
-    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    run_until_killed(KILLER.format(scenario=SCENARIO), str(out))
     assert latest(out)["session"] == 1  # the checkpoint holds the upgraded network
     assert json.loads((out / "checkpoint" / "session-1" / "state.json").read_text())["model_spec"]["head"]["name"] == "basis"
     assert main(["run", "--resume", str(out), "--no-progress"]) == 0

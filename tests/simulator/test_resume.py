@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -15,7 +11,7 @@ import yaml
 from cvstream import cli
 from cvstream.simulator import Hook, Simulator, load_run
 from cvstream.simulator.checkpoint import latest
-from conftest import REPO, tiny_dict
+from conftest import run_until_killed, tiny_dict
 
 # An IVF gallery in 25-item segments with a partial backfill: the checkpoint must keep each
 # segment as it was at its session's end while the run's own files move on.
@@ -55,9 +51,7 @@ def uninterrupted(tmp_path_factory):
 
 def test_sigkill_mid_session_then_resume_gives_the_same_tables(uninterrupted, tmp_path):
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", KILLER.format(scenario=SCENARIO), str(out)], env=env, capture_output=True, timeout=300)
-    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    run_until_killed(KILLER.format(scenario=SCENARIO), str(out))
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "running" and info["completed_sessions"] == 1
     assert latest(out)["session"] == 0

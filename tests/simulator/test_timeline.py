@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -16,7 +12,7 @@ from cvstream.errors import ScenarioError
 from cvstream.models.flops import forward_flops, images_per_second
 from cvstream.simulator import Simulator, load_run
 from cvstream.simulator.timeline import TIMELINE_COLUMNS, summarize
-from conftest import REPO, tiny_dict, tiny_scenario
+from conftest import run_until_killed, tiny_dict, tiny_scenario
 
 # Slow embedding on purpose (items per second per accelerator): a backfill of the tiny gallery spans hours.
 GIVEN = {"train": 50.0, "embed": 0.05}
@@ -230,8 +226,7 @@ class KillInSessionTwo(Hook):
 
 Simulator(Scenario.from_dict({data!r}), out_dir={str(killed)!r}, hooks=[KillInSessionTwo()]).run()
 """
-    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=300)
-    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    run_until_killed(script)
     assert not (killed / "timeline.parquet").exists()
     from cvstream import cli
 
