@@ -201,18 +201,20 @@ class Simulator:
         if outcome.seconds is None:  # a step that timed its own work says so; others take their wall time
             outcome.seconds = time.perf_counter() - clock
         if outcome.cost_phase:  # issue 17: FLOPs per image of the generation that did the work
-            outcome.backbone_flops = self._backbone_flops(outcome.generation)
+            outcome.backbone_flops = self.backbone_flops(outcome.generation)
         self.tables.add_event(self.run_id, event, outcome, started_at=started.isoformat())
         for hook in self.hooks:
             self.record_metrics(hook.after_event(self, event, outcome), session=t)
         return value
 
-    def _backbone_flops(self, generation: int) -> int:
-        """FLOPs per image of `generation`'s network, counted once per generation (the current model is that generation)."""
+    def backbone_flops(self, generation: int, model: torch.nn.Module | None = None) -> int:
+        """FLOPs per image of `generation`'s network (`model`; default: the current one, which a step's generation is),
+        counted once per generation for the costs and the timeline alike."""
         if generation not in self._flops_by_generation:
             from cvstream.models.flops import forward_flops
 
-            self._flops_by_generation[generation] = forward_flops(self.state.model, tuple(self.images.shape[1:]))
+            network = self.state.model if model is None else model
+            self._flops_by_generation[generation] = forward_flops(network, tuple(self.images.shape[1:]))
         return self._flops_by_generation[generation]
 
     def record_metrics(self, rows: list[dict] | None, *, session: int) -> None:
@@ -531,7 +533,5 @@ class Simulator:
         # Memory figures per session: a long stream shows here whether anything but the gallery grows.
         state = self.state
         detail = {"gallery_size": len(state.gallery), "replay": len(state.replay), **memory.snapshot(state.gallery)}
-        started = getattr(self, "_session_cpu", None)
-        if started is not None:
-            detail["cpu_seconds"] = round(time.process_time() - started, 3)
+        detail["cpu_seconds"] = round(time.process_time() - self._session_cpu, 3)
         return Outcome(generation=self.generation, detail=detail), None

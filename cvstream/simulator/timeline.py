@@ -78,9 +78,12 @@ def psi_flops(dim: int, hidden: int) -> int:
     return 2 * (dim * hidden + hidden * hidden + hidden * dim + hidden)
 
 
-def resolve_throughput(spec, model: torch.nn.Module, sample_shape: tuple[int, ...], *, hidden: int, images: torch.Tensor) -> Throughput:
-    """The timeline's throughput for `model`: counted FLOPs against the accelerator profile, measured here, or given."""
-    flops = forward_flops(model, sample_shape)
+def resolve_throughput(
+    spec, model: torch.nn.Module, sample_shape: tuple[int, ...], *, hidden: int, images: torch.Tensor, flops: int | None = None
+) -> Throughput:
+    """The timeline's throughput for `model`: counted FLOPs against the accelerator profile, measured here, or given.
+    `flops`: the model's FLOPs per image where already counted."""
+    flops = forward_flops(model, sample_shape) if flops is None else flops
     psi = psi_flops(model.embedding_dim, hidden)
     if spec.throughput == "flops":
         a = spec.accelerator
@@ -562,7 +565,8 @@ class Timeline:
     def _throughput_of(self, generation: int, model: torch.nn.Module) -> Throughput:
         if generation not in self.throughput:
             self.throughput[generation] = resolve_throughput(
-                self.spec, model, tuple(self.sim.images.shape[1:]), hidden=self.scenario.backfill.hidden, images=self.sim.images
+                self.spec, model, tuple(self.sim.images.shape[1:]), hidden=self.scenario.backfill.hidden, images=self.sim.images,
+                flops=self.sim.backbone_flops(generation, model),  # the costs' count of this generation, shared
             )
         return self.throughput[generation]
 
