@@ -15,7 +15,7 @@ import importlib
 import json
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator, model_serializer, model_validator
@@ -27,6 +27,20 @@ from cvstream.registry import Params, Registry
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Keys added after scenarios were first hashed: left out of the resolved scenario while at their default, so a
+    # scenario that does not use them keeps its digest (and its run.json reads as before).
+    _omitted_at_default: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_new_keys_at_default(self, handler):
+        data = handler(self)
+        for name in self._omitted_at_default:
+            if self.at_default(name):
+                data.pop(name, None)
+        return data
+
+    def at_default(self, name: str) -> bool:
+        return getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True)
 
 
 class Component(BaseModel):
@@ -75,6 +89,7 @@ class NetworkSpec(_Section):
 
 
 class ModelSpec(NetworkSpec):
+    _omitted_at_default: ClassVar[frozenset[str]] = frozenset({"upgrades"})
     upgrades: dict[int, NetworkSpec] = Field(
         default_factory=dict,
         description="SPEC section 12: session -> the network built from scratch at that session and trained against the one it "
@@ -94,13 +109,6 @@ class ModelSpec(NetworkSpec):
                 )
             dim, since = spec.embedding_dim, f"upgrades.{session}"
         return self
-
-    @model_serializer(mode="wrap")
-    def _upgrades_only_when_given(self, handler):
-        data = handler(self)
-        if not self.upgrades:
-            data.pop("upgrades", None)  # scenarios without upgrades keep their digest
-        return data
 
     def at(self, session: int) -> NetworkSpec:
         """The network in force at `session`: the latest upgrade at or before it, else `model` itself."""
@@ -154,19 +162,13 @@ class GallerySpec(_Section):
         "so neither grows with the gallery; a search visits every segment",
     )
     gpu: bool = Field(_INDEX.gpu, description="use the Faiss GPU index when faiss has GPU support and a CUDA device is present")
+    _omitted_at_default: ClassVar[frozenset[str]] = frozenset({"narrow_queries"})
     narrow_queries: Literal["pad", "normalize"] = Field(
         _INDEX.narrow_queries,
         description="after a model upgrade, how a wider query scores narrower stored vectors: `pad` (SPEC section 12: its first "
         "components, as zero-padding the stored vector would) or `normalize` (its first components rescaled to unit length: a cosine "
         "in the older space, on the scale of the wider items' scores)",
     )
-
-    @model_serializer(mode="wrap")
-    def _narrow_queries_only_when_changed(self, handler):
-        data = handler(self)
-        if self.narrow_queries == _INDEX.narrow_queries:
-            data.pop("narrow_queries", None)  # scenarios that keep the default keep their digest
-        return data
 
 
 BackfillOrder = Annotated[str, _registered("cvstream.gallery.backfill", "BACKFILL_ORDERS")]
@@ -225,16 +227,10 @@ class EvaluationSpec(_Section):
 class OutputSpec(_Section):
     dir: str = Field("runs", description="runs go to <dir>/<scenario name>/<run id>/ unless --out is given")
     save_embeddings: bool = Field(False, description="keep embeddings/session-<t>.npz: the vectors each evaluation searched")
+    _omitted_at_default: ClassVar[frozenset[str]] = frozenset({"trackers"})
     trackers: list[Annotated[str, _registered("cvstream.simulator.trackers", "TRACKERS")]] = Field(
         default_factory=list, description="also send every metric and cost row and the scenario to these trackers (tensorboard, mlflow)"
     )
-
-    @model_serializer(mode="wrap")
-    def _without_empty_trackers(self, handler):
-        data = handler(self)
-        if not self.trackers:  # absent stays absent: scenarios without trackers keep their digest
-            data.pop("trackers", None)
-        return data
 
 
 class AcceleratorCounts(_Section):
@@ -278,6 +274,7 @@ _COMPONENT_KEYS = {"dataset": "name", "stream": "setup", "method": "name"}
 
 
 class Scenario(_Section):
+    _omitted_at_default: ClassVar[frozenset[str]] = frozenset({"timeline"})
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     seed: int = Field(0, ge=0, lt=2**63)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -370,9 +367,9 @@ class Scenario(_Section):
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key in type(self).model_fields:
+            if key in self._omitted_at_default and self.at_default(key):
+                continue
             value = getattr(self, key)
-            if value is None and key == "timeline":
-                continue  # absent stays absent: scenarios without a timeline keep their digest
             if isinstance(value, Component):
                 out[key] = value.to_dict(_COMPONENT_KEYS[key])
             elif isinstance(value, BaseModel):
