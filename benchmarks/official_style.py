@@ -27,7 +27,6 @@ import resource
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
