@@ -159,7 +159,6 @@ def run_comparison(
     return table
 
 
-
 # -- the service timeline, policy against policy (`cvstream compare SCENARIO --timeline`) --------------------
 
 TIMELINE_VARIANTS: dict[str, dict] = {
@@ -225,7 +224,7 @@ def run_timeline_comparison(
         result = sim.timeline
         frames[name] = result.frame
         preset = TIMELINE_VARIANTS[name]
-        rows.append({"variant": name, **preset, **{k: result.summary.get(k) for k in TIMELINE_COMPARISON_COLUMNS if k in result.summary},
+        rows.append({"variant": name, **preset, **{k: result.summary[k] for k in TIMELINE_COMPARISON_COLUMNS if k in result.summary},
                      "run_dir": str(sim.run_dir)})
         if on_variant is not None:
             on_variant(rows[-1])
