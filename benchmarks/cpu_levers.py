@@ -17,7 +17,6 @@ has native bfloat16, else float32).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -31,33 +30,10 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cvstream.models import build_model  # noqa: E402
+from cpu_precision import autocast, images, network, training_step  # noqa: E402
 from cvstream.models.trainer import cpu_has_bf16  # noqa: E402
-from cvstream.scenario import Scenario  # noqa: E402
 
-SIZE, CHANNELS = 64, 3
-
-
-def network(bf16: bool) -> torch.nn.Module:
-    scenario = Scenario.from_dict({
-        "name": "levers", "seed": 0, "device": "cpu",
-        "dataset": {"name": "synthetic", "classes": 10, "samples_per_class": 10, "image_size": SIZE, "channels": CHANNELS},
-        "stream": {"setup": "disjoint", "sessions": 1, "initial_classes": 10, "classes_per_session": 10},
-        "model": {"backbone": "resnet18", "embedding_dim": 128, "width": 64},
-        "method": {"name": "finetune"},
-    })
-    model = build_model(scenario, in_channels=CHANNELS)
-    model.add_classes(torch.arange(100), torch.Generator().manual_seed(0))
-    return model.to(memory_format=torch.channels_last) if bf16 else model
-
-
-def batch(n: int, bf16: bool, seed: int = 0) -> torch.Tensor:
-    x = torch.randn(n, CHANNELS, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
-    return x.contiguous(memory_format=torch.channels_last) if bf16 else x
-
-
-def autocast(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+NAME = "resnet18"  # cpu_precision.MODELS: ImageNet-form ResNet-18 at 64x64x3
 
 
 def timed(fn) -> tuple[float, float]:
@@ -69,17 +45,7 @@ def timed(fn) -> tuple[float, float]:
 def train_steps(model: torch.nn.Module, forward, *, steps: int, bf16: bool) -> tuple[tuple[float, float], float]:
     """(CPU, wall) seconds of the first step, and the median CPU seconds of `steps` steps after two more."""
     model.train()
-    x = batch(64, bf16)
-    rows = model.rows_of(torch.randint(0, 100, (64,), generator=torch.Generator().manual_seed(1)))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, nesterov=True, weight_decay=5e-4)
-
-    def step():
-        with autocast(bf16):
-            loss = F.cross_entropy(model.cosine(forward(x)) / 0.05, rows)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    step = training_step(model, bf16=bf16, channels_last=bf16, name=NAME, forward=forward)
     first = timed(step)
     times = [timed(step)[0] for _ in range(steps + 2)][2:]
     return first, statistics.median(times)
@@ -88,7 +54,7 @@ def train_steps(model: torch.nn.Module, forward, *, steps: int, bf16: bool) -> t
 def embed_seconds(forward, model: torch.nn.Module, *, n: int, size: int, bf16: bool, repeats: int) -> tuple[tuple[float, float], float]:
     """(CPU, wall) of the first embedding pass over `n` images in batches of `size`, and the median CPU of the rest."""
     model.eval()
-    x = batch(n, bf16, seed=2)
+    x = images(NAME, n, channels_last=bf16, seed=2)
 
     @torch.no_grad()
     def run():
@@ -102,9 +68,9 @@ def embed_seconds(forward, model: torch.nn.Module, *, n: int, size: int, bf16: b
 
 
 def compile_lever(steps: int, bf16: bool) -> None:
-    eager_model = network(bf16)
+    eager_model = network(NAME, channels_last=bf16)
     (_, _), eager = train_steps(eager_model, eager_model, steps=steps, bf16=bf16)
-    compiled_model = network(bf16)
+    compiled_model = network(NAME, channels_last=bf16)
     compiled = torch.compile(compiled_model)
     (first_cpu, first_wall), steady = train_steps(compiled_model, compiled, steps=steps, bf16=bf16)
     saved = eager - steady
@@ -120,7 +86,7 @@ def compile_lever(steps: int, bf16: bool) -> None:
 
 
 def batch_lever(bf16: bool, repeats: int) -> None:
-    model = network(bf16)
+    model = network(NAME, channels_last=bf16)
     n = 2048
     rates = {}
     for size in (64, 128, 256, 512, 1024, 2048):

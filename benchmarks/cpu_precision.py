@@ -41,7 +41,8 @@ VARIANTS = {  # name -> (bfloat16 autocast, channels-last inputs, channels-last 
 }
 
 
-def step_seconds(name: str, variant: tuple[bool, bool, bool], *, steps: int, batch: int = 64) -> float:
+def network(name: str, *, channels_last: bool = False) -> torch.nn.Module:
+    """`name`'s network (MODELS) with a 100-class cosine classifier, its conv weights channels-last if asked."""
     backbone, width, channels, size = MODELS[name]
     scenario = Scenario.from_dict({
         "name": "step", "seed": 0, "device": "cpu",
@@ -52,24 +53,47 @@ def step_seconds(name: str, variant: tuple[bool, bool, bool], *, steps: int, bat
     })
     model = build_model(scenario, in_channels=channels)
     model.add_classes(torch.arange(100), torch.Generator().manual_seed(0))
-    bf16, cl_inputs, cl_weights = variant
-    if cl_weights:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, channels, size, size, generator=g)
-    if cl_inputs:
-        x = x.contiguous(memory_format=torch.channels_last)
-    rows = model.rows_of(torch.randint(0, 100, (batch,), generator=g))
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def images(name: str, n: int, *, channels_last: bool = False, seed: int = 0) -> torch.Tensor:
+    """`n` random inputs of `name`'s shape."""
+    _, _, channels, size = MODELS[name]
+    x = torch.randn(n, channels, size, size, generator=torch.Generator().manual_seed(seed))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def training_step(model: torch.nn.Module, *, bf16: bool, channels_last: bool, name: str, batch: int = 64, forward=None):
+    """One step as the trainer takes it (forward, cosine-classifier loss, backward, SGD), on a fixed batch; `forward`
+    stands in for the model's own call (a compiled one, say)."""
+    forward = model if forward is None else forward
+    x = images(name, batch, channels_last=channels_last)
+    rows = model.rows_of(torch.randint(0, 100, (batch,), generator=torch.Generator().manual_seed(1)))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    times = []
-    for i in range(steps + 2):
-        started = CLOCK()
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-            loss = F.cross_entropy(model.cosine(model(x)) / 0.05, rows)
+
+    def step() -> None:
+        with autocast(bf16):
+            loss = F.cross_entropy(model.cosine(forward(x)) / 0.05, rows)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+    return step
+
+
+def step_seconds(name: str, variant: tuple[bool, bool, bool], *, steps: int, batch: int = 64) -> float:
+    bf16, cl_inputs, cl_weights = variant
+    model = network(name, channels_last=cl_weights)
+    model.train()
+    step = training_step(model, bf16=bf16, channels_last=cl_inputs, name=name, batch=batch)
+    times = []
+    for i in range(steps + 2):
+        started = CLOCK()
+        step()
         if i >= 2:
             times.append(CLOCK() - started)
     return statistics.median(times)
