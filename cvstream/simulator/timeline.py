@@ -45,6 +45,7 @@ from cvstream.gallery import Gallery
 from cvstream.gallery.backfill import BACKFILL_POLICIES, fit_transform, plan_backfill, stale_items, transform_pairs
 from cvstream.gallery.index import IndexSpec
 from cvstream.models.flops import TRAIN_STEP_FORWARDS, forward_flops, images_per_second
+from cvstream.models.trainer import to_input
 from cvstream.sessions.rng import numpy_rng, torch_generator
 from cvstream.simulator.evaluate import neighbors_per_query, score_neighbors, score_queries
 from cvstream.simulator.hooks import Hook
@@ -101,7 +102,7 @@ def resolve_throughput(
 def measure_throughput(model: torch.nn.Module, images: torch.Tensor, *, batch: int = 64, repeats: int = 3) -> tuple[float, float]:
     """(training images/s, embedding forwards/s) of `model` on this machine: the best of a few timed batches."""
     probe = copy.deepcopy(model)
-    x = images[: min(batch, len(images))].float() / (255.0 if images.dtype == torch.uint8 else 1.0)
+    x = to_input(images[: min(batch, len(images))])  # as the trainer scales them
     optimizer = torch.optim.SGD(probe.parameters(), lr=1e-9)
     best_train = best_embed = float("inf")
     for _ in range(repeats):
