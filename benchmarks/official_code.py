@@ -83,6 +83,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/official-code"), help="cvstream's run folders")
     args = parser.parse_args()
+    if not (args.official / "train.py").is_file() or not (args.official / "dataset" / "tinyimagenet200").is_dir():
+        parser.error(f"--official {args.official}: not a prepared ivclab/CVS checkout (train.py and dataset/tinyimagenet200 expected)")
     import torch
 
     torch.set_num_threads(args.threads)
