@@ -112,6 +112,60 @@ class ResNet18(nn.Module):
         return self.net(x)
 
 
+def _conv_bn_relu(c_in: int, c_out: int, kernel: int, *, stride: int = 1) -> nn.Sequential:
+    """The official CVS code's one unit: conv (no bias), BatchNorm with eps 1e-6, ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out, eps=1e-6),
+        nn.ReLU(inplace=True),
+    )
+
+
+class _CvsBasicBlock(nn.Module):
+    """The CVS code's basic block: both branch convs and the 1x1 downsampling shortcut end in BN-ReLU, then add, then ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.branch = nn.Sequential(_conv_bn_relu(c_in, c_out, 3, stride=stride), _conv_bn_relu(c_out, c_out, 3))
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = _conv_bn_relu(c_in, c_out, 1, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Out of place: the official `out += identity` writes into a ReLU output that autograd still needs.
+        return torch.relu(self.branch(x) + self.shortcut(x))
+
+
+@BACKBONES.register("resnet18-cvs")
+class ResNet18Cvs(nn.Module):
+    """The official CVS code's ImageNet-form ResNet-18 (its `models/imagenet.py`), randomly initialised.
+
+    7x7 stride-2 stem and 3x3 stride-2 max-pool, as torchvision's, but every convolution is conv-BN-ReLU (the second
+    conv of each branch and the downsampling shortcut included) and BatchNorm's eps is 1e-6. Widths fixed (64..512).
+    """
+
+    input_kind = "images"
+    default_width = 64
+    fixed_width = True
+
+    def __init__(self, *, in_channels: int, width: int = 64):
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn_relu(in_channels, 64, 7, stride=2), nn.MaxPool2d(3, stride=2, padding=1)]
+        c_in = 64
+        for stage, c_out in enumerate((64, 128, 256, 512)):
+            layers += [_CvsBasicBlock(c_in, c_out, 1 if stage == 0 else 2), _CvsBasicBlock(c_out, c_out, 1)]
+            c_in = c_out
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.out_dim = 512
+        for m in self.modules():  # the official initialisation (BatchNorm's own, weight 1 and bias 0, is left as it is)
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
 @BACKBONES.register("mlp")
 class MLP(nn.Module):
     """Two hidden layers (8w units each, BN, ReLU) over precomputed feature vectors (N, D)."""
