@@ -30,16 +30,18 @@ def load_labels(scenario, source: DatasetSource) -> LabelSet:
 
 
 def build_stream(scenario, label_set: LabelSet, *, source: str | None = None, data_root: str | Path | None = None) -> Stream:
-    """The scenario's stream; JSON collections resolve under the data root, stream files next to the scenario file."""
+    """The scenario's stream, its validation samples held out; JSON collections resolve under the data root, stream files
+    next to the scenario file."""
     base_dir = Path(source).parent if source and Path(source).is_file() else None
     setup = SETUPS.get(scenario.stream.name)(scenario.stream.params, data_root=paths.data_root(data_root), base_dir=base_dir)
     try:
-        return setup.build(label_set, scenario.seed)
+        stream = setup.build(label_set, scenario.seed)
     except ScenarioError as exc:
         exc.source = exc.source or source
         raise
     except DataError as exc:  # a collection or stream file the scenario names
         raise ScenarioError(str(exc), source=source, key_path=exc.key_path) from None
+    return stream.with_validation(scenario.training.validation_fraction, scenario.seed)
 
 
 def scenario_stream(

@@ -20,7 +20,7 @@ import numpy as np
 from cvstream.errors import DataError, ScenarioError, UserError
 from cvstream.registry import Params
 from cvstream.sessions.datasets import LabelSet
-from cvstream.sessions.streams import Stream, validation_split
+from cvstream.sessions.streams import Stream
 
 TRAIN_FILE = re.compile(r"^(?P<name>(?P<dataset>.+?)_train_.+_rand(?P<seed>\d+)_cls(?P<classes>\d+))_task(?P<task>\d+)\.json$")
 
@@ -43,13 +43,11 @@ def cvs_setup(setup: str, params: Params) -> str:
     return setup
 
 
-def collection_records(
-    stream: Stream, label_set: LabelSet, *, dataset: str, validation_fraction: float = 0.0, seed: int = 0
-) -> list[dict[str, list[dict]]]:
+def collection_records(stream: Stream, label_set: LabelSet, *, dataset: str) -> list[dict[str, list[dict]]]:
     """Per session, the records of its train, val and test files.
 
-    `val` holds the samples the engine holds out for validation (`training.validation_fraction`,
-    the same seeded split), `train` the session's other arrivals, `test` the queries of the
+    `val` holds the session's validation samples (the stream's `val` role), `train` its training
+    arrivals, `test` the queries of the
     classes at home in the session, so that tasks 0..t are the queries after session t, as the
     official loaders concatenate them. Labels number classes in order of first appearance.
     """
@@ -71,8 +69,7 @@ def collection_records(
     query_home = stream.home_of(labels[queries])
     parts = []
     for s in stream:
-        val = validation_split(s.train_ids, labels[s.train_ids], fraction=validation_fraction, seed=seed, session=s.index)
-        parts.append({"train": np.setdiff1d(s.train_ids, val), "val": val, "test": queries[query_home == s.index]})
+        parts.append({"train": s.train_ids, "val": s.val_ids, "test": queries[query_home == s.index]})
     seen = labels[np.concatenate([ids for part in parts for ids in part.values()])] if parts else np.empty(0, np.int64)
     _, first = np.unique(seen, return_index=True)
     label_of = {int(c): k for k, c in enumerate(seen[np.sort(first)])}
@@ -85,7 +82,7 @@ def collection_records(
 
 
 def write_collections(
-    stream: Stream, label_set: LabelSet, out: Path, *, dataset: str, setup: str, seed: int, validation_fraction: float = 0.0
+    stream: Stream, label_set: LabelSet, out: Path, *, dataset: str, setup: str, seed: int
 ) -> list[Path]:
     """Write the stream into `out` as CVS JSON collections; returns the files written.
 
@@ -94,7 +91,7 @@ def write_collections(
     Every file is written to a temporary name first and renamed once all are written; task files
     left from a longer stream of the same name are removed, so the directory reads back as written.
     """
-    records = collection_records(stream, label_set, dataset=dataset, validation_fraction=validation_fraction, seed=seed)
+    records = collection_records(stream, label_set, dataset=dataset)
     name = CVS_DATASETS.get(dataset, dataset)
     classes = len(stream[-1].new_classes) if len(stream) else 0
 

@@ -8,7 +8,7 @@ one module per family; this module holds what they share.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, Iterator, Literal
 
@@ -21,7 +21,7 @@ from cvstream.registry import Params, Registry
 from cvstream.sessions.datasets import LabelSet
 from cvstream.sessions.rng import numpy_rng
 
-ROLES = ("train", "gallery", "query")
+ROLES = ("train", "gallery", "query", "val")
 
 
 def equal_shares(available: np.ndarray, total: int, priority: np.ndarray | None = None) -> np.ndarray:
@@ -76,6 +76,8 @@ class Session:
     train_ids: np.ndarray  # samples that arrive for training
     gallery_ids: np.ndarray  # samples added to the gallery (by default the training arrivals)
     query_ids: np.ndarray  # held-out samples evaluated after this session
+    # Held-out arrivals that pick the best epoch: never trained on, indexed or replayed.
+    val_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
 
 class Stream(Sequence):
@@ -102,6 +104,26 @@ class Stream(Sequence):
     def __iter__(self) -> Iterator[Session]:
         return iter(self.sessions)
 
+    def with_validation(self, fraction: float, seed: int) -> "Stream":
+        """The stream with `fraction` of each session's training arrivals per class moved to its validation samples
+        (`validation_split`): out of training and out of the gallery."""
+        if fraction == 0:
+            return self
+        sessions = []
+        for s in self.sessions:
+            val = validation_split(s.train_ids, self.labels[s.train_ids], fraction=fraction, seed=seed, session=s.index)
+            sessions.append(replace(
+                s, train_ids=np.setdiff1d(s.train_ids, val), gallery_ids=np.setdiff1d(s.gallery_ids, val),
+                val_ids=np.union1d(s.val_ids, val).astype(np.int64),
+            ))
+        return Stream(sessions, labels=self.labels, home_session=self.home_session)
+
+    def val_ids(self, t: int, *, seen: bool = False) -> np.ndarray:
+        """Session t's validation samples, or with `seen` those of sessions 0..t."""
+        if not seen:
+            return self.sessions[t].val_ids
+        return np.concatenate([s.val_ids for s in self.sessions[: t + 1]]).astype(np.int64)
+
     def classes_seen(self, t: int) -> np.ndarray:
         return np.flatnonzero((self.home_array >= 0) & (self.home_array <= t)).astype(np.int64)
 
@@ -122,16 +144,15 @@ class Stream(Sequence):
     # -- as a table --------------------------------------------------------------------------
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per (sample, role): a training arrival that is also a gallery item has two rows.
-
-        A query row appears at the first session that evaluates it; `home_session` is the class's.
+        """One row per (sample, role): a training arrival that is also a gallery item has two rows; a validation
+        sample has one (`val`). A query row appears at the first session that evaluates it; `home_session` is the class's.
         """
         frames = []
         queried = np.zeros(len(self.labels), dtype=bool)
         for s in self.sessions:
             new_queries = s.query_ids[~queried[s.query_ids]]
             queried[new_queries] = True
-            for role, ids in (("train", s.train_ids), ("gallery", s.gallery_ids), ("query", new_queries)):
+            for role, ids in (("train", s.train_ids), ("gallery", s.gallery_ids), ("query", new_queries), ("val", s.val_ids)):
                 classes = self.labels[ids].astype(np.int64)
                 frames.append(
                     pd.DataFrame(
@@ -149,7 +170,7 @@ class Stream(Sequence):
         missing = required - set(frame.columns)
         if missing:
             raise _stream_file_error(f"{source}: missing columns {sorted(missing)}; a stream table has {sorted(required)}")
-        bad_roles = sorted(set(frame["role"].unique()) - set(ROLES) - {"val"})
+        bad_roles = sorted(set(frame["role"].unique()) - set(ROLES))
         if bad_roles:
             raise _stream_file_error(f"{source}: unknown roles {bad_roles}; allowed: {', '.join(ROLES)}")
         try:
@@ -159,7 +180,7 @@ class Stream(Sequence):
             home = frame["home_session"].to_numpy(np.int64)
         except (TypeError, ValueError) as exc:
             raise _stream_file_error(f"{source}: sample_id, class_id, session and home_session must be integers ({exc})") from None
-        role = pd.Categorical(frame["role"], categories=[*ROLES, "val"]).codes
+        role = pd.Categorical(frame["role"], categories=list(ROLES)).codes
         if len(frame) and min(sample.min(), klass.min(), session.min(), home.min()) < 0:
             raise _stream_file_error(f"{source}: negative sample, class or session ids")
         if labels is None:
@@ -200,6 +221,7 @@ class Stream(Sequence):
                 Session(
                     index=t, new_classes=class_home[class_home[:, 1] == t, 0], train_ids=part(ROLES.index("train"), t),
                     gallery_ids=part(ROLES.index("gallery"), t), query_ids=query_sample[query_session <= t],  # a query set only grows
+                    val_ids=part(ROLES.index("val"), t),
                 )
             )
         return cls(sessions, labels=labels, home_session=home_session)

@@ -269,3 +269,24 @@ def test_classes_trained_counts_classes_that_arrive_before_their_home_session():
     stream = Stream(sessions, labels=labels, home_session={0: 0, 1: 1, 2: 2})
     assert stream.classes_seen(0).tolist() == [0] and stream.classes_trained(0).tolist() == [0, 1]  # class 1 arrived early
     assert stream.classes_trained(1).tolist() == [0, 1, 2] and stream.classes_seen(1).tolist() == [0, 1]
+
+
+@FAST
+@given(shapes(min_samples=8), st.sampled_from(["disjoint", "blurry", "general"]), st.floats(0.05, 0.5), st.integers(0, 2**32))
+def test_validation_samples_leave_training_and_the_gallery(shape, setup, fraction, val_seed):
+    params, counts, seed = shape
+    extra = {"blurry": {"blurry_ratio": 0.2}, "general": {"old_ratio": 0.3}}.get(setup, {})
+    whole = build(setup, label_set(counts), seed, **params, **extra)
+    stream = whole.with_validation(fraction, val_seed)
+    check_common(stream)
+    queries = np.concatenate([s.query_ids for s in stream])
+    for before, after in zip(whole, stream):
+        val = after.val_ids
+        assert not np.intersect1d(val, after.train_ids).size and not np.intersect1d(val, after.gallery_ids).size
+        assert not np.intersect1d(val, queries).size
+        assert np.array_equal(np.union1d(after.train_ids, val), before.train_ids)  # moved, nothing lost
+        classes, n = np.unique(stream.labels[before.train_ids], return_counts=True)
+        assert len(val) == sum(int(k * fraction) for k in n)  # that share of each class's arrivals
+    again = Stream.from_frame(stream.to_frame(), labels=stream.labels)  # stream.parquet keeps the role
+    assert all(np.array_equal(a.val_ids, b.val_ids) and np.array_equal(a.train_ids, b.train_ids) for a, b in zip(stream, again))
+    assert whole.with_validation(0.0, val_seed) is whole

@@ -6,14 +6,15 @@ the data set's root and must name a sample the data set reports (image-folder,
 tiny-imagenet). Their queries are what the collection's test files name
 (`{dataset}_test_rand{seed}_cls{n}_task{i}.json`, as CVS's loaders read them), else the data
 set's official test split of the stream's classes, else every sample of those classes that no
-collection names. A `val` file's samples are arrivals of its session (the engine's validation split
-holds them out again). The names are in `cvstream.sessions.collections`.
+collection names. A `val` file's samples are the validation samples of its session (role `val`:
+never trained on, indexed or replayed). The names are in `cvstream.sessions.collections`.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -95,13 +96,18 @@ class Explicit(StreamSetup):
     Params = ExplicitParams
 
     def build(self, label_set: LabelSet, seed: int) -> Stream:
+        held: list[np.ndarray] | None = None
         if self.params.collections is not None:
-            arrivals, queries = self._from_collections(label_set)
+            arrivals, held, queries = self._from_collections(label_set)
         else:
             arrivals, queries = self._from_lists(label_set, seed)
-        home = home_sessions(arrivals, label_set.labels, self.params.home)
+        home = home_sessions([np.concatenate([a, *held[t : t + 1]]) if held else a for t, a in enumerate(arrivals)],
+                             label_set.labels, self.params.home)
         new_classes = [np.array(sorted(c for c, h in home.items() if h == t), dtype=np.int64) for t in range(len(arrivals))]
-        return assemble(self.params, label_set, arrivals=arrivals, new_classes=new_classes, queries=queries, seed=seed)
+        stream = assemble(self.params, label_set, arrivals=arrivals, new_classes=new_classes, queries=queries, seed=seed)
+        if held:
+            stream = Stream([replace(s, val_ids=np.sort(held[s.index])) for s in stream], labels=stream.labels, home_session=stream.home_session)
+        return stream
 
     def _from_lists(self, label_set: LabelSet, seed: int) -> tuple[list[np.ndarray], dict]:
         specs: list[dict[int, int | None]] = []
@@ -137,7 +143,8 @@ class Explicit(StreamSetup):
             arrivals.append(np.concatenate(chunks))
         return arrivals, pools.queries()
 
-    def _from_collections(self, label_set: LabelSet) -> tuple[list[np.ndarray], dict]:
+    def _from_collections(self, label_set: LabelSet) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+        """Per session its training arrivals and its validation samples (the val files), and the queries per class."""
         p = self.params
         if self.data_root is None:
             raise ScenarioError("JSON collections need a data root", key_path="stream.collections")
@@ -148,12 +155,11 @@ class Explicit(StreamSetup):
             raise _collection_error("this data set does not report file names, so JSON collections cannot name its samples; use image-folder or tiny-imagenet")
         files = collection_files(folder, p.collection)
         by_name = {name: i for i, name in enumerate(label_set.file_names)}
-        arrivals = []
+        arrivals, held = [], []
         for path, val in zip(files, validation_files(folder, files)):
-            # A val file's samples arrived in that session too: the engine holds them out again (same seeded split).
-            held = read_collection(val, by_name=by_name, label_set=label_set) if val is not None else np.empty(0, np.int64)
-            arrivals.append(np.concatenate([read_collection(path, by_name=by_name, label_set=label_set), held]))
-        named = np.concatenate(arrivals)
+            held.append(read_collection(val, by_name=by_name, label_set=label_set) if val is not None else np.empty(0, np.int64))
+            arrivals.append(read_collection(path, by_name=by_name, label_set=label_set))
+        named = np.concatenate(arrivals + held)
         unique, counts = np.unique(named, return_counts=True)
         if (counts > 1).any():
             raise _collection_error(f"{folder}: sample {label_set.file_names[unique[counts > 1][0]]} is named {int(counts.max())} times across the collections")
@@ -185,7 +191,7 @@ class Explicit(StreamSetup):
         if empty:
             why = "the test files name none of it" if tests else "every one is named by a collection"
             raise _collection_error(f"{folder}: class {label_set.class_names[empty[0]]} has no sample to query: {why}")
-        return arrivals, queries
+        return arrivals, held, queries
 
 
 def collection_files(folder: Path, wanted: str | None) -> list[Path]:
