@@ -11,29 +11,33 @@ from cvstream.models.net import EmbeddingNet
 from cvstream.sessions.rng import torch_generator, torch_seed
 
 
-def build_model(scenario, *, in_channels: int, input_ndim: int = 4) -> EmbeddingNet:
+def build_model(
+    scenario, *, in_channels: int, input_ndim: int = 4, input_stats: tuple[list[float], list[float]] | None = None
+) -> EmbeddingNet:
     """A fresh network, initialised from the scenario seed without touching the global RNG.
 
-    `input_ndim` is that of the data set's array: 4 for images (N, C, H, W), 2 for feature vectors (N, D).
+    `input_ndim` is that of the data set's array: 4 for images (N, C, H, W), 2 for feature vectors (N, D);
+    `input_stats` the data set's per-channel pixel (mean, std), for `training.input_scaling: mean-std`.
     The networks of `model.upgrades` must take the same inputs: they are checked here, before any work.
     """
     for key_path, spec in [("model", scenario.model), *((f"model.upgrades.{t}", u) for t, u in sorted(scenario.model.upgrades.items()))]:
         kind = BACKBONES.get(spec.backbone).input_kind
         if (kind == "vectors") != (input_ndim == 2):
             what = "feature vectors (N, D)" if input_ndim == 2 else "images (N, C, H, W)"
-            fits = "mlp" if input_ndim == 2 else "convnet, resnet18-cifar or resnet18"
+            fits = " or ".join(n for n in BACKBONES.names() if (BACKBONES.get(n).input_kind == "vectors") == (input_ndim == 2))
             raise ScenarioError(
                 f"backbone {spec.backbone!r} takes {kind}, but data set {scenario.dataset.name!r} gives {what}; use {fits}",
                 source=scenario.source,
                 key_path=f"{key_path}.backbone",
             )
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(torch_seed(scenario.seed, "model_init"))
+        torch.manual_seed(torch_seed(scenario.training_seed, "model_init"))
         return EmbeddingNet(
             backbone=scenario.model.backbone,
             in_channels=in_channels,
             width=scenario.model.width,
             embedding_dim=scenario.model.embedding_dim,
+            input_stats=input_stats if scenario.training.input_scaling == "mean-std" else None,
         )
 
 
@@ -42,12 +46,13 @@ def upgraded_model(scenario, spec, *, previous: EmbeddingNet, session: int, head
     seeded by the session, on `previous`'s device, its classifier already holding a fresh row for every class
     `previous` knows (in the same order); `head` is the method's embedding head (`Method.upgrade_head`)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(torch_seed(scenario.seed, "model_init", session))
+        torch.manual_seed(torch_seed(scenario.training_seed, "model_init", session))
         model = EmbeddingNet(
-            backbone=spec.backbone, in_channels=previous.spec["in_channels"], width=spec.width, embedding_dim=spec.embedding_dim, head=head
+            backbone=spec.backbone, in_channels=previous.spec["in_channels"], width=spec.width, embedding_dim=spec.embedding_dim, head=head,
+            input_stats=previous.spec.get("input_stats"),
         )
     model = model.to(previous.weight.device)
-    model.add_classes(previous.class_ids.cpu(), torch_generator(scenario.seed, "upgrade_rows", session))
+    model.add_classes(previous.class_ids.cpu(), torch_generator(scenario.training_seed, "upgrade_rows", session), init=scenario.training.classifier_init)
     return model
 
 

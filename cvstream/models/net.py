@@ -52,10 +52,23 @@ def build_head(name: str | None, *, in_features: int, dim: int, **params) -> nn.
 
 
 class EmbeddingNet(nn.Module):
-    def __init__(self, *, backbone: str, in_channels: int, width: int, embedding_dim: int, head: dict | None = None):
+    def __init__(
+        self, *, backbone: str, in_channels: int, width: int, embedding_dim: int, head: dict | None = None,
+        input_stats: tuple[list[float], list[float]] | None = None,
+    ):
+        """`input_stats`: per-channel (mean, std) of the data set's pixels in [0, 1]; with it, the [-1, 1] inputs the
+        trainer gives are normalised by them first (`training.input_scaling: mean-std`)."""
         super().__init__()
         self.spec = {"backbone": backbone, "in_channels": in_channels, "width": width, "embedding_dim": embedding_dim,
                      "head": dict(head) if head else None}
+        if input_stats is not None:
+            self.spec["input_stats"] = [list(map(float, input_stats[0])), list(map(float, input_stats[1]))]
+            mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in input_stats)
+            # (x01 - mean) / std with x01 = (x + 1) / 2: one multiply-add on the [-1, 1] input
+            self.register_buffer("input_scale", 0.5 / std, persistent=False)
+            self.register_buffer("input_shift", (0.5 - mean) / std, persistent=False)
+        else:
+            self.input_scale = self.input_shift = None
         self.backbone = build_backbone(backbone, in_channels=in_channels, width=width)
         head = dict(head or {})
         self.embed = build_head(head.pop("name", None), in_features=self.backbone.out_dim, dim=embedding_dim, **head)
@@ -66,6 +79,8 @@ class EmbeddingNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The L2-normalised embedding f(x)."""
+        if self.input_scale is not None and x.dim() == 4:
+            x = torch.addcmul(self.input_shift.to(x.dtype), x, self.input_scale.to(x.dtype))
         return self.embedding(self.backbone(x))
 
     def embedding(self, features: torch.Tensor) -> torch.Tensor:
@@ -92,15 +107,19 @@ class EmbeddingNet(nn.Module):
         return rows
 
     @torch.no_grad()
-    def add_classes(self, class_ids: list[int] | torch.Tensor, generator: torch.Generator) -> int:
-        """Grow the classifier by the unknown ids; rows of known classes are kept as they are."""
+    def add_classes(self, class_ids: list[int] | torch.Tensor, generator: torch.Generator, *, init: str = "normal") -> int:
+        """Grow the classifier by the unknown ids; rows of known classes are kept as they are. New rows: `normal`,
+        N(0, 1/d) (length about 1); `uniform`, U(-1/sqrt(d), 1/sqrt(d)) (length about 0.58, as the CVS code's)."""
         class_ids = torch.as_tensor(class_ids, dtype=torch.long).flatten().cpu()
         known = set(self.class_ids.cpu().tolist())
         new = [c for c in dict.fromkeys(class_ids.tolist()) if c not in known]
         if not new:
             return 0
         device = self.weight.device
-        rows = torch.randn(len(new), self.embedding_dim, generator=generator) / self.embedding_dim**0.5
+        if init == "uniform":
+            rows = (torch.rand(len(new), self.embedding_dim, generator=generator) * 2 - 1) / self.embedding_dim**0.5
+        else:
+            rows = torch.randn(len(new), self.embedding_dim, generator=generator) / self.embedding_dim**0.5
         self.weight = nn.Parameter(torch.cat([self.weight.data, rows.to(device)]))
         self.class_ids = torch.cat([self.class_ids, torch.tensor(new, dtype=torch.long, device=self.class_ids.device)])
         return len(new)

@@ -1,8 +1,8 @@
 """The trainer of one session, and the embedding of items by a generation.
 
-Per step: shuffle, augment, forward, ask the method for its loss terms, step; around that, the
-learning-rate schedule, the previous generation's counted forwards, best-epoch selection by
-validation, and the per-term sample counts.
+Per step: shuffle, augment (on the uint8 batch), scale, forward, ask the method for its loss terms,
+step; around that, the learning-rate schedule (set every step or every epoch), the previous
+generation's counted forwards, best-epoch selection by validation, and the per-term sample counts.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 from cvstream.errors import UserError
 from cvstream.models import distributed
+from cvstream.models.augment import crop_flip, rand_augment
 from cvstream.models.distributed import Shard
 from cvstream.models.methods.base import Batch, Method, TrainContext
 
@@ -60,23 +61,6 @@ def _cpu_channels_last(model: torch.nn.Module, images: torch.Tensor, amp: bool) 
     otherwise); a no-op for a model that already is, for feature vectors, and on CUDA (cuDNN takes either)."""
     if images.dim() == 4 and images.device.type == "cpu" and amp_active(images.device, amp):
         model.to(memory_format=torch.channels_last)
-
-
-def augment(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool = True) -> torch.Tensor:
-    """Random crop with reflection padding and (optionally) horizontal flip, per sample, seeded."""
-    b, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
-    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    out = padded[batch, channels, rows, cols]
-    if flip:
-        flips = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-        out = torch.where(flips[:, None, None, None], out.flip(3), out)
-    return out
 
 
 def learning_rate(epoch: float, *, lr: float, warmup_epochs: int, warmup_factor: float, period: int, mult: int, min_ratio: float) -> float:
@@ -181,17 +165,20 @@ def train_session(
     for epoch in range(spec.epochs):
         order = torch.randperm(n, generator=generator).to(device)
         for i in range(steps_per_epoch):
+            at = epoch + (i / steps_per_epoch if spec.lr_every == "step" else 0)  # "epoch": whole epochs, as the CVS loop
             lr = learning_rate(
-                epoch + i / steps_per_epoch, lr=spec.lr, warmup_epochs=spec.warmup_epochs, warmup_factor=spec.warmup_factor,
+                at, lr=spec.lr, warmup_epochs=spec.warmup_epochs, warmup_factor=spec.warmup_factor,
                 period=spec.restart_period, mult=spec.restart_mult, min_ratio=spec.min_lr_ratio,
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr
             pick = order[i * batch_size : (i + 1) * batch_size]
-            x = to_input(images[ids[pick]])
+            x = images[ids[pick]]
             if augment_images and x.dim() == 4:
-                x = augment(x, generator, flip=flip)
-            x = _channels_last(x, spec.amp)
+                x = crop_flip(x, generator, padding=spec.crop_padding, flip=flip)
+                if spec.randaugment:
+                    x = rand_augment(x, generator)
+            x = _channels_last(to_input(x), spec.amp)
             drawn = len(pick)  # the global batch; with a shard, this process trains on its slice
             if shard is not None:
                 x, pick = x[shard.part(drawn)], pick[shard.part(drawn)]

@@ -32,6 +32,8 @@ class DatasetSource:
     Params: ClassVar[type[Params]]
     augment_by_default: ClassVar[bool] = True
     flip_ok: ClassVar[bool] = True
+    # Published per-channel pixel (mean, std) in [0, 1] for `training.input_scaling: mean-std`; None: measured on the images.
+    pixel_stats: ClassVar[tuple[tuple[float, ...], tuple[float, ...]] | None] = None
 
     def __init__(self, params: Params, *, data_root: Path, cache_dir: Path, seed: int):
         self.params = params

@@ -29,6 +29,7 @@ class TinyImagenetParams(Params):
 
 @DATASETS.register("tiny-imagenet")
 class TinyImagenetSource(DatasetSource):
+    pixel_stats = ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262))  # of the 64x64 originals, as the CVS code normalises
     Params = TinyImagenetParams
 
     def folder(self) -> Path:
