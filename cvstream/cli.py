@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -180,6 +181,8 @@ def _validate(args, console: Console) -> int:
         f"{scenario.source}: valid. {len(stream)} sessions, {len(stream.home_session)} classes, {train} training arrivals, "
         f"method {scenario.method.name}, data set {scenario.dataset.name} ({label_set.num_classes} classes)."
     )
+    recipe = yaml.safe_dump({"training": scenario.to_dict(complete=True)["training"]}, default_flow_style=True, width=10**6, sort_keys=False)
+    console.print(f"recipe, as run.json records it: {recipe.strip()}", markup=False, soft_wrap=True)
     return 0
 
 
@@ -204,7 +207,7 @@ def _stream(args, console: Console) -> int:
     if args.format == "cvs-json":
         files = write_collections(
             stream, label_set, out, dataset=scenario.dataset.name, setup=cvs_setup(scenario.stream.name, scenario.stream.params),
-            seed=scenario.seed, validation_fraction=scenario.training.validation_fraction,
+            seed=scenario.seed,
         )
         root = paths.data_root(args.data_root)
         try:

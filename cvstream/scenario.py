@@ -27,20 +27,32 @@ from cvstream.registry import Params, Registry
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # Keys added after scenarios were first hashed: left out of the resolved scenario while at their default, so a
-    # scenario that does not use them keeps its digest (and its run.json reads as before).
+    # Keys added after scenarios were first hashed: left out of the digest while at their default, so a scenario that
+    # does not use them keeps its digest. The complete form (run.json's record) keeps them.
     _omitted_at_default: ClassVar[frozenset[str]] = frozenset()
+    # Of those, the ones whose default has changed since: the value digests were taken with (what a record that
+    # leaves the key out ran with).
+    _digest_baseline: ClassVar[dict[str, Any]] = {}
 
     @model_serializer(mode="wrap")
-    def _omit_new_keys_at_default(self, handler):
+    def _omit_new_keys_at_default(self, handler, info):
         data = handler(self)
+        if (info.context or {}).get("complete"):
+            return data
         for name in self._omitted_at_default:
-            if self.at_default(name):
+            if self.at_baseline(name):
                 data.pop(name, None)
         return data
 
-    def at_default(self, name: str) -> bool:
-        return getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True)
+    @classmethod
+    def baseline(cls, name: str) -> Any:
+        """The value a digest-form record means when it leaves `name` out."""
+        if name in cls._digest_baseline:
+            return cls._digest_baseline[name]
+        return cls.model_fields[name].get_default(call_default_factory=True)
+
+    def at_baseline(self, name: str) -> bool:
+        return getattr(self, name) == self.baseline(name)
 
 
 class Component(BaseModel):
@@ -132,7 +144,34 @@ class TrainingSpec(_Section):
     eval_batch_size: int = Field(512, ge=1)
     amp: bool = Field(True, description="bfloat16 mixed precision where the hardware has it: CUDA, CPUs with AVX512-BF16 or AMX")
     validation_fraction: float = Field(
-        0.0, ge=0, lt=1, description="share of each class's training samples held out to keep the epoch with the best R@1 (0: off)"
+        0.0, ge=0, lt=1, description="share of each class's arrivals held out (never trained on, indexed or replayed) to keep the "
+        "epoch with the best R@1 (0: off)",
+    )
+    _omitted_at_default: ClassVar[frozenset[str]] = frozenset(
+        {"lr_every", "validate_on", "crop_padding", "randaugment", "input_scaling", "classifier_init", "seed"}
+    )
+    lr_every: Literal["step", "epoch"] = Field(
+        "step", description="when the schedule sets the rate: every step (the cosine evaluated at fractional epochs) or once per epoch, "
+        "at whole epochs (as the CVS code's loop does)",
+    )
+    validate_on: Literal["session", "seen"] = Field(
+        "session", description="held-out samples that pick the best epoch: the current session's, or those of every session so far"
+    )
+    crop_padding: Literal["reflect", "zeros"] = Field("reflect", description="padding of the random crop: reflected edges or black pixels")
+    randaugment: bool = Field(
+        False, description="after crop and flip, two random operations per image, each with probability 0.5, as the randaugment "
+        "package the CVS code uses (batched on decoded tensors)",
+    )
+    input_scaling: Literal["unit-range", "mean-std"] = Field(
+        "unit-range", description="network inputs: pixels scaled to [-1, 1], or normalised by the data set's per-channel mean and std"
+    )
+    classifier_init: Literal["normal", "uniform"] = Field(
+        "normal", description="rows of new classes: N(0, 1/d), or U(-1/sqrt(d), 1/sqrt(d)) as the CVS code's cosine layer (shorter "
+        "rows, which a cosine classifier turns faster)",
+    )
+    seed: int | None = Field(
+        None, ge=0, lt=2**63, description="seed of what training draws (initial weights, batches, augmentation, classifier rows); "
+        "None: the scenario's seed. The stream follows the scenario's seed alone",
     )
 
 
@@ -163,6 +202,7 @@ class GallerySpec(_Section):
     )
     gpu: bool = Field(_INDEX.gpu, description="use the Faiss GPU index when faiss has GPU support and a CUDA device is present")
     _omitted_at_default: ClassVar[frozenset[str]] = frozenset({"narrow_queries"})
+    _digest_baseline: ClassVar[dict[str, Any]] = {"narrow_queries": "pad"}  # the default until normalize replaced it
     narrow_queries: Literal["pad", "normalize"] = Field(
         _INDEX.narrow_queries,
         description="after a model upgrade, how a wider query scores narrower stored vectors: `pad` (SPEC section 12: its first "
@@ -362,29 +402,60 @@ class Scenario(_Section):
         scenario._notes = notes
         return scenario
 
+    @classmethod
+    def from_record(cls, data: dict, *, source: str = "run.json") -> "Scenario":
+        """The scenario a run recorded. A record in the digest's form (written before run.json kept every key) leaves
+        out keys at their baseline: they are filled in with it, so a default changed since does not change the run."""
+        data = json.loads(json.dumps(data))
+        _fill_baselines(cls, data)
+        return cls.from_dict(data, source=source)
+
     # -- views -------------------------------------------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, complete: bool = False) -> dict[str, Any]:
+        """The resolved scenario. By default keys added since digests were first taken are left out while at their
+        default (the digest's form); `complete` keeps every key with its value (the form a run records)."""
         out: dict[str, Any] = {}
+        context = {"complete": complete}
         for key in type(self).model_fields:
-            if key in self._omitted_at_default and self.at_default(key):
+            if key in self._omitted_at_default and self.at_baseline(key) and not complete:
                 continue
             value = getattr(self, key)
             if isinstance(value, Component):
                 out[key] = value.to_dict(_COMPONENT_KEYS[key])
             elif isinstance(value, BaseModel):
-                out[key] = value.model_dump(mode="json")
+                out[key] = value.model_dump(mode="json", context=context)
             else:
                 out[key] = value
         return out
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.safe_dump(self.to_dict(complete=True), sort_keys=False)
+
+    @property
+    def training_seed(self) -> int:
+        """The seed of what training draws: `training.seed`, else the scenario's."""
+        return self.seed if self.training.seed is None else self.training.seed
 
     def digest(self) -> str:
         """A hash of the resolved scenario: two runs with the same digest simulate the same thing."""
         text = json.dumps(self.to_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _fill_baselines(model: type[BaseModel], data: dict) -> None:
+    """Put back, in place, the keys a digest-form record of `model` left out at their baseline."""
+    for name in getattr(model, "_omitted_at_default", ()):
+        if name not in data:
+            baseline = model.baseline(name)
+            data[name] = baseline.model_dump(mode="json") if isinstance(baseline, BaseModel) else baseline
+    for name, field in model.model_fields.items():
+        section = _section_type(field.annotation)
+        if section is not None and issubclass(section, _Section) and typing.get_origin(field.annotation) is not dict:
+            if name not in data and field.is_required() is False and model is Scenario:
+                data[name] = {}  # a section the record left out entirely still ran with its baselines
+            if isinstance(data.get(name), dict):
+                _fill_baselines(section, data[name])
 
 
 def _registry_for(key: str) -> Registry:

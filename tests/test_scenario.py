@@ -141,3 +141,24 @@ def test_changing_a_component_by_name_drops_the_old_components_keys(tmp_path, ca
     assert Scenario.from_dict(data, overrides=["method.alpha=7"])._notes == []  # no name change, nothing dropped
     assert main(["validate", str(write_scenario(tmp_path, data)), "--set", "method.name=bct"]) == 0
     assert "dropped method.alpha, method.beta, method.margin" in capsys.readouterr().err
+
+
+def test_a_record_keeps_every_key_and_the_digest_leaves_new_defaults_out():
+    scenario = Scenario.from_dict(tiny_dict())
+    record = scenario.to_dict(complete=True)
+    assert record["training"]["lr_every"] == "step" and record["gallery"]["narrow_queries"] == scenario.gallery.narrow_queries
+    assert "lr_every" not in scenario.to_dict()["training"]  # the digest's form: unchanged for scenarios that do not use it
+    assert Scenario.from_record(record).to_dict(complete=True) == record
+    assert Scenario.from_dict(tiny_dict(training={"lr_every": "epoch"})).digest() != scenario.digest()
+
+
+def test_a_record_from_before_a_default_changed_keeps_the_value_it_ran_with():
+    from cvstream.scenario import GallerySpec
+
+    old_form = Scenario.from_dict(tiny_dict()).to_dict()  # an older run.json: new keys left out at their baseline
+    old_form["gallery"].pop("narrow_queries", None)
+    assert GallerySpec.baseline("narrow_queries") == "pad"  # the default before normalize
+    assert Scenario.from_record(old_form).gallery.narrow_queries == "pad"
+    assert Scenario.from_dict(old_form).gallery.narrow_queries == GallerySpec().narrow_queries  # a user's file: today's default
+    chosen = Scenario.from_dict(tiny_dict(gallery={"narrow_queries": "normalize"}))
+    assert Scenario.from_record(chosen.to_dict()).gallery.narrow_queries == "normalize"

@@ -211,7 +211,7 @@ def run_timeline_comparison(
     scenarios = {}
     for name in variants:  # validate every variant before the first one runs
         preset = TIMELINE_VARIANTS[name]
-        data = base.to_dict()
+        data = base.to_dict(complete=True)
         budget = partial_budget if preset["policy"] == "partial" else None
         data["backfill"] = {**data["backfill"], "policy": preset["policy"], "budget": budget,
                             "order": data["backfill"]["order"] if budget is not None else "random"}

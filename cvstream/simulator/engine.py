@@ -26,10 +26,10 @@ from cvstream.gallery.backfill import BACKFILL_POLICIES, fit_transform, order_it
 from cvstream.gallery.replay import REPLAY_SELECTIONS
 from cvstream.models import build_method, build_model, upgraded_model
 from cvstream.models.methods.base import TrainContext
+from cvstream.models.augment import channel_stats
 from cvstream.models.trainer import embed, train_session
 from cvstream.sessions import scenario_stream
 from cvstream.sessions.rng import numpy_rng, torch_generator, torch_seed
-from cvstream.sessions.streams import validation_split
 from cvstream.simulator import checkpoint, memory
 from cvstream.simulator.curve import backfill_curve
 from cvstream.simulator.evaluate import AnytimeHook, Evaluator
@@ -119,7 +119,7 @@ class Simulator:
         from cvstream.scenario import Scenario
 
         info = resumable_run(run_dir)
-        return cls(Scenario.from_dict(info["scenario"], source=str(Path(run_dir) / "run.json")), out_dir=run_dir, resume=True, **kwargs)
+        return cls(Scenario.from_record(info["scenario"], source=str(Path(run_dir) / "run.json")), out_dir=run_dir, resume=True, **kwargs)
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -251,13 +251,16 @@ class Simulator:
         self.images = torch.from_numpy(images).to(self.device)
         augment = s.training.augment
         self.augment = self.source.augment_by_default if augment is None else augment
+        stats = None
+        if s.training.input_scaling == "mean-std" and images.ndim == 4:
+            stats = self.source.pixel_stats or channel_stats(images)
         self.state = RunState(
-            model=build_model(s, in_channels=images.shape[1], input_ndim=images.ndim).to(self.device),
+            model=build_model(s, in_channels=images.shape[1], input_ndim=images.ndim, input_stats=stats).to(self.device),
             generation=-1,
             gallery=Gallery(s.model.embedding_dim, s.gallery, seed=s.seed),
             replay=ReplayBuffer(s.replay.size, s.replay.selection),
             evaluator=Evaluator(scenario=s, stream=self.stream, labels=self.label_set.labels),
-            train_generator=torch_generator(s.seed, "batching"),
+            train_generator=torch_generator(s.training_seed, "batching"),
             replay_rng=numpy_rng(s.seed, "replay"),
         )
 
@@ -303,11 +306,8 @@ class Simulator:
         needs = self.method.needs
         replay_ids = state.replay.sample_ids() if "replay" in needs else np.empty(0, np.int64)
         seen_ids = np.unique(np.concatenate([self.stream[i].train_ids for i in range(t + 1)])) if "seen_data" in needs else None
-        val_ids = validation_split(
-            session.train_ids, self.labels_of(session.train_ids), fraction=s.training.validation_fraction, seed=s.seed, session=t
-        )  # the session's arrivals only: replay exemplars are already gallery items
+        val_ids = self.stream.val_ids(t, seen=s.training.validate_on == "seen")
         ids = self.method.training_ids(session_ids=session.train_ids, replay_ids=replay_ids, seen_ids=seen_ids)
-        ids = ids[~np.isin(ids, val_ids)]
         classes = self.labels_of(ids)
         keep_previous = bool(needs & {"previous_model", "previous_embeddings"}) and state.generation >= 0
         upgrade = s.model.upgrades.get(t)
@@ -320,12 +320,13 @@ class Simulator:
         else:  # the previous generation, frozen before the classifier grows: only it and the current model live
             previous = copy.deepcopy(state.model).eval().requires_grad_(False) if keep_previous else None
         state.model.add_classes(
-            np.concatenate([session.new_classes, np.unique(classes)]), torch_generator(s.seed, "classifier_rows", t)
+            np.concatenate([session.new_classes, np.unique(classes)]), torch_generator(s.training_seed, "classifier_rows", t),
+            init=s.training.classifier_init,
         )
         context, extra_forwards = self._context(t, previous, ids, classes)
         validate, validate_forwards = self._validator(val_ids, t) if len(val_ids) else (None, 0)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(torch_seed(s.seed, "train", t))  # what still reads the global RNG: layer init, dropout
+            torch.manual_seed(torch_seed(s.training_seed, "train", t))  # what still reads the global RNG: layer init, dropout
             stats = train_session(
                 model=state.model, method=self.method, images=self.images, sample_ids=ids, class_ids=classes, context=context,
                 spec=s.training, generator=state.train_generator, augment_images=self.augment, flip=self.source.flip_ok,
@@ -375,9 +376,9 @@ class Simulator:
 
     def _validator(self, val_ids: np.ndarray, t: int):
         """(validate, backbone forwards per call): R@1 of the validation queries against the gallery as it would be
-        after this session's index step. The session's arrivals are not yet in the gallery, and the validation
-        samples are left out of its fresh items: a query never matches itself."""
-        fresh_ids = np.setdiff1d(self.stream[t].gallery_ids, val_ids)
+        after this session's index step: the stored items, and the session's fresh items embedded by the model
+        under training (validation samples are never gallery items)."""
+        fresh_ids = self.stream[t].gallery_ids
         fresh_classes, val_classes = self.labels_of(fresh_ids), self.labels_of(val_ids)
 
         def validate(model: torch.nn.Module) -> float:

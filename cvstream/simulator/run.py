@@ -113,7 +113,7 @@ def run_info(sim, *, status: str) -> dict:
         "run_id": sim.run_id,
         "name": sim.scenario.name,
         "status": status,
-        "scenario": sim.scenario.to_dict(),
+        "scenario": sim.scenario.to_dict(complete=True),  # every key with its value: a later default change keeps its meaning
         "scenario_hash": sim.scenario.digest(),
         "seed": sim.scenario.seed,
         "versions": _versions(),

@@ -191,7 +191,7 @@ class TrackerHook(Hook):
 
     def before_run(self, sim) -> None:
         self.sent = {name: sim.tables.committed[name] for name in ("metrics", "costs")}  # a resumed run sent its old rows already
-        scenario = sim.scenario.to_dict()
+        scenario = sim.scenario.to_dict(complete=True)
         first = {"first_session": sim.state.next_session}
         for name in self.names:
             try:
