@@ -205,9 +205,9 @@ class GallerySpec(_Section):
     _digest_baseline: ClassVar[dict[str, Any]] = {"narrow_queries": "pad"}  # the default until normalize replaced it
     narrow_queries: Literal["pad", "normalize"] = Field(
         _INDEX.narrow_queries,
-        description="after a model upgrade, how a wider query scores narrower stored vectors: `pad` (SPEC section 12: its first "
-        "components, as zero-padding the stored vector would) or `normalize` (its first components rescaled to unit length: a cosine "
-        "in the older space, on the scale of the wider items' scores)",
+        description="after a model upgrade, how a wider query scores narrower stored vectors (SPEC section 12), in every search of the "
+        "gallery: `normalize` (its first components rescaled to unit length: a cosine in the older space, on the scale of the wider "
+        "items' scores) or `pad` (its first components as they are, as zero-padding the stored vector would: BT^2's evaluation)",
     )
 
 

@@ -14,12 +14,15 @@ The gallery takes its index choice as plain values (`IndexSpec`, or anything wit
 
 Mixed dimensions (a model upgrade, SPEC section 12): `widen(dim)` makes later vectors wider.
 Segments already written keep their dimension (the newest is closed, the next add opens one
-of the new dimension, with its own coarse quantiser); nothing is stored again. Every
-comparison is as if all vectors were zero-padded to the widest: a query searches a narrower
-segment with its first components (a narrower query is zero-padded), `vectors()` and the
-class means come back zero-padded to `dim`, and a `replace` into a narrower segment stores
-that segment again at the current dimension, its other items zero-padded (their scores do not
-change; an approximate index re-encodes them).
+of the new dimension, with its own coarse quantiser); nothing is stored again. A query
+searches a narrower segment with its first components (`narrow_queries`: `normalize`, the
+default, rescales them to unit length, a cosine in the older space; `pad` keeps them as they
+are, as zero-padding the stored vectors would), and a narrower query is zero-padded. Every
+search of the gallery, whole or of some of its items (`search(items=...)`), goes through that
+one matching and one merge of the segments' top k. `vectors()` and the class means come back
+zero-padded to `dim`, and a `replace` into a narrower segment stores that segment again at the
+current dimension, its other items zero-padded (from then on compared as wider items; an
+approximate index re-encodes them).
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class IndexSpec:
     train_size: int | None = None
     segment_size: int = 131_072
     gpu: bool = True
-    narrow_queries: str = "pad"  # "pad" (SPEC section 12) or "normalize": see the scenario's GallerySpec
+    narrow_queries: str = "normalize"  # or "pad" (SPEC section 12): see the scenario's GallerySpec
 
     @classmethod
     def of(cls, spec) -> "IndexSpec":
@@ -383,19 +386,18 @@ class Gallery:
 
     # -- searching ------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Inner-product search: (scores, item ids), -1 where fewer than k items were found. A segment of another
-        dimension than the queries' is searched as if both were zero-padded to the wider (SPEC section 12); with
-        `narrow_queries: normalize` a wider query's first components are rescaled to unit length first."""
+    def search(self, queries: np.ndarray, k: int, *, items: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Inner-product search: (scores, item ids) best first, -1 where fewer than k items were found; `items`: among
+        these item ids only, exactly over their stored vectors. Each segment gets the queries as `match_queries`
+        makes them for its dimension (SPEC section 12), and the segments' top k are merged by score."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        k = min(k, max(len(self), 1))
-        if len(self) == 0:
+        searched = len(self) if items is None else len(items)
+        k = min(k, max(searched, 1))
+        if searched == 0:
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
-        views = {d: first_components(queries, d) for d in {int(s.d) for s in self.segments}}
-        if self._spec.narrow_queries == "normalize":  # a wider query's first components, at unit length
-            for d, view in views.items():
-                if d < queries.shape[1]:
-                    views[d] = view / np.maximum(np.linalg.norm(view, axis=1, keepdims=True), 1e-12)
+        views = {d: match_queries(queries, d, self._spec.narrow_queries) for d in {int(s.d) for s in self.segments}}
+        if items is not None:
+            return self._search_items(views, k, np.asarray(items, dtype=np.int64))
         coarse = {}
         if len(self.segments) > 1 and isinstance(self._template, faiss.IndexIVF) and not self.gpu:
             # One coarse assignment for all segments of a dimension: they share its quantiser (GPU copies assign on the GPU).
@@ -405,8 +407,17 @@ class Gallery:
             scores, ids = self._search_segment(number, segment, views[segment.d], k, coarse.get(segment.d))
             if number:  # positions -> item ids; the first segment's are its item ids already
                 ids = np.where(ids >= 0, ids + self._starts[number], -1)
-            best = (scores, ids) if best is None else _merge(best, (scores, ids))
+            best = (scores, ids) if best is None else merge_top_k([best, (scores, ids)], k)
         return best
+
+    def _search_items(self, views: dict[int, np.ndarray], k: int, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search among `items`: per segment they touch, its stored vectors of them (at most a segment's)."""
+        found = []
+        for number, rows, local in self._by_segment(items):
+            segment = self.segments[number]
+            scores, at = faiss.knn(views[segment.d], _read(segment, local), min(k, len(local)), metric=faiss.METRIC_INNER_PRODUCT)
+            found.append((scores, items[rows][at]))
+        return merge_top_k(found, k)
 
     def _search_segment(self, number: int, segment: faiss.Index, queries: np.ndarray, k: int, coarse) -> tuple[np.ndarray, np.ndarray]:
         if self.gpu:
@@ -439,17 +450,28 @@ class Gallery:
             return out
         for number, rows, local in self._by_segment(item_ids):
             segment = self.segments[number]
-            if _flat_storage(segment) is not None:
-                out[rows, : segment.d] = _stored(segment, segment.d)[local]
-            else:
-                out[rows, : segment.d] = segment.reconstruct_batch(local)
+            out[rows, : segment.d] = _read(segment, local)
         return out
 
     def _segment_vectors(self, segment: faiss.Index) -> np.ndarray:
         """A copy of all of one segment's stored vectors (of the segment's own dimension)."""
         if _flat_storage(segment) is not None:
             return _stored(segment, segment.d).copy()
-        return segment.reconstruct_n(0, segment.ntotal)
+        return _reconstructed(segment, segment.ntotal)
+
+    def exact_copy(self) -> "Gallery":
+        """A flat copy (the same items, metadata, segment dimensions and `narrow_queries`), searched exactly: for what-if
+        changes, such as the backfill curve's, that leave this gallery untouched."""
+        copy = Gallery(self.dim, IndexSpec(**{**asdict(self._spec), "index": "flat"}), seed=self.seed)
+        segments = []
+        for segment in self.segments:
+            segments.append(faiss.IndexFlatIP(int(segment.d)))
+            segments[-1].add(self._segment_vectors(segment))
+        copy._adopt(segments)
+        for column in ("_sample_ids", "_class_ids", "_session_added", "_generation", "_backfilled_at", "_transformed_at"):
+            getattr(copy, column).extend(getattr(self, column).values)
+        copy._class_sum, copy._class_count = self.class_sums()
+        return copy
 
     def class_of(self, item_ids: np.ndarray) -> np.ndarray:
         item_ids = np.asarray(item_ids)
@@ -706,7 +728,7 @@ class Gallery:
             # quantiser; every segment hands its inverted lists to a segment built around it.
             for dim, first in firsts.items():
                 template = self._templates[dim] = self._factory(dim, self.spec)
-                template.quantizer.add(first.quantizer.reconstruct_n(0, first.nlist))
+                template.quantizer.add(_reconstructed(first.quantizer, first.nlist))
                 if isinstance(template, faiss.IndexIVFPQ):
                     template.pq = first.pq
                 template.is_trained = True
@@ -756,6 +778,21 @@ def _stored(segment: faiss.Index, dim: int) -> np.ndarray:
     return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * dim).reshape(flat.ntotal, dim)
 
 
+def _reconstructed(index: faiss.Index, n: int) -> np.ndarray:
+    """The first `n` stored vectors, into a numpy array we own (faiss.contrib.torch_utils, once anything imports
+    it, makes the argument-less form return torch tensors)."""
+    out = np.empty((n, index.d), dtype=np.float32)
+    index.reconstruct_n(0, n, out)
+    return out
+
+
+def _read(segment: faiss.Index, positions: np.ndarray) -> np.ndarray:
+    """The stored vectors at these positions of one segment, of its own dimension (decoded, for ivfpq)."""
+    if _flat_storage(segment) is not None:
+        return _stored(segment, segment.d)[positions]
+    return np.asarray(segment.reconstruct_batch(positions))
+
+
 def first_components(queries: np.ndarray, dim: int) -> np.ndarray:
     """Queries as `dim`-d vectors compare with them (SPEC section 12): their first `dim` components, or zero-padded to
     `dim`. An inner product with the first components is one with the vectors zero-padded to the queries' width."""
@@ -766,9 +803,25 @@ def first_components(queries: np.ndarray, dim: int) -> np.ndarray:
     return np.pad(queries, ((0, 0), (0, dim - queries.shape[1])))
 
 
-def _merge(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The top k of two sorted (scores, item ids) results of k columns each (-1: no item)."""
-    return faiss.merge_knn_results(np.stack([first[0], second[0]]), np.stack([first[1], second[1]]), keep_max=True)
+def match_queries(queries: np.ndarray, dim: int, narrow_queries: str) -> np.ndarray:
+    """Queries as they search `dim`-d stored vectors (SPEC section 12): `first_components`, and with `normalize` a wider
+    query's first components rescaled to unit length (a cosine in the older space)."""
+    view = first_components(queries, dim)
+    if narrow_queries == "normalize" and dim < queries.shape[1]:
+        view = view / np.maximum(np.linalg.norm(view, axis=1, keepdims=True), 1e-12)
+    return view
+
+
+def merge_top_k(results: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of several sorted (scores, ids) results for the same queries, k columns (-1: no item); on a tie
+    the later result's entry comes first."""
+    def widen(a: np.ndarray, fill) -> np.ndarray:
+        return np.pad(a, ((0, 0), (0, k - a.shape[1])), constant_values=fill) if a.shape[1] < k else a[:, :k]
+
+    scores, ids = [widen(s, -np.inf) for s, _ in results], [widen(i, -1) for _, i in results]
+    if len(results) == 1:
+        return scores[0], ids[0]
+    return faiss.merge_knn_results(np.stack(scores), np.stack(ids), keep_max=True)
 
 
 # -- index types ----------------------------------------------------------------------------

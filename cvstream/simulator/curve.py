@@ -1,8 +1,9 @@
 """The backfill curve (FastFill, Jaeckle et al. ICCV 2023): accuracy against the fraction backfilled.
 
 At one session, the stale items are re-embedded in a given order, 0%, 1/steps, ..., 100% of
-them, each state searched exactly (flat) by the session's queries. The area is the mean
-over the evaluated fractions, 0% and 100% included. Works on copies; the gallery is untouched.
+them, each state searched exactly (flat) by the session's queries through the gallery's own search
+(`Gallery.exact_copy`). The area is the mean over the evaluated fractions, 0% and 100% included.
+Works on a copy; the gallery is untouched.
 """
 
 from __future__ import annotations
@@ -22,20 +23,14 @@ def backfill_curve(
     subsets: dict[str, np.ndarray], steps: int, session: int, order_name: str,
 ) -> pd.DataFrame:
     """Rows of R@1 and mAP@R per fraction and subset; `order` are the stale item ids, first backfilled first."""
-    from cvstream.gallery.index import Gallery
-
     clock = time.perf_counter()
-    everything = np.arange(len(gallery), dtype=np.int64)
-    stored = gallery.vectors(everything)
-    classes = gallery.class_of(everything)
-    rows = []
+    view = gallery.exact_copy()  # searched as the gallery is: segment dimensions and narrow_queries kept
+    rows, done = [], 0
     for step in range(steps + 1):
         fraction = step / steps
         count = int(round(fraction * len(order)))
-        vectors = stored.copy()
-        vectors[order[:count]] = new_vectors[:count]
-        view = Gallery(gallery.dim)
-        view.add(vectors, sample_ids=everything, class_ids=classes, session=session, generation=0)
+        view.replace(order[done:count], new_vectors[done:count], session=session)
+        done = count
         for row in evaluate_queries(queries, query_classes, view, subsets=subsets, recall_at=[1], map_at_r=True):
             rows.append({"session": session, "order": order_name, "fraction": fraction, "items_backfilled": count, **row})
     frame = pd.DataFrame(rows, columns=CURVE_COLUMNS[:-1])

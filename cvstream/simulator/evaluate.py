@@ -18,6 +18,7 @@ from cvstream.simulator.search import top_classes
 from cvstream.simulator.metrics import (
     METRICS,
     area_under_curve,
+    calibration,
     neighbors_needed_by,
     forgetting,
     mean_over_sessions,
@@ -116,6 +117,35 @@ def aggregate(per_query: dict[str, np.ndarray], subsets: dict[str, np.ndarray]) 
             rows.append({"subset": subset, "metric": metric, "value": float(chosen.mean()) if len(chosen) else float("nan"),
                          "n_queries": len(chosen)})
     return rows
+
+
+def calibration_per_query(vectors: np.ndarray, query_classes: np.ndarray, gallery, *, generation: int) -> dict[str, np.ndarray]:
+    """Per query, `calibration` against a gallery holding vectors of more than one generation ({} otherwise), its
+    pairs scored by the gallery's own search as the mixed search scores them; `vectors` are `generation`'s."""
+    generations = gallery.generations()
+    if len(np.unique(generations)) < 2:
+        return {}
+    classes = gallery.class_of(np.arange(len(gallery), dtype=np.int64))
+    older, current = np.flatnonzero(generations < generation), np.flatnonzero(generations == generation)
+    older = older[np.argsort(classes[older], kind="stable")]  # by class: a class's older items are one run
+    old_classes, current_classes = classes[older], np.sort(classes[current])
+    asked = np.flatnonzero(np.isin(query_classes, old_classes)) if len(current) else np.empty(0, np.int64)
+    out = {name: np.full(len(query_classes), np.nan) for name in ("calibration_old_positive", "calibration_new_negative_top")}
+    # Negatives: each query's search of the current generation's items, deep enough to pass its own class's.
+    mine = query_classes[asked]
+    needed = np.minimum(1 + np.searchsorted(current_classes, mine, "right") - np.searchsorted(current_classes, mine), len(current))
+    negative_scores = np.full((len(asked), int(needed.max(initial=1))), -np.inf, np.float32)
+    negative_classes = np.full(negative_scores.shape, -1, np.int64)
+    for rows in query_blocks(needed, NEIGHBOR_BUDGET):
+        scores, found = gallery.search(vectors[asked[rows]], int(needed[rows].max()), items=current)
+        negative_scores[rows, : scores.shape[1]], negative_classes[rows, : found.shape[1]] = scores, gallery.class_of(found)
+    for c in np.unique(mine):  # positives: the queries of a class against its older items, every pair
+        rows = np.flatnonzero(mine == c)
+        pairs = older[np.searchsorted(old_classes, c) : np.searchsorted(old_classes, c, "right")]
+        positive, _ = gallery.search(vectors[asked[rows]], len(pairs), items=pairs)
+        for name, values in calibration(positive, negative_scores[rows], negative_classes[rows], mine[rows]).items():
+            out[name][asked[rows]] = values
+    return out
 
 
 def evaluate_queries(vectors, query_classes, gallery, *, subsets, recall_at, map_at_r) -> list[dict]:
@@ -221,6 +251,8 @@ class Evaluator:
             rows += [{**r, **mixed} for r in aggregate(per_query, main)]
             rows += [{**r, **mixed} for r in self._history_rows(session, per_query, subsets)]
             rows += [{**r, **mixed} for r in self._flip_rows(session, query_ids, per_query["recall@1"], subsets)]
+            calibrated = calibration_per_query(vectors, query_classes, gallery, generation=generation)
+            rows += [{**r, **mixed} for r in aggregate(calibrated, {"all": subsets["all"]}) if r["n_queries"]]
         if self.probe is not None and self._new_probe is not None:
             rows += self.probe.rows(session=session, generation=generation)
         if self._anytime_rows:

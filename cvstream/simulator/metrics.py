@@ -64,6 +64,21 @@ def negative_flips(previous_correct: np.ndarray, current_correct: np.ndarray) ->
     return (previous_correct.astype(bool) & ~current_correct.astype(bool)).astype(np.float64)
 
 
+def calibration(
+    positive_scores: np.ndarray, negative_scores: np.ndarray, negative_classes: np.ndarray, query_classes: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per query of a mixed gallery (SPEC section 12): `calibration_old_positive`, the mean score of its new-to-old
+    positive pairs (`positive_scores`, NaN where a row has fewer), and `calibration_new_negative_top`, the best score
+    among current-generation items of another class (`negative_scores` best first, at least one column, their
+    `negative_classes`, -1: no item). NaN in both where either is missing."""
+    counted = ~np.isnan(positive_scores)
+    positive = np.nansum(positive_scores, axis=1, dtype=np.float64) / np.maximum(counted.sum(axis=1), 1)
+    other = (negative_classes != query_classes[:, None]) & (negative_classes >= 0)
+    negative = np.take_along_axis(negative_scores, other.argmax(axis=1)[:, None], axis=1)[:, 0].astype(np.float64)
+    both = counted.any(axis=1) & other.any(axis=1)
+    return {"calibration_old_positive": np.where(both, positive, np.nan), "calibration_new_negative_top": np.where(both, negative, np.nan)}
+
+
 def mean_over_sessions(values_by_session: list[float]) -> float:
     """AR@K: the mean over sessions of each session's R@K on all seen queries."""
     return float(np.mean(values_by_session)) if len(values_by_session) else float("nan")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cvstream.gallery.index import merge_top_k
+
 
 def top_classes(queries: np.ndarray, k: int, *, gallery=None, vectors: np.ndarray | None = None, classes: np.ndarray | None = None,
                 block: int = 4096) -> np.ndarray:
@@ -11,15 +13,11 @@ def top_classes(queries: np.ndarray, k: int, *, gallery=None, vectors: np.ndarra
     `classes`: items not stored yet), merged by inner product; -1 where there are fewer than k items.
 
     The one way cvstream answers "stored items plus fresh ones" (validation, anytime points) and plain
-    arrays (the probe matrix). The extra vectors are searched exactly, ties to the lower index; on a tie
-    between a stored and an extra item the stored one comes first.
+    arrays (the probe matrix). The extra vectors are searched exactly, ties to the lower index; the two
+    are merged as the gallery merges its segments (`merge_top_k`), a tie going to the stored item.
     """
     n = len(queries)
-    scores, found = [], []
-    if gallery is not None and len(gallery):
-        stored_scores, items = gallery.search(queries, k)
-        scores.append(stored_scores)
-        found.append(np.where(items >= 0, gallery.class_of(np.maximum(items, 0)), -1))
+    found = []  # (scores, classes) per source, best first
     if vectors is not None and len(vectors):
         vectors = np.asarray(vectors, dtype=np.float32)  # once, not per block
         m = min(k, len(vectors))
@@ -29,11 +27,10 @@ def top_classes(queries: np.ndarray, k: int, *, gallery=None, vectors: np.ndarra
             top = np.argsort(-sims, axis=1, kind="stable")[:, :m] if m > 1 else np.argmax(sims, axis=1)[:, None]
             extra[start : start + block] = top
             extra_scores[start : start + block] = np.take_along_axis(sims, top, axis=1)
-        scores.append(extra_scores)
-        found.append(np.asarray(classes)[extra])
+        found.append((extra_scores, np.asarray(classes, dtype=np.int64)[extra]))
+    if gallery is not None and len(gallery):
+        stored_scores, items = gallery.search(queries, k)
+        found.append((stored_scores, gallery.class_of(items)))  # last: it wins a tie
     if not found:
         return np.full((n, k), -1, dtype=np.int64)
-    score, cls = np.concatenate(scores, axis=1), np.concatenate(found, axis=1).astype(np.int64)
-    order = np.argsort(-np.where(cls < 0, -np.inf, score), axis=1, kind="stable")[:, :k]
-    out = np.take_along_axis(cls, order, axis=1)
-    return np.pad(out, ((0, 0), (0, k - out.shape[1])), constant_values=-1) if out.shape[1] < k else out
+    return merge_top_k(found, k)[1]

@@ -34,7 +34,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pandas as pd
 import simpy
@@ -43,7 +42,7 @@ import torch
 from cvstream.errors import UserError
 from cvstream.gallery import Gallery
 from cvstream.gallery.backfill import BACKFILL_POLICIES, fit_transform, plan_backfill, stale_items, transform_pairs
-from cvstream.gallery.index import IndexSpec
+from cvstream.gallery.index import IndexSpec, merge_top_k
 from cvstream.models.flops import TRAIN_STEP_FORWARDS, forward_flops, images_per_second
 from cvstream.models.trainer import to_input
 from cvstream.sessions.rng import numpy_rng, torch_generator
@@ -545,21 +544,11 @@ class Timeline:
         self._row("evaluate", n_queries=int(asked.sum()), detail={"why": why}, **values)
 
     def _merged(self, queries: np.ndarray, other: np.ndarray, classes: np.ndarray, older: np.ndarray, *, map_at_r: bool):
-        """Dual query / adapter: `queries` search the serving generation's items, `other` the older ones; merged by score."""
+        """Dual query / adapter: `queries` search the serving generation's items, `other` the older ones, each through
+        the gallery's own search (narrower segments as `gallery.narrow_queries` says); merged by score."""
         k = int(neighbors_per_query(classes, self.gallery, recall_at=[1], map_at_r=map_at_r).max())
-        own = np.flatnonzero(self.space == self.serving)
-        found_scores, found_ids = [], []
-        for q, items in ((queries, own), (other, older)):
-            if len(items) == 0:
-                continue
-            stored = self.gallery.vectors(items)  # zero-padded to the gallery's widest dimension
-            q = np.pad(q, ((0, 0), (0, stored.shape[1] - q.shape[1]))) if q.shape[1] < stored.shape[1] else q[:, : stored.shape[1]]
-            scores, rows = faiss.knn(np.ascontiguousarray(q, np.float32), stored, min(k, len(items)), metric=faiss.METRIC_INNER_PRODUCT)
-            found_scores.append(scores)
-            found_ids.append(items[rows])
-        scores, ids = np.concatenate(found_scores, axis=1), np.concatenate(found_ids, axis=1)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return score_neighbors(np.take_along_axis(ids, order, axis=1), classes, self.gallery, recall_at=[1], map_at_r=map_at_r)
+        ids = search_two_spaces(self.gallery, queries, other, own=np.flatnonzero(self.space == self.serving), older=older, k=k)
+        return score_neighbors(ids, classes, self.gallery, recall_at=[1], map_at_r=map_at_r)
 
     # -- bookkeeping ------------------------------------------------------------------------------------
 
@@ -611,6 +600,18 @@ class Timeline:
             "detail": json.dumps(detail or {}),
         }
         self.rows.append(row)
+
+
+# -- the dual query and the adapter -------------------------------------------------------------------
+
+
+def search_two_spaces(gallery: Gallery, queries: np.ndarray, other: np.ndarray, *, own: np.ndarray, older: np.ndarray, k: int) -> np.ndarray:
+    """The top k item ids of a dual query or an adapter: `queries` search the items `own` (the serving generation's),
+    `other` the `older` ones, each through the gallery's own search (narrower segments as `gallery.narrow_queries`
+    says), merged by score; a tie goes to the serving generation's item."""
+    k = min(k, len(gallery))
+    found = [gallery.search(q, k, items=items) for q, items in ((other, older), (queries, own)) if len(items)]
+    return merge_top_k(found, k)[1]
 
 
 # -- summary figures ----------------------------------------------------------------------------------

@@ -75,6 +75,22 @@ def test_the_backfill_curve_runs_from_the_mixed_gallery_to_the_full_backfill(non
     assert abs(r1.value.iloc[-1] - fresh) <= 1 / n + 1e-9
 
 
+def test_a_mixed_gallery_gets_calibration_rows_and_a_gallery_of_one_generation_none(none_and_full):
+    (none, _), (full, _) = none_and_full
+    m = none.metrics
+    calibration = m[m.metric.str.startswith("calibration_")]
+    assert set(calibration.gallery_view) == {"mixed"} and set(calibration.subset) == {"all"}
+    assert sorted(calibration.session.unique()) == [1, 2]  # session 0: every item is generation 0's
+    for t in (1, 2):
+        rows = calibration[calibration.session == t].set_index("metric")
+        assert list(rows.index) == ["calibration_old_positive", "calibration_new_negative_top"]
+        assert rows.value.between(-1, 1).all()
+        # Disjoint sessions under policy none: exactly the old classes' queries have older positives and newer negatives.
+        old = m[(m.session == t) & (m.gallery_view == "mixed") & (m.subset == "old") & (m.metric == "recall@1")]
+        assert (rows.n_queries == old.n_queries.item()).all()
+    assert not full.metrics.metric.str.startswith("calibration_").any()
+
+
 def test_partial_re_embeds_exactly_its_budget(tmp_path):
     result, snapshots = run(tmp_path, "partial", backfill={"policy": "partial", "budget": 7, "order": "oldest"})
     costs = result.costs.query("phase == 'backfill'").set_index("session")

@@ -1,7 +1,8 @@
 """Model upgrades (SPEC section 12): a new network, a wider embedding, mid-stream.
 
 The scenario's `model.upgrades` and what validation refuses; a gallery of two dimensions that
-ranks exactly as zero-padding would; every method across an upgrade (or refused with a
+ranks exactly as zero-padding would (`narrow_queries: pad`) or by the cosine in the older space
+(the default), in every search of it; every method across an upgrade (or refused with a
 message); BT^2's basis transformation; the probe matrix across dimensions; and a run with an
 upgrade that is killed and resumed.
 """
@@ -103,7 +104,7 @@ def _same_search(gallery: Gallery, padded: Gallery, queries: np.ndarray, k: int 
 
 def test_truncated_search_over_narrower_segments_equals_a_search_over_zero_padded_vectors(tmp_path):
     rng = np.random.default_rng(0)
-    gallery, padded = _two_dimensions(GallerySpec(segment_size=25, gpu=False), rng)
+    gallery, padded = _two_dimensions(GallerySpec(segment_size=25, gpu=False, narrow_queries="pad"), rng)
     assert [(s.d, s.ntotal) for s in gallery.segments] == [(16, 25), (16, 15), (32, 25), (32, 25)]  # the upgrade closed segment 1
     queries = unit(rng, 30, 32)
     _same_search(gallery, padded, queries)
@@ -124,6 +125,29 @@ def test_truncated_search_over_narrower_segments_equals_a_search_over_zero_padde
     np.testing.assert_allclose(gallery.class_means(np.arange(5))[0], padded.class_means(np.arange(5))[0], atol=1e-6)
     with pytest.raises(ValueError, match="cannot narrow"):
         gallery.widen(16)
+
+
+@pytest.mark.parametrize("narrow_queries", ["pad", "normalize"])
+def test_a_search_among_some_items_and_an_exact_copy_match_narrower_items_as_the_gallery_does(narrow_queries):
+    gallery = Gallery(2, GallerySpec(gpu=False, narrow_queries=narrow_queries))
+    gallery.add(np.array([[1.0, 0.0]], np.float32), sample_ids=np.array([0]), class_ids=np.array([0]), session=0, generation=0)
+    gallery.widen(4)
+    newer = np.array([[0.6, 0.0, 0.8, 0.0], [0.5, 0.0, 0.75**0.5, 0.0]], np.float32)  # the second is the query itself
+    gallery.add(newer, sample_ids=np.array([1, 2]), class_ids=np.array([1, 2]), session=1, generation=1)
+    query = newer[1:]
+    # Item 0 scores 0.5 padded and 1.0 as a cosine in the older space; item 1 scores 0.3 + 0.8 x 0.866 = 0.993 either way.
+    one = 0.3 + 0.8 * 0.75**0.5
+    expected, expected_scores = {"pad": ([1, 0], [one, 0.5]), "normalize": ([0, 1], [1.0, one])}[narrow_queries]
+    scores, ids = gallery.search(query, 2, items=np.array([1, 0]))
+    assert ids.tolist() == [expected]
+    np.testing.assert_allclose(scores[0], expected_scores, atol=1e-6)
+    assert gallery.search(query, 3)[1].tolist() == [[2, *expected]]  # the whole gallery: the same matching
+    assert gallery.search(query, 5, items=np.array([0]))[1].tolist() == [[0]]
+    copy = gallery.exact_copy()
+    for a, b in zip(copy.search(query, 3), gallery.search(query, 3)):
+        np.testing.assert_array_equal(a, b)
+    copy.replace(np.array([0]), -newer[1:], session=2)  # a what-if change leaves the gallery as it was
+    assert copy.search(query, 3)[1].tolist() == [[2, 1, 0]] and gallery.search(query, 3)[1].tolist() == [[2, *expected]]
 
 
 @pytest.mark.parametrize("index", ["flat", "ivf", "hnsw"])
@@ -317,5 +341,6 @@ def test_normalized_narrow_queries_score_narrower_items_by_the_cosine_of_the_fir
     expected = np.where(dims[None, :] == 16, head @ stored[:, :16].T, queries @ stored.T)
     np.testing.assert_allclose(scores, np.take_along_axis(expected, ids, axis=1), atol=1e-5)
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # still best first, across segments of both dimensions
-    plain, _ = _two_dimensions(GallerySpec(segment_size=25, gpu=False), np.random.default_rng(1))
-    assert not np.allclose(plain.search(queries, 90)[0], scores)  # the default pads, as SPEC section 12 says
+    assert GallerySpec().narrow_queries == "normalize"  # the default (SPEC section 12)
+    plain, _ = _two_dimensions(GallerySpec(segment_size=25, gpu=False, narrow_queries="pad"), np.random.default_rng(1))
+    assert not np.allclose(plain.search(queries, 90)[0], scores)

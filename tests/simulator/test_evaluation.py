@@ -253,3 +253,28 @@ def test_query_blocks_cover_every_query_once_within_the_budget():
     for rows in blocks:
         assert len(rows) == 1 or len(rows) * needed[rows].max() <= 10_000
     assert query_blocks(np.zeros(0, np.int64), 10) == []
+
+
+# -- calibration of a mixed gallery ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("narrow_queries", "old_positive"), [("pad", [0.5, 0.6]), ("normalize", [1.0, 1.0])])
+def test_calibration_scores_pairs_as_the_mixed_search_does(narrow_queries, old_positive):
+    """Generation 0's 2-d items of classes 0 and 1, generation 1's 4-d items of classes 1 and 2, two generation-1 queries
+    (classes 0 and 1): old positives through the gallery's narrow_queries, the best other-class generation-1 item."""
+    from cvstream.gallery import Gallery
+    from cvstream.scenario import GallerySpec
+    from cvstream.simulator.evaluate import calibration_per_query
+
+    gallery = Gallery(2, GallerySpec(gpu=False, narrow_queries=narrow_queries))
+    gallery.add(np.eye(2, dtype=np.float32), sample_ids=np.arange(2), class_ids=np.array([0, 1]), session=0, generation=0)
+    single = calibration_per_query(np.eye(2, dtype=np.float32), np.array([0, 1]), gallery, generation=0)
+    assert single == {}  # one generation: nothing to calibrate
+    gallery.widen(4)
+    newer = np.array([[0.6, 0.0, 0.8, 0.0], [0.0, 0.0, 0.0, 1.0]], np.float32)
+    gallery.add(newer, sample_ids=np.arange(2, 4), class_ids=np.array([1, 2]), session=1, generation=1)
+    queries = np.array([[0.5, 0.0, 0.75**0.5, 0.0], [0.0, 0.6, 0.8, 0.0]], np.float32)
+    values = calibration_per_query(queries, np.array([0, 1]), gallery, generation=1)
+    np.testing.assert_allclose(values["calibration_old_positive"], old_positive, atol=1e-6)
+    # Query 0's best negative is the class-1 item (0.993); query 1 passes over its own class's item (0.64) for class 2's (0).
+    np.testing.assert_allclose(values["calibration_new_negative_top"], [0.3 + 0.8 * 0.75**0.5, 0.0], atol=1e-6)

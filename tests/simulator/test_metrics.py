@@ -36,6 +36,17 @@ def test_negative_flips_forgetting_and_means():
     assert M.area_under_curve([0.2, 0.4]) == pytest.approx(0.3)
 
 
+def test_calibration_hand_case():
+    """Mean new-to-old positive score and top new-to-new negative score, per query; NaN in both where either is missing."""
+    nan = np.nan
+    positive = np.array([[0.9, 0.7], [0.5, nan], [nan, nan], [0.2, 0.4]])
+    negative = np.array([[0.95, 0.8], [0.6, 0.3], [0.9, 0.1], [0.5, -np.inf]], np.float32)
+    negative_classes = np.array([[0, 3], [2, 4], [5, 6], [1, -1]])  # query 0's best is its own class; query 3 has no other
+    values = M.calibration(positive, negative, negative_classes, np.array([0, 1, 2, 1]))
+    np.testing.assert_allclose(values["calibration_old_positive"], [0.8, 0.5, nan, nan], atol=1e-7)
+    np.testing.assert_allclose(values["calibration_new_negative_top"], [0.8, 0.6, nan, nan], atol=1e-7)
+
+
 def test_compatibility_scores_hand_case():
     nan = np.nan
     C = np.array([[0.50, nan, nan], [0.55, 0.60, nan], [0.40, 0.65, 0.70]])

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 
 from cvstream.errors import ScenarioError
+from cvstream.gallery import Gallery
 from cvstream.models.flops import forward_flops, images_per_second
+from cvstream.scenario import GallerySpec
 from cvstream.simulator import Simulator, load_run
-from cvstream.simulator.timeline import TIMELINE_COLUMNS, summarize
+from cvstream.simulator.timeline import TIMELINE_COLUMNS, search_two_spaces, summarize
 from conftest import run_until_killed, tiny_dict, tiny_scenario
 
 # Slow embedding on purpose (items per second per accelerator): a backfill of the tiny gallery spans hours.
@@ -284,3 +286,17 @@ def test_a_model_upgrade_widens_the_timelines_gallery_without_restoring_old_item
     gallery = sim.timeline.gallery
     assert {int(segment.d) for segment in gallery.segments} == {16, 24}  # session 0's items stay 16-d, never stored again
     assert gallery.dim == 24 and len(gallery) == frame.gallery_items.iloc[-1]
+
+
+@pytest.mark.parametrize(("narrow_queries", "expected"), [("pad", [1, 2, 0]), ("normalize", [0, 1, 2])])
+def test_dual_and_adapter_queries_match_narrower_items_as_gallery_narrow_queries_says(narrow_queries, expected):
+    """A 4-d query of an older generation (`other`) scores generation 0's 2-d item 0.5 padded and 1.0 as a cosine in the
+    older space, generation 1's item 0.993 either way; the serving query scores its own generation's item 0.95."""
+    gallery = Gallery(2, GallerySpec(gpu=False, narrow_queries=narrow_queries))
+    gallery.add(np.array([[1.0, 0.0]], np.float32), sample_ids=np.array([0]), class_ids=np.array([0]), session=0, generation=0)
+    gallery.widen(4)
+    for g, vector in ((1, [0.6, 0.0, 0.8, 0.0]), (2, [0.0, 0.95, 0.0, 0.0975**0.5])):
+        gallery.add(np.array([vector], np.float32), sample_ids=np.array([g]), class_ids=np.array([g]), session=g, generation=g)
+    queries, other = np.array([[0.0, 1.0, 0.0, 0.0]], np.float32), np.array([[0.5, 0.0, 0.75**0.5, 0.0]], np.float32)
+    found = search_two_spaces(gallery, queries, other, own=np.array([2]), older=np.array([0, 1]), k=5)
+    assert found.tolist() == [expected]
