@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import platform
 import statistics
 import sys
 import time
@@ -39,6 +40,21 @@ VARIANTS = {  # name -> (bfloat16 autocast, channels-last inputs, channels-last 
     "bf16 + channels-last inputs": (True, True, False),
     "bf16 + channels-last": (True, True, True),
 }
+
+
+def cpu_description() -> str:
+    """The CPU a timing ran on: /proc/cpuinfo's model name and whether its flags have avx512_bf16 and amx_bf16."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = set(fields.get("flags", "").split())
+    has = {flag: "yes" if flag in flags else "no" for flag in ("avx512_bf16", "amx_bf16")}
+    return f"CPU: {fields.get('model name') or platform.processor() or 'unknown'} (avx512_bf16: {has['avx512_bf16']}, amx_bf16: {has['amx_bf16']})"
 
 
 def network(name: str, *, channels_last: bool = False) -> torch.nn.Module:
@@ -107,6 +123,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     native = cpu_has_bf16()
+    print(cpu_description())
     print(f"torch {torch.__version__}, {args.threads} thread(s), CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"native bfloat16: {native}; one step, batch 64, median of {args.steps}")
     for name in args.only.split(","):

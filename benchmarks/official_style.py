@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cpu_precision import cpu_description  # noqa: E402
 from cvstream.models import build_model  # noqa: E402
 from cvstream.scenario import Scenario  # noqa: E402
 from cvstream.simulator import Hook, Simulator  # noqa: E402
@@ -223,9 +224,11 @@ def main() -> int:
                         help="also run cvstream on the 32x32 images as stored, not upsampled to 64x64 (another setting, reported apart)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(cpu_description(), flush=True)
     result = compare(classes=args.classes, per_class=args.per_class, epochs=args.epochs, workers=args.workers, native=args.native_size)
     print(describe(result))
-    print(f"session time, official-style loop / cvstream: {result['ratio']:.2f} (target >= 6)")
+    print(f"session time, official-style loop / cvstream: {result['ratio']:.2f} "
+          "(run.py's (d) divides it by this CPU's float32 / bfloat16 step ceiling)")
     if args.native_size:
         small = result["cvstream_32"]
         print(f"cvstream at 32x32, not upsampled (not the official setting): {small['seconds']:.1f} s CPU, R@1 {small['r1']:.3f}; "
