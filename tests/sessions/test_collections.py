@@ -74,8 +74,9 @@ def test_collections_read_back_as_the_same_sessions(tmp_path, setup):
         assert any(len(np.setdiff1d(stream.labels[s.train_ids], s.new_classes)) for s in stream)
 
 
-def test_validation_samples_go_to_the_val_files_and_come_back_as_arrivals(tmp_path):
-    """The val files hold exactly what the engine holds out, so the official code validates on the same samples."""
+def test_validation_samples_go_to_the_val_files_and_come_back_as_validation_samples(tmp_path):
+    """The val files hold exactly the stream's validation samples, so the official code validates on the same samples,
+    and an imported collection's val files are validation samples again (never training arrivals or gallery items)."""
     from cvstream.sessions.streams import validation_split
 
     image_folder(tmp_path / "imgs", per_class=20)
@@ -86,11 +87,14 @@ def test_validation_samples_go_to_the_val_files_and_come_back_as_arrivals(tmp_pa
     for s, files in zip(stream, read_all(tmp_path / "cols", "image-folder", "general30", 3, 2, 3)):
         val = sorted(by_name[r["file_name"]] for r in files["val"])
         train = sorted(by_name[r["file_name"]] for r in files["train"])
-        expected = validation_split(s.train_ids, stream.labels[s.train_ids], fraction=0.25, seed=3, session=s.index)
-        assert val == sorted(expected.tolist()) and len(val) > 0
-        assert sorted(val + train) == sorted(s.train_ids.tolist()) and not set(val) & set(train)
+        arrivals = np.union1d(s.train_ids, s.val_ids)
+        expected = validation_split(arrivals, stream.labels[arrivals], fraction=0.25, seed=3, session=s.index)
+        assert val == sorted(expected.tolist()) == sorted(s.val_ids.tolist()) and len(val) > 0
+        assert train == sorted(s.train_ids.tolist()) and not set(val) & set(train)
     _, _, again = build(tmp_path, folder_scenario({"setup": "explicit", "collections": "cols"}))
     assert_same_sessions(stream, again)
+    for a, b in zip(stream, again):
+        assert np.array_equal(a.val_ids, b.val_ids) and not np.intersect1d(b.val_ids, b.gallery_ids).size
 
 
 def test_file_names_and_records_follow_the_official_pattern(tmp_path):
