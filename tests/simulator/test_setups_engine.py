@@ -83,7 +83,7 @@ def test_herding_runs_on_the_current_generation_and_is_billed():
     np.testing.assert_allclose(stored, fresh, atol=1e-5)
 
 
-def test_validation_queries_are_arrivals_and_never_their_own_neighbour(monkeypatch):
+def test_validation_queries_are_the_sessions_held_out_samples_never_arrivals_or_exemplars(monkeypatch):
     from cvstream.simulator import engine
 
     captured = {}
@@ -96,10 +96,12 @@ def test_validation_queries_are_arrivals_and_never_their_own_neighbour(monkeypat
 
     monkeypatch.setattr(engine.Simulator, "_validator", spy)
     scenario = tiny_scenario(stream=SETUPS["general"], training={"epochs": 2, "batch_size": 8, "validation_fraction": 0.25})
-    result = Simulator(scenario, write=False).run()
+    sim = Simulator(scenario, write=False)
+    result = sim.run()
     assert set(captured) == {0, 1, 2}
     for t, (val_ids, replay_ids, arrivals) in captured.items():
-        assert len(val_ids) and np.isin(val_ids, arrivals).all() and not np.isin(val_ids, replay_ids).any()
+        assert np.array_equal(val_ids, sim.stream[t].val_ids)
+        assert not np.isin(val_ids, arrivals).any() and not np.isin(val_ids, replay_ids).any()
     details = train_details(result)
     for t in (1, 2):
         assert len(details[t]["validation_r1"]) == 2
@@ -111,11 +113,10 @@ def test_validator_gallery_holds_no_validation_query():
     sim = Simulator(scenario, write=False)
     sim._prepare()
     session = sim.stream[0]
-    from cvstream.sessions.streams import validation_split
-
-    val_ids = validation_split(session.train_ids, sim.labels_of(session.train_ids), fraction=0.25, seed=scenario.seed, session=0)
+    val_ids = session.val_ids
+    assert len(val_ids) and not np.intersect1d(val_ids, session.gallery_ids).size
     validate, forwards = sim._validator(val_ids, 0)
-    assert forwards == len(np.setdiff1d(session.gallery_ids, val_ids)) + len(val_ids)
+    assert forwards == len(session.gallery_ids) + len(val_ids)
 
     class RandomPerImage(torch.nn.Module):  # a random vector per image: only the image itself is near it
         embedding_dim = 32
@@ -126,7 +127,7 @@ def test_validator_gallery_holds_no_validation_query():
 
     from cvstream.models.trainer import embed
 
-    gallery_ids = np.setdiff1d(session.gallery_ids, val_ids)
+    gallery_ids = session.gallery_ids
     g = embed(RandomPerImage(), sim.images, gallery_ids, batch_size=64, amp=False)
     q = embed(RandomPerImage(), sim.images, val_ids, batch_size=64, amp=False)
     expected = np.mean(sim.labels_of(gallery_ids)[np.argmax(q @ g.T, axis=1)] == sim.labels_of(val_ids))
