@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,8 +101,15 @@ def official_recall(path: Path, save: Path, t: int) -> dict:
 
 
 def official_both(path: Path, *, sessions: int, threads: int, tag: str, out: Path | None) -> dict[str, list[dict]]:
-    """finetune and cvs from one shared session 0; `out` is rewritten after every session."""
+    """finetune and cvs from one shared session 0; `out` is rewritten after every session, and a rerun with the same
+    `out` and `tag` takes the sessions it already finished from it (an unfinished one is trained again)."""
+    done = json.loads(out.read_text()) if out is not None and out.is_file() else {}
+    finished = {(m, r["session"]): r for m, method_rows in done.items() for r in method_rows}
+
     def run(t: int, save: str, load: str, method: str) -> dict:
+        if (method, t) in finished and (path / save / "result.json").is_file():
+            return finished[(method, t)]
+        shutil.rmtree(path / save, ignore_errors=True)  # a session killed half-way
         row = official_session(path, t=t, save=save, load=load, method=method, threads=threads)
         row |= {"session": t, **official_recall(path, path / save, t)}
         print(method, json.dumps(row), flush=True)
@@ -109,6 +117,8 @@ def official_both(path: Path, *, sessions: int, threads: int, tag: str, out: Pat
 
     first = run(0, f"exp/{tag}0", "", "finetune")
     rows = {"finetune": [first], "cvs": [first]}
+    if out:
+        out.write_text(json.dumps(rows, indent=1))
     for method in rows:
         for t in range(1, sessions):
             load = f"exp/{tag}0" if t == 1 else f"exp/{tag}{method}{t - 1}"
