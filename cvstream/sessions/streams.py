@@ -27,25 +27,27 @@ ROLES = ("train", "gallery", "query", "val")
 def equal_shares(available: np.ndarray, total: int, priority: np.ndarray | None = None) -> np.ndarray:
     """Split `total` as equally as `available` allows (water-filling, largest remainder); never more than a slot holds.
 
-    Where equal shares leave a remainder, the extra units go to the slots first in `priority`
-    (default: index order). A slot that runs dry frees its share for the others, so the
-    result sums to min(total, available.sum()).
+    Every slot gets `min(available, level)` for the highest level that `total` covers; the units left over
+    go one each to the open slots first in `priority` (default: index order). So shares differ by at most one
+    except where a slot ran dry, and the result sums to min(total, available.sum()).
     """
     available = np.asarray(available, dtype=np.int64)
+    if total >= available.sum():
+        return available.copy()
+    low, high = 0, int(available.max(initial=0))  # the level: sum(min(available, level)) <= total < ... at level + 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        if np.minimum(available, mid).sum() <= total:
+            low = mid
+        else:
+            high = mid - 1
+    shares = np.minimum(available, low)
+    order = np.arange(len(available)) if priority is None else np.asarray(priority, np.int64)
     rank = np.empty(len(available), dtype=np.int64)
-    rank[np.arange(len(available)) if priority is None else np.asarray(priority, np.int64)] = np.arange(len(available))
-    shares = np.zeros(len(available), dtype=np.int64)
-    left = int(total)
-    open_slots = np.flatnonzero(available > 0)
-    while left > 0 and len(open_slots):
-        open_slots = open_slots[np.argsort(rank[open_slots], kind="stable")]
-        share, extra = divmod(left, len(open_slots))
-        give = np.minimum(share + (np.arange(len(open_slots)) < extra), available[open_slots] - shares[open_slots])
-        shares[open_slots] += give
-        left -= int(give.sum())
-        open_slots = open_slots[shares[open_slots] < available[open_slots]]
-        if share == 0:
-            break
+    rank[order] = np.arange(len(available))
+    open_slots = np.flatnonzero(available > low)
+    open_slots = open_slots[np.argsort(rank[open_slots], kind="stable")]
+    shares[open_slots[: int(total - shares.sum())]] += 1
     return shares
 
 

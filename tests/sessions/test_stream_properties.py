@@ -290,3 +290,13 @@ def test_validation_samples_leave_training_and_the_gallery(shape, setup, fractio
     again = Stream.from_frame(stream.to_frame(), labels=stream.labels)  # stream.parquet keeps the role
     assert all(np.array_equal(a.val_ids, b.val_ids) and np.array_equal(a.train_ids, b.train_ids) for a, b in zip(stream, again))
     assert whole.with_validation(0.0, val_seed) is whole
+
+
+def test_equal_shares_give_no_slot_two_extra_units_when_others_run_dry():
+    from cvstream.sessions.streams import equal_shares
+
+    # Two slots hold one unit each; the 8 left are shared by the other two, 4 each, whatever the priority.
+    assert equal_shares(np.array([1, 1, 10, 10]), 10, priority=np.array([2, 0, 3, 1])).tolist() == [1, 1, 4, 4]
+    assert equal_shares(np.array([5, 5, 5]), 7, priority=np.array([1, 2, 0])).tolist() == [2, 3, 2]
+    assert equal_shares(np.array([0, 3, 9]), 7).tolist() == [0, 3, 4]
+    assert equal_shares(np.array([2, 2]), 9).tolist() == [2, 2]
