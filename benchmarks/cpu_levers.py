@@ -1,4 +1,4 @@
-"""Two CPU levers of issue 18 measured: `torch.compile` of the network, and the embedding batch size.
+"""Two CPU levers measured: `torch.compile` of the network, and the embedding batch size.
 
     python benchmarks/cpu_levers.py [--steps 7] [--threads 1] [--skip-compile] [--skip-batch]
 

@@ -17,8 +17,8 @@ import time
 import faiss
 import numpy as np
 
+from cvstream.evaluation.evaluator import aggregate, score_neighbors, score_queries
 from cvstream.gallery import Gallery
-from cvstream.simulator.evaluate import aggregate, score_neighbors, score_queries
 
 
 def clustered(rng: np.random.Generator, centers: np.ndarray, classes: np.ndarray, noise: float) -> np.ndarray:

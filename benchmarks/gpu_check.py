@@ -169,7 +169,7 @@ def main() -> int:
         if args.skip_ddp:
             print("DDP: skipped (--skip-ddp)")
         elif gpus < 2:
-            print("DDP: one GPU visible, nothing to split (WORLD_SIZE 1 trains alone); tests/scale/test_distributed.py checks DDP on CPU")
+            print("DDP: one GPU visible, nothing to split (WORLD_SIZE 1 trains alone); tests/models/test_distributed.py checks DDP on CPU")
         else:
             ddp = ddp_run(work, gpus=gpus, sessions=args.sessions, epochs=args.epochs)
             name, ok, detail = agreement(f"DDP over {gpus} GPUs against one GPU", ddp, cuda)

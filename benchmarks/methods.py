@@ -1,7 +1,7 @@
 """Training-step cost of `cvs` against `finetune` on the same batches, and vectorised vs looped hardest-negative mining.
 
 Run: .venv/bin/python benchmarks/methods.py [--batch 64] [--size 32] [--width 32] [--steps 30] [--threads 1]
-Targets (issue 4): cvs step within 2.2x of finetune's; vectorised mining >= 20x a per-sample loop at batch 64.
+Targets: cvs step within 2.2x of finetune's; vectorised mining >= 20x a per-sample loop at batch 64.
 """
 
 from __future__ import annotations

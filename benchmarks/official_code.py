@@ -4,7 +4,7 @@
     python benchmarks/official_code.py --official PATH --both-methods [--sessions 5] [--tag run-] [--json OUT]
 
 PATH is a checkout of ivclab/CVS (commit 51aee42) made to run on the CPU with current torch and
-numpy by the four patches `experiments/RESULTS.md` lists under issue 13 (none changes what it
+numpy by the four patches `experiments/RESULTS.md` lists (none changes what it
 computes), its extra dependencies importable (easydict, randaugment, scikit-learn, pretrainedmodels),
 and `PATH/dataset/tinyimagenet200` the unpacked Tiny-ImageNet-32 archive of the data root. The
 stream of `experiments/cvs-tiny32-general30-official.yaml` is exported into

@@ -218,7 +218,7 @@ def _load(name: str):
     return module
 
 
-# -- the other issues' benchmarks -----------------------------------------------------------
+# -- the other benchmark scripts -------------------------------------------------------------
 
 
 def run_others(timeout: int) -> list[tuple[str, int, str]]:

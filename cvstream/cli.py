@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default=None, help="folder for the plots (default RUN_DIR/report, or the runs' common folder/report)")
     report.add_argument("--project-gallery", type=_positive_int, default=None, metavar="N", help="project each update's backfill cost to a gallery of N items")
     report.add_argument("--seconds-per-forward", type=_positive_float, default=None, metavar="S", help="seconds per backbone forward (default: measured)")
-    # issue 17: an accelerator profile for the projection, and the HTML page
+    # an accelerator profile that prices the projection from FLOPs, and the HTML page
     report.add_argument("--accelerator-tflops", type=_positive_float, default=None, metavar="T",
                         help="with --project-gallery: bill a backbone forward at backbone_flops / (T 1e12 x U) instead of this machine's rate")
     report.add_argument("--utilization", type=_positive_float, default=None, metavar="U", help="share (0-1] of the accelerator's peak sustained")
@@ -171,11 +171,11 @@ def _validate(args, console: Console) -> int:
     from cvstream.sessions import scenario_stream
 
     scenario = _load(args)
-    build_method(scenario)  # the method's own checks: can the setup give it what it needs?
+    method = build_method(scenario)  # the method's own checks: can the setup give it what it needs?
     _, label_set, stream = scenario_stream(scenario, data_root=args.data_root)
     from cvstream.simulator.engine import preflight
 
-    preflight(scenario, stream)  # what every run checks before training: the gallery index, the curve session
+    preflight(scenario, stream, method)  # what every run checks before training: the gallery index, the curve session, the replay
     train = sum(len(s.train_ids) for s in stream)
     console.print(
         f"{scenario.source}: valid. {len(stream)} sessions, {len(stream.home_session)} classes, {train} training arrivals, "
@@ -226,13 +226,15 @@ def _stream(args, console: Console) -> int:
 
 
 def _run(args, console: Console) -> int:
+    from cvstream.scenario import Scenario
     from cvstream.simulator import Simulator
+    from cvstream.timeline import run
 
     progress = not args.no_progress and console.is_terminal
     if args.resume:
         if args.scenario or args.overrides or args.out:
             raise UserError("--resume RUN_DIR continues a run with its own scenario: give no scenario, --set or --out")
-        sim = Simulator.resume(args.resume, data_root=args.data_root, progress=progress)
+        sim = Simulator(Scenario.from_run(args.resume), out_dir=args.resume, resume=True, data_root=args.data_root, progress=progress)
         scenario = sim.scenario
     else:
         if not args.scenario:
@@ -246,7 +248,7 @@ def _run(args, console: Console) -> int:
         sim = Simulator(scenario, out_dir=args.out, data_root=args.data_root, progress=progress and leader, write=leader, shard=shard)
     console.print(f"run {sim.run_id}: {scenario.name}, {len(sim.stream)} sessions, method {scenario.method.name} -> {sim.run_dir}")
     try:
-        result = sim.run()
+        result = run(sim)  # through the service timeline where the scenario has one
     except KeyboardInterrupt:
         make_console(stderr=True).print(
             f"interrupted; the files of completed sessions are kept in {sim.run_dir}.\nresume with: cvstream run --resume {sim.run_dir}",
@@ -254,16 +256,16 @@ def _run(args, console: Console) -> int:
         )
         return 130
     console.print(recall_table(result, title=f"R@1 against the mixed gallery ({scenario.name}, {scenario.method.name})"))
-    if sim.timeline is not None:
-        from cvstream.simulator.timeline_report import summary_table
+    if result.timeline_summary is not None:
+        from cvstream.reporting.timeline_report import summary_table
 
-        console.print(summary_table({scenario.name: sim.timeline.summary}, title="service timeline"))
+        console.print(summary_table({scenario.name: result.timeline_summary}, title="service timeline"))
     console.print(f"files in {result.run_dir}")
     return 0
 
 
 def _sweep(args, console: Console) -> int:
-    from cvstream.simulator.sweep import load_sweep, run_sweep
+    from cvstream.studies.sweep import load_sweep, run_sweep
 
     spec, runs = load_sweep(args.sweep)
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / spec.name
@@ -280,16 +282,16 @@ def _sweep(args, console: Console) -> int:
 
 
 def _report(args, console: Console) -> int:
-    from cvstream.simulator.report import build_report
+    from cvstream.reporting.report import build_report
 
-    accelerator = _accelerator(args)  # issue 17
+    accelerator = _accelerator(args)
     report = build_report(args.runs, out=args.out, paragon=args.paragon, html=args.html)
     for table in report.tables:
         console.print(table)
     for file in report.files:
         console.print(f"wrote {file}")
     if args.project_gallery:
-        from cvstream.simulator.costs import project_costs, projection_table
+        from cvstream.reporting.projection import project_costs, projection_table
         from cvstream.simulator.run import load_run
 
         for path in args.runs:
@@ -337,7 +339,7 @@ def _positive_float(text: str) -> float:
 def _compare(args, console: Console) -> int:
     from datetime import datetime, timezone
 
-    from cvstream.simulator.compare import parse_variants, run_comparison
+    from cvstream.studies.compare import parse_variants, run_comparison
 
     scenario = _load(args)
     out = args.out or str(Path(scenario.output.dir) / scenario.name / f"compare-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
@@ -358,8 +360,8 @@ def _compare(args, console: Console) -> int:
 
 
 def _compare_timeline(args, scenario, out: str, console: Console) -> int:
-    from cvstream.simulator.compare import parse_timeline_variants, run_timeline_comparison
-    from cvstream.simulator.timeline_report import summary_table
+    from cvstream.reporting.timeline_report import summary_table
+    from cvstream.studies.compare import parse_timeline_variants, run_timeline_comparison
 
     variants = parse_timeline_variants(args.variants)
     console.print(f"comparing {len(variants)} timeline variants of {scenario.name} (method {scenario.method.name}) -> {out}")

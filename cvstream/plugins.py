@@ -32,6 +32,7 @@ class PluginError(UserError):
 
 def registries() -> dict[str, Registry]:
     """Every registry a plugin can add to, by the kind of component, with cvstream's own entries in."""
+    from cvstream.evaluation.metrics import METRICS
     from cvstream.gallery.backfill import BACKFILL_ORDERS, BACKFILL_POLICIES
     from cvstream.gallery.index import INDEX_TYPES
     from cvstream.gallery.replay import REPLAY_SELECTIONS
@@ -39,7 +40,6 @@ def registries() -> dict[str, Registry]:
     from cvstream.models.methods import METHODS
     from cvstream.sessions.datasets import DATASETS
     from cvstream.sessions.streams import SETUPS
-    from cvstream.simulator.metrics import METRICS
 
     found = [DATASETS, SETUPS, METHODS, BACKBONES, BACKFILL_POLICIES, BACKFILL_ORDERS, REPLAY_SELECTIONS, INDEX_TYPES, METRICS]
     return {registry.kind: registry for registry in found}

@@ -241,8 +241,8 @@ class BackfillSpec(_Section):
 class EvaluationSpec(_Section):
     recall_at: list[int] = Field(default_factory=lambda: [1, 2, 4, 10])
     map_at_r: bool = True
-    metrics: list[Annotated[str, _registered("cvstream.simulator.metrics", "METRICS")]] = Field(
-        default_factory=list, description="more per-query metrics, by registered name (cvstream.simulator.metrics.METRICS)"
+    metrics: list[Annotated[str, _registered("cvstream.evaluation.metrics", "METRICS")]] = Field(
+        default_factory=list, description="more per-query metrics, by registered name (cvstream.evaluation.metrics.METRICS)"
     )
     probe_items: int = Field(2000, ge=0, description="gallery items embedded by every generation for the compatibility matrix; 0: none")
     every_steps: int | None = Field(None, ge=1, description="anytime evaluation every N training steps (A_auc); None: off")
@@ -409,6 +409,13 @@ class Scenario(_Section):
         data = json.loads(json.dumps(data))
         _fill_baselines(cls, data)
         return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> "Scenario":
+        """The scenario a run folder's run.json recorded (to resume it: `Simulator(scenario, out_dir=run_dir, resume=True)`)."""
+        from cvstream.simulator.run import read_info
+
+        return cls.from_record(read_info(run_dir)["scenario"], source=str(Path(run_dir) / "run.json"))
 
     # -- views -------------------------------------------------------------------------
 

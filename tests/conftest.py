@@ -33,6 +33,17 @@ TINY = {
 }
 
 
+# Slow embedding on purpose (items per second per accelerator): a backfill of the tiny gallery spans hours.
+GIVEN_THROUGHPUT = {"train": 50.0, "embed": 0.05}
+
+
+def tiny_timeline(**keys) -> dict:
+    """A `timeline` section for the tiny scenario: sessions every 10 hours, slow given throughput, keys replaced."""
+    base = {"session_interval_hours": 10, "eval_every_hours": 2, "throughput": GIVEN_THROUGHPUT, "chunk_items": 7,
+            "accelerators": {"train": 2, "backfill": 3, "serve": 1}}
+    return {**base, **keys}
+
+
 def tiny_dict(**sections) -> dict:
     """The tiny scenario as a dict; keyword arguments replace or update whole sections."""
     data = copy.deepcopy(TINY)

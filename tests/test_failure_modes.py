@@ -19,7 +19,7 @@ from cvstream.sessions.datasets import DATASETS
 from cvstream.sessions.streams import Stream
 from cvstream.simulator import checkpoint
 from cvstream.simulator.engine import resolve_device
-from cvstream.simulator.sweep import load_sweep, read_results
+from cvstream.studies.sweep import load_sweep, read_results
 
 
 

@@ -26,8 +26,8 @@ ORDER_PLUGIN = """
 SELECTION_AND_METRIC_PLUGIN = """
     import numpy as np
 
+    from cvstream.evaluation.metrics import METRICS
     from cvstream.gallery.replay import REPLAY_SELECTIONS
-    from cvstream.simulator.metrics import METRICS
 
     calls = []  # (class size, quota) of every selection, for the test to read
 
@@ -91,8 +91,8 @@ def test_a_plugin_metric_is_computed_for_every_query_and_lands_in_metrics_parque
 
 
 def test_score_neighbors_computes_a_registered_metric_per_query(plugin_file):
+    from cvstream.evaluation.evaluator import score_neighbors
     from cvstream.gallery import Gallery
-    from cvstream.simulator.evaluate import score_neighbors
 
     load_plugin(plugin_file(SELECTION_AND_METRIC_PLUGIN))
     gallery = Gallery(2)
@@ -118,7 +118,7 @@ def test_without_the_plugin_its_name_is_unknown(tmp_path, capsys):
 
 
 def test_compare_takes_a_plugin_order_in_its_variants(plugin_file):
-    from cvstream.simulator.compare import parse_variants
+    from cvstream.studies.compare import parse_variants
 
     load_plugin(plugin_file(ORDER_PLUGIN))
     assert parse_variants("partial:0.5:highest-id-first")[0].order == "highest-id-first"
@@ -195,7 +195,7 @@ def test_a_sweep_task_loads_its_plugins_in_a_fresh_process(tmp_path, plugin_file
     scenario = write_scenario(tmp_path, tiny_dict(method={"name": "finetune"}, stream={"sessions": 2}))
     code = f"""
 import sys
-from cvstream.simulator.sweep import RunTask, SweepRun, execute
+from cvstream.studies.sweep import RunTask, SweepRun, execute
 run = SweepRun(index=0, scenario={str(scenario)!r}, overrides=("backfill.policy=partial", "backfill.budget=0.5", "backfill.order=highest-id-first"))
 outcome = execute(RunTask(run=run, run_dir={str(tmp_path / 'task')!r}, data_root=None, plugins=({str(path.resolve())!r},)))
 print(outcome["status"], outcome["error"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import REPO, tiny_dict
+from conftest import REPO, tiny_dict, tiny_scenario
 from cvstream.errors import ScenarioError
 from cvstream.scenario import Scenario
 
@@ -162,3 +162,14 @@ def test_a_record_from_before_a_default_changed_keeps_the_value_it_ran_with():
     assert Scenario.from_dict(old_form).gallery.narrow_queries == GallerySpec().narrow_queries  # a user's file: today's default
     chosen = Scenario.from_dict(tiny_dict(gallery={"narrow_queries": "normalize"}))
     assert Scenario.from_record(chosen.to_dict()).gallery.narrow_queries == "normalize"
+
+
+def test_timeline_keys_are_validated_with_the_key_path():
+    with pytest.raises(ScenarioError, match="timeline.deploy"):
+        tiny_scenario(timeline={"deploy": "later"})
+    with pytest.raises(ScenarioError, match="timeline.accelerators.backfill"):
+        tiny_scenario(timeline={"accelerators": {"backfill": 0}})
+    with pytest.raises(ScenarioError, match="sessions_interval"):
+        tiny_scenario(timeline={"sessions_interval": 3})
+    assert "timeline" not in tiny_scenario().to_dict()  # absent stays absent (and the digest of old scenarios with it)
+    assert tiny_scenario(timeline={}).timeline.session_interval_hours == 168

@@ -67,8 +67,6 @@ def build_method(scenario) -> Method:
 
 def _check_upgrades(scenario, method: Method) -> None:
     """What keeps a method from training across `model.upgrades` (SPEC section 12), as a ScenarioError."""
-    from cvstream.gallery.replay import REPLAY_SELECTIONS
-
     upgrades = scenario.model.upgrades
     if not upgrades:
         return
@@ -82,13 +80,6 @@ def _check_upgrades(scenario, method: Method) -> None:
     if scenario.training.epochs == 0:
         raise ScenarioError(
             "training.epochs = 0: the networks of model.upgrades would never be trained", source=scenario.source, key_path="training.epochs"
-        )
-    selection = scenario.replay.selection
-    if "replay" in method.needs and scenario.replay.size and not REPLAY_SELECTIONS.get(selection).embeds:
-        raise ScenarioError(
-            f"replay selection {selection!r} keeps each exemplar's embedding as first stored, so its buffer would mix the "
-            "dimensions of model.upgrades; use a selection that re-embeds the buffer every session (herding), or replay.size: 0",
-            source=scenario.source, key_path="replay.selection",
         )
 
 

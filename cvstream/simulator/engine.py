@@ -5,41 +5,49 @@ takes what it needs, changes the run state it owns (the model, the gallery, the 
 returns what a later step needs, with an `Outcome` (its cost and details) for the tables.
 What a run carries from one session to the next is a `RunState`; the checkpoint saves exactly
 that. Hooks see every step before and after it and may add metric rows; writing files and the
-progress bar are hooks, checkpointing is the engine's.
+progress bar are hooks, checkpointing is the engine's. `run_session` returns a `SessionResult`, which
+a driver above the engine (the service timeline) reads; `Simulator.run` is the plain driver: every
+session in order.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
-from cvstream.errors import UserError
+from cvstream.errors import ScenarioError, UserError
+from cvstream.evaluation.curve import backfill_curve
+from cvstream.evaluation.evaluator import Evaluator
+from cvstream.evaluation.retrieval import top_classes
 from cvstream.gallery import Gallery, ReplayBuffer
 from cvstream.gallery.backfill import BACKFILL_POLICIES, fit_transform, order_items, plan_backfill, stale_items, transform_pairs
 from cvstream.gallery.replay import REPLAY_SELECTIONS
 from cvstream.models import build_method, build_model, upgraded_model
-from cvstream.models.methods.base import TrainContext
 from cvstream.models.augment import channel_stats
+from cvstream.models.methods.base import TrainContext
 from cvstream.models.trainer import embed, train_session
 from cvstream.sessions import scenario_stream
 from cvstream.sessions.rng import numpy_rng, torch_generator, torch_seed
 from cvstream.simulator import checkpoint, memory
-from cvstream.simulator.curve import backfill_curve
-from cvstream.simulator.evaluate import AnytimeHook, Evaluator
-from cvstream.simulator.search import top_classes
-from cvstream.simulator.events import Event, Outcome
+from cvstream.simulator.anytime import AnytimeHook
+from cvstream.simulator.events import Event, Outcome, SessionResult
+from cvstream.simulator.generations import Generation, frozen, save_generation
 from cvstream.simulator.hooks import Hook
 from cvstream.simulator.lock import RunLock
 from cvstream.simulator.run import RunResult, new_run_dir, resumable_run
 from cvstream.simulator.state import RunState
 from cvstream.simulator.tables import Tables
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -50,8 +58,15 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def preflight(scenario, stream) -> None:
+def preflight(scenario, stream, method) -> None:
     """What can be known wrong before any training (`cvstream validate` and every run ask the same)."""
+    selection = scenario.replay.selection
+    if scenario.model.upgrades and "replay" in method.needs and scenario.replay.size and not REPLAY_SELECTIONS.get(selection).embeds:
+        raise ScenarioError(
+            f"replay selection {selection!r} keeps each exemplar's embedding as first stored, so its buffer would mix the "
+            "dimensions of model.upgrades; use a selection that re-embeds the buffer every session (herding), or replay.size: 0",
+            source=scenario.source, key_path="replay.selection",
+        )
     if len(stream):  # can the gallery index hold the first session's items?
         Gallery(scenario.model.embedding_dim, scenario.gallery, seed=scenario.seed).require_trainable(len(stream[0].gallery_ids))
     curve = scenario.backfill.curve_session
@@ -83,20 +98,20 @@ class Simulator:
         from cvstream.simulator.progress import ProgressHook
 
         self.scenario = scenario
-        self.device = resolve_device(scenario.device)
-        self.source, self.label_set, self.stream = scenario_stream(scenario, data_root=data_root, cache_dir=cache_dir)
         self.resuming = resume
-        self.shard = shard  # a cvstream.models.distributed.Shard: this process trains its slice of each batch (DDP)
-        if resume:  # continue the run in out_dir after its last completed session
+        if resume:  # continue the run in out_dir after its last completed session (a finished run stops here)
             self.run_dir, self._resumed_info = Path(out_dir), resumable_run(out_dir)
             self.run_id = self._resumed_info["run_id"]
-        else:
+        self.device = resolve_device(scenario.device)
+        self.source, self.label_set, self.stream = scenario_stream(scenario, data_root=data_root, cache_dir=cache_dir)
+        self.shard = shard  # a cvstream.models.distributed.Shard: this process trains its slice of each batch (DDP)
+        if not resume:
             self.run_dir, self.run_id = new_run_dir(scenario, out_dir) if write else (None, "in-memory")
         self.tables = Tables()
         self.hooks: list[Hook] = []
         if write:
             self.hooks.append(ParquetWriter())
-            if scenario.output.trackers:  # issue 17: TensorBoard / MLflow, from the rows the writer saves
+            if scenario.output.trackers:  # TensorBoard / MLflow, from the rows the writer saves
                 from cvstream.simulator.trackers import TrackerHook
 
                 self.hooks.append(TrackerHook(scenario.output.trackers))
@@ -107,29 +122,22 @@ class Simulator:
         self.hooks.extend(hooks)
         self.method = build_method(scenario)
         self.state: RunState | None = None
-        self._flops_by_generation: dict[int, int] = {}  # issue 17: backbone_flops, per generation
-        self.extra_info: dict = {}  # more for run.json (the timeline's summary)
-        self.timeline = None  # a TimelineResult, after a run with a timeline section
+        self._flops_by_generation: dict[int, int] = {}  # backbone_flops, counted once per generation
+        # A driver above the engine that replays generations (the service timeline) reads them from the SessionResults,
+        # and a resumed run from generations/.
+        self.keeps_generations = scenario.timeline is not None
+        self.record: dict = {}  # what run.json records beyond the engine's own fields, as the driver passed it at the end
         self.started_at: datetime | None = None
         self.status = "created"
-
-    @classmethod
-    def resume(cls, run_dir: str | Path, **kwargs) -> "Simulator":
-        """A simulator that continues the run in `run_dir` with the scenario it was started with."""
-        from cvstream.scenario import Scenario
-
-        info = resumable_run(run_dir)
-        return cls(Scenario.from_record(info["scenario"], source=str(Path(run_dir) / "run.json")), out_dir=run_dir, resume=True, **kwargs)
 
     # -- the run -------------------------------------------------------------------------------
 
     def run(self) -> RunResult:
-        """Every session from `state.next_session` on; with a `timeline` section, driven by the service timeline."""
+        """Every session from `state.next_session` on, in order. A scenario with a `timeline` section is driven by the
+        service timeline instead: `cvstream.timeline.run(sim)`."""
         if self.scenario.timeline is not None:
-            from cvstream.simulator.timeline import run_timeline
-
-            self.timeline = run_timeline(self)
-            return self.result()
+            raise UserError(f"{self.scenario.source}: the scenario has a timeline section; run it with cvstream.timeline.run(simulator) "
+                            "(as `cvstream run` does), which drives the sessions from the service timeline")
         with self.running():
             for t in range(self.state.next_session, len(self.stream)):
                 self.run_session(t)
@@ -139,7 +147,8 @@ class Simulator:
     def running(self):
         """Everything around the sessions: prepare, lock the run folder, restore a resumed run, the hooks' start
         and end, the run's status. Inside it, `run_session(t)` for t from `state.next_session` on (the service
-        timeline drives them one at a time from its own clock)."""
+        timeline drives them one at a time from its own clock). Yields a dict that the driver fills with what run.json
+        records of the run beyond the engine's own fields (the timeline's summary), written as the run completes."""
         self._prepare()
         self.status = "running"
         self._lock = RunLock(self.run_dir) if self.run_dir is not None else None
@@ -159,18 +168,19 @@ class Simulator:
         except BaseException:
             self._finish("failed")
             raise
+        record: dict = {}
         try:
-            yield self
+            yield record
         except KeyboardInterrupt:
             self._finish("interrupted")
             raise
         except BaseException:
             self._finish("failed")
             raise
-        self._finish("completed" if self.state.next_session >= len(self.stream) else "stopped")
+        self._finish("completed" if self.state.next_session >= len(self.stream) else "stopped", record=record)
 
-    def run_session(self, t: int) -> None:
-        """One session, in the one order there is."""
+    def run_session(self, t: int) -> SessionResult:
+        """One session, in the one order there is; returns what it deployed, cost and measured."""
         memory.reset_peak()  # session_end then reports this session's own peak
         self._session_cpu = time.process_time()  # and the CPU seconds the session took, all threads of the process
         step = self._step
@@ -183,12 +193,28 @@ class Simulator:
         curve_cost = step(t, "backfill", self.backfill, uncertainty)
         step(t, "evaluate", self.evaluate, probe_cost + curve_cost)
         step(t, "session_end", self.end)
+        before = self.tables.committed
         self.tables.commit()
         self.state.next_session = t + 1
+        costs, metrics = (tuple(dict(row) for row in self.tables.rows[name][before[name] : self.tables.committed[name]])
+                          for name in ("costs", "metrics"))
+        result = SessionResult(session=t, generation=generation, costs=costs, metrics=metrics)
         for hook in self.hooks:
             hook.after_session(self, t)  # the writer saves the session's files here
+        if self.keeps_generations:
+            result = self._keep_generation(result)
         if self.run_dir is not None:  # after the tables are on disk: the checkpoint's row counts never exceed them
             checkpoint.save(self.state, self.run_dir, rows=self.tables.committed)
+        return result
+
+    def _keep_generation(self, result: SessionResult) -> SessionResult:
+        """The result with a frozen copy of its generation, also saved (before the checkpoint) for a resumed run to replay."""
+        model = frozen(self.state.model)
+        if self.run_dir is not None:
+            train = result.cost("train")
+            save_generation(self.run_dir, Generation(result.session, result.generation, model, int(train["items"]),
+                                                     int(train["backbone_forwards"])))
+        return dataclasses.replace(result, model=model)
 
     def _step(self, t: int, kind: str, action: Callable, *args):
         """Run one step: hooks before and after, its wall time, its rows; returns what the step returns."""
@@ -200,7 +226,7 @@ class Simulator:
         outcome, value = action(t, *args)
         if outcome.seconds is None:  # a step that timed its own work says so; others take their wall time
             outcome.seconds = time.perf_counter() - clock
-        if outcome.cost_phase:  # issue 17: FLOPs per image of the generation that did the work
+        if outcome.cost_phase:  # FLOPs per image of the generation that did the work
             outcome.backbone_flops = self.backbone_flops(outcome.generation)
         self.tables.add_event(self.run_id, event, outcome, started_at=started.isoformat())
         for hook in self.hooks:
@@ -224,8 +250,9 @@ class Simulator:
             self.tables.add_metric(self.run_id, {"session": session, "subset": "all", "gallery_view": "hook",
                                                  "query_generation": self.generation, "n_queries": 0, **row})
 
-    def _finish(self, status: str) -> None:
+    def _finish(self, status: str, *, record: dict | None = None) -> None:
         self.status = status
+        self.record = dict(record or {})  # the writer's last run.json, in after_run, records it
         try:
             for hook in self.hooks:
                 hook.after_run(self, status)
@@ -233,12 +260,12 @@ class Simulator:
             if getattr(self, "_lock", None) is not None:
                 self._lock.release()
 
-    def result(self) -> RunResult:
+    def result(self, *, timeline: pd.DataFrame | None = None, timeline_summary: dict | None = None) -> RunResult:
+        """The run's tables; a driver above adds its own (the service timeline's frame and summary)."""
         return RunResult(
             run_dir=self.run_dir, run_id=self.run_id, status=self.status,
             metrics=self.tables.frame("metrics"), costs=self.tables.frame("costs"), events=self.tables.frame("events"),
-            stream=self.stream.to_frame(), gallery=self.gallery.metadata(),
-            timeline=self.timeline.frame if self.timeline is not None else None,
+            stream=self.stream.to_frame(), gallery=self.gallery.metadata(), timeline=timeline, timeline_summary=timeline_summary,
         )
 
     # -- the state, and read-only views of it for hooks ----------------------------------------
@@ -246,7 +273,7 @@ class Simulator:
     def _prepare(self) -> None:
         self.started_at = datetime.now(timezone.utc)
         s = self.scenario
-        preflight(s, self.stream)  # fail before any work, not after
+        preflight(s, self.stream, self.method)  # fail before any work, not after
         images = np.array(self.source.images())  # a writable copy: the source may be a read-only memory map
         self.images = torch.from_numpy(images).to(self.device)
         augment = s.training.augment

@@ -1,8 +1,12 @@
-"""What one step of a session is called, and what it produced."""
+"""What one step of a session is called, what it produced, and what a whole session produced."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -27,3 +31,20 @@ class Outcome:
     metrics: list[dict] | None = None
     detail: dict | None = None
     artifacts: dict = field(default_factory=dict)  # for the writer: `backfill_curve` (a DataFrame), `embeddings` (arrays by file)
+
+
+@dataclass(frozen=True)
+class SessionResult:
+    """What `Simulator.run_session(t)` returns: the session, the generation it deployed, its costs.parquet rows (one per
+    billed step) and its metrics.parquet rows; `model`, a frozen copy of that generation, where the run keeps
+    generations (a scenario with a `timeline` section)."""
+
+    session: int
+    generation: int
+    costs: tuple[dict, ...]
+    metrics: tuple[dict, ...]
+    model: torch.nn.Module | None = None
+
+    def cost(self, phase: str) -> dict:
+        """The session's costs row of `phase` (`train`, `index`, ...)."""
+        return next(row for row in self.costs if row["phase"] == phase)

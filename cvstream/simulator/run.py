@@ -31,6 +31,7 @@ class RunResult:
     stream: pd.DataFrame
     gallery: pd.DataFrame
     timeline: pd.DataFrame | None = None  # the service timeline (timeline.parquet), when the scenario has one
+    timeline_summary: dict | None = None  # its summary figures (run.json's `timeline`)
 
     def recall_table(self, k: int = 1, view: str = "mixed") -> pd.DataFrame:
         """R@k per session (rows) and subset (old, new, all), against the given gallery view."""
@@ -123,7 +124,7 @@ def run_info(sim, *, status: str) -> dict:
         "argv": sys.argv,
         "started_at": sim.started_at.isoformat() if sim.started_at else None,
         "sessions": len(sim.stream),
-        **getattr(sim, "extra_info", {}),
+        **sim.record,  # what the driver recorded at the end (the service timeline's summary)
     }
 
 
@@ -140,4 +141,5 @@ def load_run(path: str | Path) -> RunResult:
         metrics=table("metrics"), costs=table("costs"), events=table("events"), stream=table("stream"),
         gallery=saved_metadata(path),  # one table from the per-session parts (or an older run's gallery.parquet)
         timeline=read_parquet(path / "timeline.parquet") if (path / "timeline.parquet").is_file() else None,
+        timeline_summary=info.get("timeline"),
     )

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cvstream.evaluation.evaluator import Evaluator
 from cvstream.gallery import Gallery, ReplayBuffer
-from cvstream.simulator.evaluate import Evaluator
 
 
 @dataclass

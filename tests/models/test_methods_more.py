@@ -1,4 +1,4 @@
-"""Issue 9's methods (frozen, unibct, nccl, advbct, m2sd): loss terms on hand-made tensors, and their sessions."""
+"""The methods frozen, unibct, nccl, advbct and m2sd: loss terms on hand-made tensors, and their sessions."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from conftest import run_until_killed, tiny_dict, tiny_scenario, write_scenario
 from cvstream.cli import main
 from cvstream.errors import ScenarioError
+from cvstream.evaluation.compat import ProbeSet
 from cvstream.gallery import Gallery
 from cvstream.models import METHODS
 from cvstream.models.methods.base import Batch, TrainContext
@@ -29,7 +30,6 @@ from cvstream.models.net import BasisTransform
 from cvstream.scenario import GallerySpec, Scenario
 from cvstream.simulator import Simulator, load_run
 from cvstream.simulator.checkpoint import latest
-from cvstream.simulator.compat import ProbeSet
 
 UPGRADE = {1: {"backbone": "resnet18-cifar", "embedding_dim": 32, "width": 4}}  # the tiny scenario's convnet is 16-d
 
@@ -322,7 +322,7 @@ def test_a_run_with_an_upgrade_resumes_after_sigkill_and_writes_what_the_uninter
 def test_the_report_marks_the_upgrade_session(uninterrupted, tmp_path):
     from rich.console import Console
 
-    from cvstream.simulator.report import build_report
+    from cvstream.reporting.report import build_report
 
     report = build_report([uninterrupted], out=tmp_path / "report")
     console = Console(file=io.StringIO(), width=200)

@@ -78,3 +78,24 @@ def test_a_step_that_timed_zero_seconds_keeps_its_zero(monkeypatch):
     result = Simulator(tiny_scenario(stream={"sessions": 1}, method={"name": "finetune"}), write=False).run()
     seconds = result.events.set_index("kind").seconds
     assert seconds["session_start"] == 0.0 and seconds["deploy"] > 0.0
+
+
+def test_a_session_returns_its_generation_costs_and_metric_rows():
+    sim = Simulator(tiny_scenario(stream={"sessions": 2}, method={"name": "finetune"}), write=False)
+    with sim.running():
+        results = [sim.run_session(t) for t in range(2)]
+    tables = sim.result()
+    for t, result in enumerate(results):
+        assert (result.session, result.generation) == (t, t) and result.model is None  # no timeline: no generation kept
+        assert list(result.costs) == tables.costs[tables.costs.session == t].to_dict("records")
+        assert list(result.metrics) == tables.metrics[tables.metrics.session == t].to_dict("records")
+        assert result.cost("train")["items"] > 0
+    with pytest.raises(AttributeError):
+        results[0].generation = 5  # frozen
+
+
+def test_a_scenario_with_a_timeline_section_is_not_run_by_the_engine_alone():
+    from cvstream.errors import UserError
+
+    with pytest.raises(UserError, match=r"cvstream\.timeline\.run"):
+        Simulator(tiny_scenario(timeline={}), write=False).run()

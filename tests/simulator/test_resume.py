@@ -123,6 +123,6 @@ def test_resuming_a_run_recorded_before_a_default_changed_keeps_its_value(tmp_pa
     old_form = Scenario.from_dict(SCENARIO).to_dict()
     old_form["gallery"].pop("narrow_queries", None)  # how run.json recorded a scenario at the old default
     (tmp_path / "run.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "run_id": "old", "status": "running", "scenario": old_form}))
-    assert Simulator.resume(tmp_path).scenario.gallery.narrow_queries == "pad"
+    assert Scenario.from_run(tmp_path).gallery.narrow_queries == "pad"
     recorded = Simulator(Scenario.from_dict(SCENARIO), out_dir=tmp_path / "new").scenario.to_dict(complete=True)
     assert recorded["gallery"]["narrow_queries"] == Scenario.from_dict(SCENARIO).gallery.narrow_queries

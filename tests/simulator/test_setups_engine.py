@@ -1,4 +1,4 @@
-"""The engine on every stream setup (issue 13): recurring classes, exemplars that arrive again, L_d on leaked
+"""The engine on every stream setup: recurring classes, exemplars that arrive again, L_d on leaked
 classes, herding on the current generation, validation that never matches a query to itself, honest counts."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cvstream.simulator import Simulator, engine
-from tests.conftest import tiny_scenario
+from conftest import tiny_scenario
 
 SETUPS = {
     "disjoint": {"setup": "disjoint"},

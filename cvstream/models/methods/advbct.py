@@ -6,7 +6,7 @@ own mean old distance to that centre, times `radius_scale`; nothing pulls once i
 Adversarial: a small discriminator learns to tell old embeddings from new ones; the new
 embeddings reach it through gradient reversal, so the encoder learns to make them look
 old, with the reversal ramped over the session as 2 / (1 + exp(-10 p)) - 1 (DANN's
-schedule). Term weights 1 and 1 as issue 9 gives them; the radius rule, the ramp, and the
+schedule). Term weights 1 and 1; the radius rule, the ramp, and the
 discriminator (64 hidden units, SGD lr 0.01) are our choices.
 """
 

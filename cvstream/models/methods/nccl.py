@@ -1,8 +1,8 @@
 """nccl (Wu et al., AAAI 2022): L_c + 1.0 L_feat + 0.01 L_logit against a queue of old embeddings.
 
 L_feat is a supervised contrastive loss between each new embedding f_t(x_i) and old
-embeddings f_{t-1}(x_j) (the batch's own and a FIFO queue of 8,192; weights and queue size as issue 9
-gives them from the MixBCT repository's NCCL), positives the same class weighted 0.5 (cos(f_{t-1}(x_i),
+embeddings f_{t-1}(x_j) (the batch's own and a FIFO queue of 8,192; weights and queue size from the MixBCT
+repository's NCCL), positives the same class weighted 0.5 (cos(f_{t-1}(x_i),
 f_{t-1}(x_j)) + 1): neighbours the old model agrees on count more. L_logit is the same
 loss over L2-normalised logits through the old classifier (classes it never saw: mean
 old embeddings). Old embeddings whose old-classifier prediction entropy exceeds

@@ -4,8 +4,8 @@ Old-class prototypes are re-estimated during the session: the old embeddings of 
 class's training samples are propagated over a graph whose affinity A is a softmax of
 the current model's embedding similarities (temperature 0.05, no self-loops), by
 (1 - lambda)(I - lambda A)^-1 with lambda = 0.9, and averaged; re-estimation after 30% and
-60% of the session's steps, the influence term off before the first one (defaults as the
-project's issue 9 gives them from the MixBCT repository's UniBCT). The graph links samples of the same class only
+60% of the session's steps, the influence term off before the first one (defaults from the MixBCT
+repository's UniBCT). The graph links samples of the same class only
 (one small solve per class), so a noisy old embedding that the new model places away
 from its class pulls the prototype less.
 """

@@ -221,7 +221,7 @@ class _CountingSearches:
 
 @pytest.mark.parametrize("index", ["flat", "ivf", "hnsw"])
 def test_batched_evaluation_equals_one_search_for_all_and_bounds_the_neighbours(index):
-    from cvstream.simulator.evaluate import neighbors_per_query, score_neighbors, score_queries
+    from cvstream.evaluation.evaluator import neighbors_per_query, score_neighbors, score_queries
 
     gallery, queries, query_classes = _uneven_gallery(index)
     kwargs = dict(recall_at=[1, 2, 4, 10], map_at_r=True)
@@ -245,7 +245,7 @@ def test_batched_evaluation_equals_one_search_for_all_and_bounds_the_neighbours(
 
 
 def test_query_blocks_cover_every_query_once_within_the_budget():
-    from cvstream.simulator.evaluate import query_blocks
+    from cvstream.evaluation.evaluator import query_blocks
 
     needed = np.random.default_rng(3).choice([1, 10, 500, 7000], size=5000, p=[0.5, 0.3, 0.19, 0.01])
     blocks = query_blocks(needed, 10_000)
@@ -262,9 +262,9 @@ def test_query_blocks_cover_every_query_once_within_the_budget():
 def test_calibration_scores_pairs_as_the_mixed_search_does(narrow_queries, old_positive):
     """Generation 0's 2-d items of classes 0 and 1, generation 1's 4-d items of classes 1 and 2, two generation-1 queries
     (classes 0 and 1): old positives through the gallery's narrow_queries, the best other-class generation-1 item."""
+    from cvstream.evaluation.evaluator import calibration_per_query
     from cvstream.gallery import Gallery
     from cvstream.scenario import GallerySpec
-    from cvstream.simulator.evaluate import calibration_per_query
 
     gallery = Gallery(2, GallerySpec(gpu=False, narrow_queries=narrow_queries))
     gallery.add(np.eye(2, dtype=np.float32), sample_ids=np.arange(2), class_ids=np.array([0, 1]), session=0, generation=0)

@@ -1,4 +1,5 @@
-"""costs.parquet's `backbone_flops`, and `report --project-gallery N --accelerator-tflops T --utilization U`."""
+"""The cost projection: costs.parquet's forwards and `backbone_flops` -> accelerator-hours for a gallery of N items, as
+`report --project-gallery N [--accelerator-tflops T --utilization U]` prints it."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import shutil
 import pandas as pd
 import pytest
 
+from conftest import tiny_scenario
 from cvstream import cli
 from cvstream.models.flops import forward_flops
+from cvstream.reporting.projection import project_costs
 from cvstream.simulator import Simulator, load_run
-from cvstream.simulator.costs import project_costs
 from cvstream.simulator.tables import Tables
-from conftest import tiny_scenario
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,42 @@ def test_every_costs_row_holds_the_flops_per_image_of_its_generation(run):
     expected = forward_flops(sim.model, tuple(sim.images.shape[1:]))  # one architecture in this run
     assert expected > 0 and (costs.backbone_flops == expected).all()
     assert set(costs.phase) >= {"train", "index", "backfill", "evaluate"}
+
+
+def test_projection_scales_the_backfilled_share_of_the_gallery():
+    costs = pd.DataFrame(
+        [
+            {"session": 0, "phase": "index", "backbone_forwards": 100, "transform_forwards": 0, "items": 100, "seconds": 1.0},
+            {"session": 0, "phase": "backfill", "backbone_forwards": 0, "transform_forwards": 0, "items": 0, "seconds": 0.0},
+            {"session": 1, "phase": "index", "backbone_forwards": 100, "transform_forwards": 0, "items": 100, "seconds": 1.0},
+            {"session": 1, "phase": "backfill", "backbone_forwards": 50, "transform_forwards": 0, "items": 50, "seconds": 0.5},
+            {"session": 1, "phase": "train", "backbone_forwards": 999, "transform_forwards": 0, "items": 0, "seconds": 99.0},
+        ]
+    )
+    projection = project_costs(costs, 10**9)
+    assert list(projection.gallery_items) == [100, 200]
+    assert list(projection.backfill_fraction) == [0.0, 0.25]
+    assert projection.seconds_per_forward.iloc[0] == pytest.approx(2.5 / 250)  # inference phases only
+    assert projection.update_hours.iloc[1] == pytest.approx(0.25 * 10**9 * 0.01 / 3600)
+    given = project_costs(costs, 1000, seconds_per_forward=3.6)
+    assert given.update_hours.tolist() == pytest.approx([0.0, 0.25])
+
+
+def test_projection_scales_only_the_mapping_part_of_a_transform():
+    costs = pd.DataFrame(
+        [
+            {"session": 0, "phase": "index", "backbone_forwards": 100, "transform_forwards": 0, "items": 100, "seconds": 1.0},
+            {"session": 1, "phase": "index", "backbone_forwards": 100, "transform_forwards": 0, "items": 100, "seconds": 1.0},
+            {"session": 1, "phase": "transform", "backbone_forwards": 20, "transform_forwards": 580, "items": 80, "seconds": 3.0},
+        ]
+    )
+    events = pd.DataFrame({"session": [1], "kind": ["transform"], "detail": ['{"apply_seconds": 0.08, "mapped": 80}']})
+    projection = project_costs(costs, 10**6, events=events).set_index("session")
+    assert projection.loc[1, "mapped_fraction"] == pytest.approx(0.4)
+    assert projection.loc[1, "seconds_per_transform_forward"] == pytest.approx(0.001)
+    # 2.92 s fixed (pairs and psi's training) + 0.4 x 10^6 items x 1 ms.
+    assert projection.loc[1, "transform_hours"] == pytest.approx((2.92 + 400.0) / 3600)
+    assert projection.loc[1, "backfill_hours"] == 0
 
 
 def test_projection_with_an_accelerator_profile_is_flops_over_the_sustained_rate():

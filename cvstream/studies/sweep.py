@@ -147,13 +147,14 @@ def execute(task: RunTask) -> dict[str, Any]:
     """Run one combination to its end; the result's tables come back as DataFrames (or the error)."""
     from cvstream.plugins import load_plugins
     from cvstream.scenario import Scenario
-    from cvstream.simulator.engine import Simulator
+    from cvstream.simulator import Simulator
+    from cvstream.timeline import run
 
     clock = time.perf_counter()
     try:
         load_plugins(task.plugins)  # a Ray worker is a fresh process: what the driver loaded, it loads too
         scenario = Scenario.from_yaml(task.run.scenario, overrides=task.run.overrides)
-        result = Simulator(scenario, out_dir=task.run_dir, data_root=task.data_root).run()
+        result = run(Simulator(scenario, out_dir=task.run_dir, data_root=task.data_root))
     except Exception as exc:  # one failed run must not lose the others; its error is recorded
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - clock}
     return {

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from cvstream.errors import ScenarioError
+from cvstream.scenario import Scenario
 from cvstream.simulator import Hook, Simulator
 from cvstream.simulator.trackers import COST_COLUMNS, TensorBoardTracker, mlflow_key
 from conftest import tiny_dict, tiny_scenario
@@ -130,7 +131,7 @@ def test_a_session_sent_before_a_kill_is_not_sent_twice_on_resume(tmp_path, monk
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         Simulator(_scenario(["tensorboard", "mlflow"]), out_dir=out, hooks=[_KilledAfterSending(1)]).run()
-    assert Simulator.resume(out).run().status == "completed"
+    assert Simulator(Scenario.from_run(out), out_dir=out, resume=True).run().status == "completed"
     _assert_tensorboard_holds_the_parquet_rows(out)  # session 1's first events are purged
     uri = f"sqlite:///{out.resolve() / 'mlruns' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

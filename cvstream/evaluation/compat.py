@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from cvstream.evaluation.metrics import bct_criterion, compatibility_scores, recall_at_k
+from cvstream.evaluation.retrieval import top_classes
 from cvstream.gallery.index import first_components
 from cvstream.sessions.rng import numpy_rng
-from cvstream.simulator.metrics import bct_criterion, compatibility_scores, recall_at_k
-from cvstream.simulator.search import top_classes
 
 
 def sample_probe(stream, *, items: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

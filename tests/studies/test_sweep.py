@@ -12,8 +12,8 @@ import yaml
 
 from cvstream.cli import main
 from cvstream.errors import UserError
-from cvstream.simulator.sweep import load_sweep, ray_available, read_results, run_sweep
-from tests.conftest import tiny_dict
+from cvstream.studies.sweep import load_sweep, ray_available, read_results, run_sweep
+from conftest import tiny_dict
 
 
 def _files(tmp_path, **sweep):
@@ -57,7 +57,7 @@ def test_two_by_two_sweep_runs_locally_into_one_parquet_dataset(tmp_path):
 def test_rerun_skips_completed_runs(tmp_path, monkeypatch):
     path = _files(tmp_path, seeds=[1], methods=["finetune"])
     run_sweep(path, out_dir=tmp_path / "out")
-    import cvstream.simulator.sweep as sweep
+    import cvstream.studies.sweep as sweep
 
     monkeypatch.setattr(sweep, "execute", lambda task: pytest.fail("a completed run ran again"))
     again = run_sweep(path, out_dir=tmp_path / "out")

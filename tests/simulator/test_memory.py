@@ -13,7 +13,7 @@ from cvstream.gallery import Gallery
 from cvstream.scenario import GallerySpec
 from cvstream.simulator import Simulator
 from cvstream.simulator.memory import gallery_bytes, index_bytes, peak_rss_bytes, reset_peak, rss_bytes
-from tests.conftest import tiny_scenario
+from conftest import tiny_scenario
 
 
 def test_session_end_events_record_memory_cpu_time_and_the_gallery_grows():

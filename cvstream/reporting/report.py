@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cvstream.errors import UserError
-from cvstream.simulator.metrics import update_gain
+from cvstream.evaluation.metrics import update_gain
 from cvstream.simulator.outputs import read_parquet
 from cvstream.simulator.run import RunResult, load_run, read_info
 
@@ -356,8 +356,8 @@ def build_report(
         report.tables.append(gains_rich(gains))
         write_parquet(out / "update_gain.parquet", gains)
         report.files.append(out / "update_gain.parquet")
-    if html:  # issue 17; keep last: the page embeds every table and plot above
-        from cvstream.simulator.html_report import write_html
+    if html:  # last: the page embeds every table and plot above
+        from cvstream.reporting.html_report import write_html
 
         report.files.append(write_html(report, runs, out / "report.html"))
     return report
@@ -365,7 +365,7 @@ def build_report(
 
 def _timeline_parts(runs: list[LoadedRun], out: Path, report: Report) -> None:
     """Runs with a service timeline (timeline.parquet): their summary table and quality over simulated time."""
-    from cvstream.simulator.timeline_report import plot_timeline, summary_table
+    from cvstream.reporting.timeline_report import plot_timeline, summary_table
 
     with_timeline = [r for r in runs if r.result.timeline is not None and "timeline" in r.info]  # load_run read timeline.parquet
     if not with_timeline:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from cvstream.errors import UserError
 from cvstream.gallery.backfill import BACKFILL_ORDERS, BACKFILL_POLICIES, backfill_problem, listed
-from cvstream.simulator.costs import project_costs
+from cvstream.reporting.projection import project_costs
 
 COMPARISON_COLUMNS = [
     "variant", "policy", "budget", "order", "ar@1", "last_r@1_old", "last_r@1_new", "last_r@1_all", "last_map@r",
@@ -127,6 +127,7 @@ def run_comparison(
     from cvstream.sessions import scenario_stream
     from cvstream.simulator import Simulator
     from cvstream.simulator.outputs import write_parquet
+    from cvstream.timeline import run
 
     out_dir = Path(out_dir)
     if (out_dir / "comparison.parquet").exists():
@@ -146,8 +147,7 @@ def run_comparison(
         scenarios[variant] = Scenario.from_yaml(scenario_path, overrides=extra)
     rows = []
     for variant in variants:
-        sim = Simulator(scenarios[variant], out_dir=out_dir / variant.folder, data_root=data_root, progress=progress)
-        result = sim.run()
+        result = run(Simulator(scenarios[variant], out_dir=out_dir / variant.folder, data_root=data_root, progress=progress))
         rows.append(summarize(result, variant, gallery_items=gallery_items, seconds_per_forward=seconds_per_forward))
         if on_variant is not None:
             on_variant(rows[-1])
@@ -179,7 +179,7 @@ TIMELINE_COMPARISON_COLUMNS = [
 
 
 def parse_timeline_variants(text: str | None) -> list[str]:
-    """`none,full-hot,dual` -> those presets (default: the six of the issue); an unknown one is a UserError."""
+    """`none,full-hot,dual` -> those presets (default: DEFAULT_TIMELINE_VARIANTS, six); an unknown one is a UserError."""
     if not text:
         return list(DEFAULT_TIMELINE_VARIANTS)
     names = [part.strip() for part in text.split(",") if part.strip()]
@@ -198,10 +198,11 @@ def run_timeline_comparison(
     """Every variant on the same scenario, stream, seed and timeline settings (the scenario's `timeline` section, or
     every default): one run folder each, `timeline_comparison.parquet` and an overlaid `timeline.png` under `out_dir`.
     Each variant trains its own generations: a method that reads the gallery (cvs) learns from what its policy left."""
+    from cvstream.reporting.timeline_report import plot_timeline
     from cvstream.scenario import Scenario
     from cvstream.simulator import Simulator
     from cvstream.simulator.outputs import write_parquet
-    from cvstream.simulator.timeline_report import plot_timeline
+    from cvstream.timeline import run_timeline
 
     out_dir = Path(out_dir)
     if (out_dir / "timeline_comparison.parquet").exists():
@@ -220,8 +221,7 @@ def run_timeline_comparison(
     rows, frames = [], {}
     for name in variants:
         sim = Simulator(scenarios[name], out_dir=out_dir / name, data_root=data_root, progress=progress)
-        sim.run()
-        result = sim.timeline
+        result = run_timeline(sim)
         frames[name] = result.frame
         preset = TIMELINE_VARIANTS[name]
         rows.append({"variant": name, **preset, **{k: result.summary[k] for k in TIMELINE_COMPARISON_COLUMNS if k in result.summary},

@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from cvstream.simulator import metrics as M
+from cvstream.evaluation import metrics as M
 
 
 def test_recall_at_k_hand_case():
@@ -112,9 +112,9 @@ def test_recall_and_map_at_r_agree_with_pytorch_metric_learning():
     import torch
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
+    from cvstream.evaluation.evaluator import aggregate, score_queries
     from cvstream.gallery import Gallery
     from cvstream.scenario import GallerySpec
-    from cvstream.simulator.evaluate import aggregate, score_queries
 
     rng = np.random.default_rng(7)
     dim, classes = 16, 9
@@ -140,22 +140,3 @@ def test_recall_and_map_at_r_agree_with_pytorch_metric_learning():
     assert 0.2 < ours["recall@1"] < 0.9 and 0.05 < ours["map@r"] < 0.8  # non-trivial
     assert ours["recall@1"] == pytest.approx(theirs["precision_at_1"], abs=1e-6)
     assert ours["map@r"] == pytest.approx(theirs["mean_average_precision_at_r"], abs=1e-6)
-
-
-def test_top_classes_merges_stored_and_fresh_items_by_score():
-    """Stored gallery items and items not stored yet, merged by inner product; a tie goes to the stored one;
-    -1 fills where there are fewer items than asked."""
-    from cvstream.gallery import Gallery
-    from cvstream.scenario import GallerySpec
-    from cvstream.simulator.search import top_classes
-
-    e = np.eye(3, dtype=np.float32)
-    gallery = Gallery(3, GallerySpec(gpu=False))
-    gallery.add(e[[0, 1]], sample_ids=np.arange(2), class_ids=np.array([10, 11]), session=0, generation=0)
-    fresh = np.stack([e[0], e[2]])  # the first ties the stored item of class 10
-    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
-    queries = np.stack([e[0], unit(e[2] + 0.1 * e[0]), unit(e[1] + 0.5 * e[2])]).astype(np.float32)
-    found = top_classes(queries, 2, gallery=gallery, vectors=fresh, classes=np.array([20, 22]))
-    assert found.tolist() == [[10, 20], [22, 10], [11, 22]]
-    assert top_classes(queries[:1], 4, vectors=fresh, classes=np.array([20, 22])).tolist() == [[20, 22, -1, -1]]
-    assert top_classes(queries[:1], 1).tolist() == [[-1]]

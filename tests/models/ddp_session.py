@@ -1,7 +1,7 @@
 """One session of the tiny scenario, trained alone or as one of several torchrun processes; saves the model.
 
-    python tests/scale/ddp_session.py OUT.pt                                  # one process
-    torchrun --standalone --nproc_per_node 2 tests/scale/ddp_session.py OUT.pt  # two (gloo on CPU)
+    python tests/models/ddp_session.py OUT.pt                                  # one process
+    torchrun --standalone --nproc_per_node 2 tests/models/ddp_session.py OUT.pt  # two (gloo on CPU)
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.conftest
+sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]  # the repository, and tests/ for conftest
 
 from cvstream.models.distributed import from_environment  # noqa: E402
 from cvstream.simulator import Simulator  # noqa: E402
-from tests.conftest import tiny_scenario  # noqa: E402
+from conftest import tiny_scenario  # noqa: E402
 
 
 def main(out: str) -> None:

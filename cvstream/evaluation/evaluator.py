@@ -11,11 +11,8 @@ import faiss
 import numpy as np
 
 from cvstream.errors import UserError
-from cvstream.models.trainer import embed
-from cvstream.simulator.compat import ProbeSet, sample_probe
-from cvstream.simulator.hooks import Hook
-from cvstream.simulator.search import top_classes
-from cvstream.simulator.metrics import (
+from cvstream.evaluation.compat import ProbeSet, sample_probe
+from cvstream.evaluation.metrics import (
     METRICS,
     area_under_curve,
     calibration,
@@ -25,6 +22,8 @@ from cvstream.simulator.metrics import (
     negative_flips,
     recall_at_k,
 )
+from cvstream.evaluation.retrieval import top_classes
+from cvstream.models.trainer import embed
 
 
 # Rows x neighbours that one search returns at most (a single query asks for its own need even beyond it):
@@ -353,17 +352,3 @@ class Evaluator:
         self.recall_history = {int(k): list(v) for k, v in values["recall_history"].items()}
         self.anytime_values = list(values["anytime_values"])
 
-
-class AnytimeHook(Hook):
-    """Evaluates the model in training every `every` steps (evaluation.every_steps)."""
-
-    def __init__(self, every: int):
-        self.every = every
-        self.session = 0
-
-    def before_event(self, sim, event) -> None:
-        self.session = event.session
-
-    def on_train_step(self, sim, step: int, total: int, terms) -> None:
-        if step % self.every == 0:
-            sim.evaluator.anytime(session=self.session, step=step, model=sim.model, images=sim.images, gallery=sim.gallery)

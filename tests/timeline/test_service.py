@@ -8,30 +8,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cvstream.errors import ScenarioError
+import cvstream.timeline
+from conftest import GIVEN_THROUGHPUT as GIVEN
+from conftest import tiny_scenario
+from conftest import tiny_timeline as timeline
 from cvstream.gallery import Gallery
-from cvstream.models.flops import forward_flops, images_per_second
 from cvstream.scenario import GallerySpec
-from cvstream.simulator import Simulator, load_run
-from cvstream.simulator.timeline import TIMELINE_COLUMNS, search_two_spaces, summarize
-from conftest import run_until_killed, tiny_dict, tiny_scenario
-
-# Slow embedding on purpose (items per second per accelerator): a backfill of the tiny gallery spans hours.
-GIVEN = {"train": 50.0, "embed": 0.05}
-
-
-def timeline(**keys) -> dict:
-    base = {"session_interval_hours": 10, "eval_every_hours": 2, "throughput": GIVEN, "chunk_items": 7,
-            "accelerators": {"train": 2, "backfill": 3, "serve": 1}}
-    return {**base, **keys}
+from cvstream.simulator import Simulator
+from cvstream.timeline import Timeline, run_timeline
+from cvstream.timeline.service import TIMELINE_COLUMNS, search_two_spaces, summarize
 
 
 def run(policy="none", *, out=None, budget=None, **keys):
+    """(simulator, timeline.parquet's frame, the summary) of the tiny scenario with a timeline section."""
     backfill = {"policy": policy, **({"budget": budget} if budget is not None else {})}
     sim = Simulator(tiny_scenario(timeline=timeline(**keys), backfill=backfill), out_dir=out, write=out is not None)
-    result = sim.run()  # a scenario with a timeline section runs through it
-    assert result.timeline is sim.timeline.frame
-    return sim, sim.timeline.frame, sim.timeline.summary
+    result = cvstream.timeline.run(sim)  # a scenario with a timeline section runs through it
+    return sim, result.timeline, result.timeline_summary
 
 
 def mixed_r1(sim) -> pd.Series:
@@ -91,8 +84,6 @@ def test_backfill_cost_span_and_rate_are_exact():
 
 def test_every_item_is_searchable_from_its_arrival_once_and_only_once():
     sim, frame, _ = run("full", ingest="continuous", deploy="hot")
-    from cvstream.simulator.timeline import Timeline
-
     arrivals = []
     for t in range(len(sim.stream)):
         n = len(sim.stream[t].gallery_ids)
@@ -158,24 +149,6 @@ def _mixed_spans(frame):
     return spans
 
 
-def test_flops_throughput_is_the_counted_flops_over_the_profile():
-    sim = Simulator(tiny_scenario(timeline={"accelerator": {"tflops": 100, "utilization": 0.5}}), write=False)
-    with sim.running():
-        from cvstream.simulator.timeline import resolve_throughput
-
-        tp = resolve_throughput(sim.scenario.timeline, sim.model, tuple(sim.images.shape[1:]), hidden=256, images=sim.images)
-        flops = forward_flops(sim.model, tuple(sim.images.shape[1:]))
-    assert tp.flops_per_image == flops > 0
-    assert tp.embed == pytest.approx(100e12 * 0.5 / flops) and tp.train == pytest.approx(tp.embed / 3)
-    assert images_per_second(flops, tflops=100, utilization=0.5) == tp.embed
-
-
-def test_forward_flops_counts_a_linear_layer_exactly():
-    import torch
-
-    assert forward_flops(torch.nn.Linear(10, 4, bias=False), (10,)) == 2 * 10 * 4
-
-
 def test_summary_figures_on_a_hand_made_timeline():
     rows = [
         {"time_hours": 0.0, "kind": "deploy"}, {"time_hours": 0.0, "kind": "evaluate", "r1_all": 0.5, "r1_full": 0.5},
@@ -194,66 +167,6 @@ def test_summary_figures_on_a_hand_made_timeline():
     assert s["worst_dip"] == pytest.approx(0.6 - 0.2) and s["unrecovered_deploys"] == 0
 
 
-def test_timeline_keys_are_validated_with_the_key_path():
-    with pytest.raises(ScenarioError, match="timeline.deploy"):
-        tiny_scenario(timeline={"deploy": "later"})
-    with pytest.raises(ScenarioError, match="timeline.accelerators.backfill"):
-        tiny_scenario(timeline={"accelerators": {"backfill": 0}})
-    with pytest.raises(ScenarioError, match="sessions_interval"):
-        tiny_scenario(timeline={"sessions_interval": 3})
-    assert "timeline" not in tiny_scenario().to_dict()  # absent stays absent (and the digest of old scenarios with it)
-    assert tiny_scenario(timeline={}).timeline.session_interval_hours == 168
-
-
-def test_timeline_files_and_a_resume_after_sigkill_replay_the_same_timeline(tmp_path):
-    whole = tmp_path / "whole"
-    _, frame, summary = run("partial", budget=0.5, out=whole, ingest="continuous", deploy="hot")
-    stored = pd.read_parquet(whole / "timeline.parquet")
-    pd.testing.assert_frame_equal(stored, frame)
-    pd.testing.assert_frame_equal(load_run(whole).timeline, frame)
-    assert json.loads((whole / "run.json").read_text())["timeline"] == summary
-    assert sorted(p.name for p in (whole / "generations").iterdir()) == [f"session-{t}.{e}" for t in range(3) for e in ("json", "pt")]
-
-    killed = tmp_path / "killed"
-    data = tiny_dict(timeline=timeline(ingest="continuous", deploy="hot"), backfill={"policy": "partial", "budget": 0.5})
-    script = f"""
-import os, signal
-from cvstream.scenario import Scenario
-from cvstream.simulator import Hook, Simulator
-
-class KillInSessionTwo(Hook):
-    def on_train_step(self, sim, step, total, terms):
-        if sim.generation == 1 and step == 1:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-Simulator(Scenario.from_dict({data!r}), out_dir={str(killed)!r}, hooks=[KillInSessionTwo()]).run()
-"""
-    run_until_killed(script)
-    assert not (killed / "timeline.parquet").exists()
-    from cvstream import cli
-
-    assert cli.main(["run", "--resume", str(killed), "--no-progress"]) == 0
-    resumed = pd.read_parquet(killed / "timeline.parquet")
-    pd.testing.assert_frame_equal(resumed, stored)
-
-
-def test_compare_timeline_lays_the_policies_on_one_table(tmp_path):
-    from conftest import write_scenario
-    from cvstream import cli
-
-    path = write_scenario(tmp_path, tiny_dict(timeline=timeline(), stream={"sessions": 2}))
-    out = tmp_path / "cmp"
-    assert cli.main(["compare", str(path), "--timeline", "--variants", "none,full-hot,full-after-backfill,dual", "--out", str(out),
-                     "--no-progress"]) == 0
-    table = pd.read_parquet(out / "timeline_comparison.parquet")
-    assert list(table.variant) == ["none", "full-hot", "full-after-backfill", "dual"]
-    assert table.set_index("variant").accel_hours_backfill["none"] == 0
-    assert (table.set_index("variant").accel_hours_backfill[["full-hot", "full-after-backfill", "dual"]] > 0).all()
-    assert (out / "timeline.png").stat().st_size > 10_000
-    assert cli.main(["compare", str(path), "--timeline", "--variants", "nope", "--out", str(tmp_path / "x")]) == 2
-
-
-
 def test_adapter_queries_answer_like_new_ones_wherever_nothing_is_stale_and_differ_while_mixed():
     _, new, _ = run("full", ingest="continuous", deploy="hot", queries="new")
     _, adapted, _ = run("full", ingest="continuous", deploy="hot", queries="adapter")
@@ -263,27 +176,18 @@ def test_adapter_queries_answer_like_new_ones_wherever_nothing_is_stale_and_diff
     assert mixed.any() and not np.array_equal(new[mixed].map_all.to_numpy(), adapted[mixed].map_all.to_numpy())
 
 
-def test_measured_throughput_times_this_machine():
-    sim = Simulator(tiny_scenario(timeline={"throughput": "measured"}), write=False)
-    with sim.running():
-        from cvstream.simulator.timeline import resolve_throughput
-
-        tp = resolve_throughput(sim.scenario.timeline, sim.model, tuple(sim.images.shape[1:]), hidden=256, images=sim.images)
-    assert tp.source == "measured" and tp.train > 0 and tp.embed > tp.train  # a forward is cheaper than a training step
-
-
 @pytest.mark.parametrize("queries", ["new", "dual", "adapter"])
 def test_a_model_upgrade_widens_the_timelines_gallery_without_restoring_old_items(queries):
     model = {"backbone": "convnet", "embedding_dim": 16, "width": 4, "upgrades": {1: {"backbone": "convnet", "embedding_dim": 24, "width": 6}}}
     sim = Simulator(tiny_scenario(model=model, timeline=timeline(queries=queries), backfill={"policy": "none"}, method={"name": "bct"}),
                     write=False)
-    sim.run()
-    frame = sim.timeline.frame
+    line = run_timeline(sim)
+    frame = line.frame
     evaluated = frame[(frame.kind == "evaluate") & frame.r1_all.notna()]
     assert evaluated.serving_generation.max() == 2 and evaluated.r1_all.between(0, 1).all()
     deploys = frame[frame.kind == "deploy"]
     assert list(deploys.session) == [0, 1, 2]
-    gallery = sim.timeline.gallery
+    gallery = line.gallery
     assert {int(segment.d) for segment in gallery.segments} == {16, 24}  # session 0's items stay 16-d, never stored again
     assert gallery.dim == 24 and len(gallery) == frame.gallery_items.iloc[-1]
 

@@ -1,4 +1,4 @@
-"""`cvstream compare`, the cost projection, and bad input that must end with exit status 2."""
+"""`cvstream compare` (backfill policies, and serving policies on the timeline), and bad input that must end with exit status 2."""
 
 from __future__ import annotations
 
@@ -8,37 +8,16 @@ import io
 import pandas as pd
 import pytest
 import yaml
-from conftest import tiny_dict
-
+from conftest import tiny_dict, tiny_timeline, write_scenario
 from cvstream.cli import main
 from cvstream.errors import UserError
-from cvstream.simulator.compare import parse_variants
-from cvstream.simulator.costs import project_costs
+from cvstream.studies.compare import parse_variants
 
 
 def scenario_file(tmp_path, **sections):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_dict(**sections)))
     return str(path)
-
-
-def test_projection_scales_the_backfilled_share_of_the_gallery():
-    costs = pd.DataFrame(
-        [
-            {"session": 0, "phase": "index", "backbone_forwards": 100, "transform_forwards": 0, "items": 100, "seconds": 1.0},
-            {"session": 0, "phase": "backfill", "backbone_forwards": 0, "transform_forwards": 0, "items": 0, "seconds": 0.0},
-            {"session": 1, "phase": "index", "backbone_forwards": 100, "transform_forwards": 0, "items": 100, "seconds": 1.0},
-            {"session": 1, "phase": "backfill", "backbone_forwards": 50, "transform_forwards": 0, "items": 50, "seconds": 0.5},
-            {"session": 1, "phase": "train", "backbone_forwards": 999, "transform_forwards": 0, "items": 0, "seconds": 99.0},
-        ]
-    )
-    projection = project_costs(costs, 10**9)
-    assert list(projection.gallery_items) == [100, 200]
-    assert list(projection.backfill_fraction) == [0.0, 0.25]
-    assert projection.seconds_per_forward.iloc[0] == pytest.approx(2.5 / 250)  # inference phases only
-    assert projection.update_hours.iloc[1] == pytest.approx(0.25 * 10**9 * 0.01 / 3600)
-    given = project_costs(costs, 1000, seconds_per_forward=3.6)
-    assert given.update_hours.tolist() == pytest.approx([0.0, 0.25])
 
 
 def test_variants_parse_and_bad_ones_are_user_errors():
@@ -125,25 +104,21 @@ def test_report_projects_a_finished_run(compared, tmp_path, capsys):
     assert "projected to 1,000,000,000 items" in printed and "50.0%" in printed  # session 2 re-embedded 90 of 180 items
 
 
-def test_projection_scales_only_the_mapping_part_of_a_transform():
-    costs = pd.DataFrame(
-        [
-            {"session": 0, "phase": "index", "backbone_forwards": 100, "transform_forwards": 0, "items": 100, "seconds": 1.0},
-            {"session": 1, "phase": "index", "backbone_forwards": 100, "transform_forwards": 0, "items": 100, "seconds": 1.0},
-            {"session": 1, "phase": "transform", "backbone_forwards": 20, "transform_forwards": 580, "items": 80, "seconds": 3.0},
-        ]
-    )
-    events = pd.DataFrame({"session": [1], "kind": ["transform"], "detail": ['{"apply_seconds": 0.08, "mapped": 80}']})
-    projection = project_costs(costs, 10**6, events=events).set_index("session")
-    assert projection.loc[1, "mapped_fraction"] == pytest.approx(0.4)
-    assert projection.loc[1, "seconds_per_transform_forward"] == pytest.approx(0.001)
-    # 2.92 s fixed (pairs and psi's training) + 0.4 x 10^6 items x 1 ms.
-    assert projection.loc[1, "transform_hours"] == pytest.approx((2.92 + 400.0) / 3600)
-    assert projection.loc[1, "backfill_hours"] == 0
-
-
 def test_validate_catches_an_index_that_cannot_hold_the_first_session(tmp_path, capsys):
     path = scenario_file(tmp_path, gallery={"index": "ivf", "nlist": 500})
     assert exit_status(["validate", path]) == 2
     assert "nlist = 500" in capsys.readouterr().err
     assert exit_status(["validate", scenario_file(tmp_path, gallery={"index": "ivf", "nlist": 8})]) == 0
+
+
+def test_compare_timeline_lays_the_policies_on_one_table(tmp_path):
+    path = write_scenario(tmp_path, tiny_dict(timeline=tiny_timeline(), stream={"sessions": 2}))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(path), "--timeline", "--variants", "none,full-hot,full-after-backfill,dual", "--out", str(out),
+                     "--no-progress"]) == 0
+    table = pd.read_parquet(out / "timeline_comparison.parquet")
+    assert list(table.variant) == ["none", "full-hot", "full-after-backfill", "dual"]
+    assert table.set_index("variant").accel_hours_backfill["none"] == 0
+    assert (table.set_index("variant").accel_hours_backfill[["full-hot", "full-after-backfill", "dual"]] > 0).all()
+    assert (out / "timeline.png").stat().st_size > 10_000
+    assert main(["compare", str(path), "--timeline", "--variants", "nope", "--out", str(tmp_path / "x")]) == 2

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from cvstream.simulator.evaluate import evaluate_queries
+from cvstream.evaluation.evaluator import evaluate_queries
 
 CURVE_COLUMNS = ["session", "order", "fraction", "items_backfilled", "subset", "metric", "value", "n_queries", "area"]
 

@@ -5,7 +5,8 @@ The timeline replays what the team running the search service lives through in t
 simulation on SimPy, with four processes:
 
 - *sessions*: at t x interval session t's data is complete and its training starts; the learning side
-  trains it (`Simulator.run_session`, or the generation an interrupted run saved), which takes the
+  trains it (`Simulator.run_session`, whose `SessionResult` carries the generation, or the generation an
+  interrupted run saved), which takes the
   session's training images / (accelerators.train x throughput) of simulated time; the generation then
   deploys (`deploy: hot`) or becomes the backfill's target (`deploy: after-backfill`).
 - *ingest*: session t's items arrive evenly over ((t-1) x interval, t x interval], in a seeded order, and
@@ -28,11 +29,8 @@ target (a query cache of the previous one for `queries: dual`).
 
 from __future__ import annotations
 
-import copy
 import json
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -40,14 +38,14 @@ import simpy
 import torch
 
 from cvstream.errors import UserError
+from cvstream.evaluation.evaluator import neighbors_per_query, score_neighbors, score_queries
 from cvstream.gallery import Gallery
 from cvstream.gallery.backfill import BACKFILL_POLICIES, fit_transform, plan_backfill, stale_items, transform_pairs
 from cvstream.gallery.index import IndexSpec, merge_top_k
-from cvstream.models.flops import TRAIN_STEP_FORWARDS, forward_flops, images_per_second
-from cvstream.models.trainer import to_input
+from cvstream.models.flops import TRAIN_STEP_FORWARDS
 from cvstream.sessions.rng import numpy_rng, torch_generator
-from cvstream.simulator.evaluate import neighbors_per_query, score_neighbors, score_queries
-from cvstream.simulator.hooks import Hook
+from cvstream.simulator.generations import Generation, load_generation
+from cvstream.timeline.throughput import Throughput, resolve_throughput
 
 JOBS = ("train", "backfill", "serve", "ingest")
 SUBSETS = ("old", "new", "ahead", "all")
@@ -59,146 +57,25 @@ TIMELINE_COLUMNS = [
 RECOVERY_TOLERANCE = 0.01  # SPEC: recovered when R@1 (all) is within 0.01 of the completed full backfill's
 
 
-# -- throughput ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Throughput:
-    """Per accelerator: training images per second, embedding forwards per second, psi mappings per second."""
-
-    train: float
-    embed: float
-    transform: float
-    source: str
-    flops_per_image: int | None = None
-
-
-def psi_flops(dim: int, hidden: int) -> int:
-    """FLOPs of one psi forward (cvstream.gallery.backfill.TransformNet: three linear layers and a variance head)."""
-    return 2 * (dim * hidden + hidden * hidden + hidden * dim + hidden)
-
-
-def resolve_throughput(
-    spec, model: torch.nn.Module, sample_shape: tuple[int, ...], *, hidden: int, images: torch.Tensor, flops: int | None = None
-) -> Throughput:
-    """The timeline's throughput for `model`: counted FLOPs against the accelerator profile, measured here, or given.
-    `flops`: the model's FLOPs per image where already counted."""
-    flops = forward_flops(model, sample_shape) if flops is None else flops
-    psi = psi_flops(model.embedding_dim, hidden)
-    if spec.throughput == "flops":
-        a = spec.accelerator
-        embed = images_per_second(flops, tflops=a.tflops, utilization=a.utilization)
-        return Throughput(train=images_per_second(flops, tflops=a.tflops, utilization=a.utilization, train=True), embed=embed,
-                          transform=embed * flops / psi, source="flops", flops_per_image=flops)
-    if spec.throughput == "measured":
-        train, embed = measure_throughput(model, images)
-        return Throughput(train=train, embed=embed, transform=embed * flops / psi, source="measured", flops_per_image=flops)
-    given = spec.throughput
-    return Throughput(train=given.train, embed=given.embed, transform=given.transform or given.embed * flops / psi, source="given",
-                      flops_per_image=flops)
-
-
-def measure_throughput(model: torch.nn.Module, images: torch.Tensor, *, batch: int = 64, repeats: int = 3) -> tuple[float, float]:
-    """(training images/s, embedding forwards/s) of `model` on this machine: the best of a few timed batches."""
-    probe = copy.deepcopy(model)
-    x = to_input(images[: min(batch, len(images))])  # as the trainer scales them
-    optimizer = torch.optim.SGD(probe.parameters(), lr=1e-9)
-    best_train = best_embed = float("inf")
-    for _ in range(repeats):
-        probe.train()
-        clock = time.perf_counter()
-        loss = probe(x).sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        best_train = min(best_train, time.perf_counter() - clock)
-        probe.eval()
-        clock = time.perf_counter()
-        with torch.no_grad():
-            probe(x)
-        best_embed = min(best_embed, time.perf_counter() - clock)
-    return len(x) / best_train, len(x) / best_embed
-
-
 # -- the generations -------------------------------------------------------------------------------
 
 
-@dataclass
-class Trained:
-    """A session's training on the learning side: its generation (a frozen copy) and what it processed."""
-
-    session: int
-    generation: int
-    model: torch.nn.Module
-    images: int  # images through a training step
-    forwards: int  # every backbone forward of the train step (the steps' own, the previous model's, validation)
-
-
-class GenerationKeeper(Hook):
-    """Keeps each session's generation: a frozen copy for the timeline, and a file that a resumed run replays.
-
-    Saved in `generations/session-<t>.pt` before the engine checkpoints the session, so a checkpointed
-    session always has its generation on disk."""
-
-    def __init__(self):
-        self.trained: dict[int, Trained] = {}
-        self._train: tuple[int, int, int] | None = None
-
-    def after_event(self, sim, event, outcome) -> None:
-        if event.kind == "train":
-            self._train = (outcome.generation, int(outcome.items), int(outcome.backbone_forwards))
-
-    def after_session(self, sim, session: int) -> None:
-        generation, images, forwards = self._train
-        model = copy.deepcopy(sim.model).eval().requires_grad_(False)
-        self.trained[session] = Trained(session, generation, model, images, forwards)
-        if sim.run_dir is not None:
-            save_generation(sim.run_dir, self.trained[session])
-
-
-def _generation_paths(run_dir: Path, session: int) -> tuple[Path, Path]:
-    folder = Path(run_dir) / "generations"
-    return folder / f"session-{session}.pt", folder / f"session-{session}.json"
-
-
-def save_generation(run_dir: Path, trained: Trained) -> None:
-    import io
-
-    from cvstream.files import atomic_write_bytes, write_json
-
-    weights, info = _generation_paths(run_dir, trained.session)
-    weights.parent.mkdir(exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(trained.model, buffer)  # the whole module: its architecture and classifier size come with it
-    atomic_write_bytes(weights, buffer.getvalue())
-    write_json(info, {"session": trained.session, "generation": trained.generation, "images": trained.images, "forwards": trained.forwards})
-
-
-def load_generation(run_dir: Path, session: int, device: torch.device) -> Trained:
-    weights, info = _generation_paths(run_dir, session)
-    if not weights.is_file() or not info.is_file():
-        raise UserError(f"{run_dir}: session {session} completed but its generation ({weights.name}) is missing; the timeline cannot be replayed")
-    meta = json.loads(info.read_text())
-    model = torch.load(weights, map_location=device, weights_only=False)
-    return Trained(session, int(meta["generation"]), model.eval().requires_grad_(False), int(meta["images"]), int(meta["forwards"]))
-
-
 class LearningSide:
-    """Session t's generation: trained now by the simulator, or read back where a resumed run already trained it."""
+    """Session t's generation: trained now by the session engine (its `SessionResult`), or read back where a resumed
+    run already trained it."""
 
     def __init__(self, sim):
+        if not sim.keeps_generations:
+            raise UserError("the simulator keeps no generations: its scenario has no timeline section")
         self.sim = sim
-        self.keeper = next((h for h in sim.hooks if isinstance(h, GenerationKeeper)), None)
-        if self.keeper is None:
-            self.keeper = GenerationKeeper()
-            sim.hooks.append(self.keeper)
         self.resumed_until = sim.state.next_session
 
-    def train(self, t: int) -> Trained:
+    def train(self, t: int) -> Generation:
         if t < self.resumed_until:
             return load_generation(self.sim.run_dir, t, self.sim.device)
-        self.sim.run_session(t)
-        return self.keeper.trained.pop(t)
+        result = self.sim.run_session(t)
+        train = result.cost("train")
+        return Generation(t, result.generation, result.model, int(train["items"]), int(train["backbone_forwards"]))
 
 
 # -- item embeddings, once per generation -----------------------------------------------------------
@@ -659,17 +536,3 @@ def summarize(frame: pd.DataFrame, *, horizon: float) -> dict:
     out["worst_dip"] = float(max(dips)) if dips else 0.0
     out["deploys"] = int(len(deploy_times))
     return out
-
-
-def run_timeline(sim) -> TimelineResult:
-    """Run `sim` (a Simulator whose scenario has a timeline) through the service timeline; write timeline.parquet and the
-    summary into run.json."""
-    with sim.running():
-        timeline = Timeline(sim)
-        result = timeline.run()
-        sim.extra_info["timeline"] = result.summary
-        if sim.run_dir is not None:
-            from cvstream.files import write_parquet
-
-            write_parquet(sim.run_dir / "timeline.parquet", result.frame)
-    return result

@@ -1,0 +1,1 @@
+"""Reading finished runs back: terminal tables, PNG plots, the HTML page, the timeline's plots, the cost projection."""

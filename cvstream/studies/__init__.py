@@ -1,0 +1,1 @@
+"""Several runs that answer one question: `compare` (backfill and serving policies) and `sweep`."""
