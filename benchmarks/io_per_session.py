@@ -78,7 +78,7 @@ class SessionWrites(Hook):
     def __init__(self):
         self.snapshots: list[dict] = []
 
-    def after_session(self, sim, session: int) -> None:
+    def after_session(self, sim, result) -> None:
         self.snapshots.append(files_of(sim.run_dir))
 
 

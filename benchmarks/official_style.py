@@ -107,11 +107,11 @@ class SessionClock(Hook):
 
     started: float | None = None
 
-    def before_event(self, sim, event) -> None:
+    def before_session(self, sim, session: int) -> None:
         if self.started is None:
             self.started = cpu_seconds()
 
-    def after_session(self, sim, session: int) -> None:
+    def after_session(self, sim, result) -> None:
         self.seconds = cpu_seconds() - self.started
 
 

@@ -76,15 +76,14 @@ def throughput_scenario(*, samples_per_class: int, epochs: int) -> Scenario:
 
 
 class TrainTimer(Hook):
-    """Wall time of the engine's whole train step (model growth, context, loop), and the samples it trained."""
+    """Wall time of the engine's whole train step (model growth, context, loop; after the session's bookkeeping start),
+    and the samples it trained."""
 
-    def before_event(self, sim, event) -> None:
-        if event.kind == "train":
-            self.started = CLOCK()
+    def before_session(self, sim, session: int) -> None:
+        self.started = CLOCK()
 
-    def after_event(self, sim, event, outcome) -> None:
-        if event.kind == "train":
-            self.seconds, self.samples = CLOCK() - self.started, outcome.items
+    def after_training(self, sim, outcome) -> None:
+        self.seconds, self.samples = CLOCK() - self.started, outcome.items
 
 
 def simulator_throughput(scenario: Scenario) -> tuple[float, Simulator]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import pkgutil
 import re
 import sys
 import traceback
@@ -30,19 +31,22 @@ class PluginError(UserError):
     """A plugin that cannot be loaded: missing, failing on import, or registering a name already taken."""
 
 
+# The packages where components live. Every module in them is imported before a plugin runs, so that every registry
+# exists (with cvstream's own entries) when it is snapshot; the registries themselves are `Registry.every()`.
+COMPONENT_PACKAGES = ("cvstream.sessions", "cvstream.models", "cvstream.gallery", "cvstream.evaluation", "cvstream.simulator")
+
+
 def registries() -> dict[str, Registry]:
     """Every registry a plugin can add to, by the kind of component, with cvstream's own entries in."""
-    from cvstream.evaluation.metrics import METRICS
-    from cvstream.gallery.backfill import BACKFILL_ORDERS, BACKFILL_POLICIES
-    from cvstream.gallery.index import INDEX_TYPES
-    from cvstream.gallery.replay import REPLAY_SELECTIONS
-    from cvstream.models.backbones import BACKBONES
-    from cvstream.models.methods import METHODS
-    from cvstream.sessions.datasets import DATASETS
-    from cvstream.sessions.streams import SETUPS
+    return {registry.kind: registry for registry in every_registry()}
 
-    found = [DATASETS, SETUPS, METHODS, BACKBONES, BACKFILL_POLICIES, BACKFILL_ORDERS, REPLAY_SELECTIONS, INDEX_TYPES, METRICS]
-    return {registry.kind: registry for registry in found}
+
+def every_registry() -> list[Registry]:
+    """Every registry made, after importing every module where components live."""
+    for package in COMPONENT_PACKAGES:
+        for found in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+            importlib.import_module(found.name)
+    return Registry.every()
 
 
 def load_plugin(path: str | Path) -> ModuleType:
@@ -93,12 +97,12 @@ def module_name(path: Path) -> str:
 @contextmanager
 def _all_or_nothing(where: str, *, path: Path | None = None):
     """Run a plugin's import: if it fails, its registrations are undone and the failure is a PluginError."""
-    held = {kind: registry.snapshot() for kind, registry in registries().items()}
+    held = {registry: registry.snapshot() for registry in every_registry()}
     try:
         yield
     except BaseException as exc:
-        for kind, registry in registries().items():
-            registry.restore(held[kind])
+        for registry, entries in held.items():
+            registry.restore(entries)
         if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: not the plugin's error to report
             raise
         if isinstance(exc, (DuplicateName, UserError)):

@@ -4,11 +4,13 @@ Every axis a user extends has one: data sets, stream setups, methods, backbones,
 policies and orders, replay selections, gallery index types and metrics. A component joins
 its registry with `@REGISTRY.register("name")`, in cvstream or in a plugin file
 (`cvstream.plugins`); validation and the command line read the registry, never a list.
+Every registry made is in `Registry.every()`, which the plugin loader rolls back when a plugin fails.
 """
 
 from __future__ import annotations
 
 import difflib
+import weakref
 from typing import Any, Callable, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -30,10 +32,18 @@ class Registry(Generic[T]):
     """Components of one kind by name. `attributes` are what each entry declares besides its name, with their
     defaults: `register(name, **attributes)` sets them on the entry (an unknown one is a TypeError)."""
 
+    _made: weakref.WeakSet[Registry] = weakref.WeakSet()  # every registry alive, for `every()`
+
     def __init__(self, kind: str, *, attributes: dict[str, Any] | None = None):
         self.kind = kind
         self.attributes = dict(attributes or {})
         self._entries: dict[str, T] = {}
+        Registry._made.add(self)
+
+    @classmethod
+    def every(cls) -> list[Registry]:
+        """Every registry made so far (in the modules imported so far), by kind."""
+        return sorted(cls._made, key=lambda registry: registry.kind)
 
     def register(self, name: str, **attributes: Any) -> Callable[[T], T]:
         unknown = sorted(set(attributes) - set(self.attributes))

@@ -110,9 +110,9 @@ def plugin_file(tmp_path):
     import sys
     import textwrap
 
-    from cvstream.plugins import registries
+    from cvstream.plugins import every_registry
 
-    held = {kind: registry.snapshot() for kind, registry in registries().items()}
+    held = {registry: registry.snapshot() for registry in every_registry()}
     modules = set(sys.modules)
 
     def write(source: str, name: str = "my_plugin.py") -> Path:
@@ -121,8 +121,8 @@ def plugin_file(tmp_path):
         return path
 
     yield write
-    for kind, registry in registries().items():
-        registry.restore(held[kind])
+    for registry, entries in held.items():
+        registry.restore(entries)
     for name in set(sys.modules) - modules:
         where = getattr(sys.modules[name], "__file__", None) or ""
         if name.startswith("cvstream_plugin_") or where.startswith(str(tmp_path)):

@@ -147,6 +147,34 @@ def test_a_plugin_that_fails_half_way_leaves_nothing_registered(plugin_file):
     assert module_name(path.resolve()) not in sys.modules
 
 
+def test_a_failing_plugin_is_rolled_back_in_every_registry_the_trackers_and_methods_too(plugin_file):
+    from cvstream.models.methods.base import METHODS
+    from cvstream.registry import Registry
+    from cvstream.simulator.trackers import TRACKERS
+
+    path = plugin_file("""
+        from cvstream.models.methods.base import METHODS
+        from cvstream.simulator.trackers import TRACKERS
+
+
+        @TRACKERS.register("my-tracker")
+        class MyTracker:
+            pass
+
+
+        @METHODS.register("my-method")
+        class MyMethod:
+            pass
+
+
+        raise RuntimeError("half-way")
+    """)
+    with pytest.raises(PluginError, match="RuntimeError: half-way"):
+        load_plugin(path)
+    assert "my-tracker" not in TRACKERS and "my-method" not in METHODS
+    assert TRACKERS in Registry.every() and METHODS in Registry.every()
+
+
 def test_load_plugin_imports_a_file_once(plugin_file, tmp_path):
     from cvstream.gallery.backfill import BACKFILL_ORDERS
 

@@ -12,8 +12,8 @@ class AnytimeHook(Hook):
         self.every = every
         self.session = 0
 
-    def before_event(self, sim, event) -> None:
-        self.session = event.session
+    def before_session(self, sim, session: int) -> None:
+        self.session = session
 
     def on_train_step(self, sim, step: int, total: int, terms) -> None:
         if step % self.every == 0:

@@ -1,4 +1,4 @@
-"""Resume: the run state (`RunState`, every field in `FIELDS`) at the end of each completed session, saved atomically.
+"""Resume: the run state (`RunState`, field by field) at the end of each completed session, saved atomically.
 
 `checkpoint/session-<t>/` holds the model and the batching generator (`state.pt`, read back
 with `weights_only=True`), the replay buffer, evaluation state and the gallery's running
@@ -31,7 +31,6 @@ from cvstream.simulator.state import RunState
 
 CHECKPOINT_VERSION = 3  # 3: the run state field by field (RunState); 2: the gallery as a saved gallery folder
 GALLERY = "gallery"  # the checkpoint's gallery folder: Gallery.save, hard-linked from the run's files where unchanged
-FIELDS = ("model", "generation", "gallery", "replay", "evaluator", "train_generator", "replay_rng", "next_session")
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -4,10 +4,10 @@ train -> deploy -> index -> replay -> transform -> backfill -> evaluate -> write
 takes what it needs, changes the run state it owns (the model, the gallery, the buffer) and
 returns what a later step needs, with an `Outcome` (its cost and details) for the tables.
 What a run carries from one session to the next is a `RunState`; the checkpoint saves exactly
-that. Hooks see every step before and after it and may add metric rows; writing files and the
-progress bar are hooks, checkpointing is the engine's. `run_session` returns a `SessionResult`, which
-a driver above the engine (the service timeline) reads; `Simulator.run` is the plain driver: every
-session in order.
+that. Hooks see named moments (after training, deploy, evaluation, the session) with that step's
+result and may add metric rows; writing files and the progress bar are hooks, checkpointing is the
+engine's. `run_session` returns a `SessionResult`, which a driver above the engine (the service
+timeline) reads; `Simulator.run` is the plain driver: every session in order.
 """
 
 from __future__ import annotations
@@ -184,23 +184,28 @@ class Simulator:
         memory.reset_peak()  # session_end then reports this session's own peak
         self._session_cpu = time.process_time()  # and the CPU seconds the session took, all threads of the process
         step = self._step
+        self._each_hook(t, lambda hook: hook.before_session(self, t))
         step(t, "session_start", self.start)
-        generation = step(t, "train", self.train)
-        probe_cost = step(t, "deploy", self.deploy, generation)
-        fresh = step(t, "index", self.index)
+        trained, generation = step(t, "train", self.train)
+        self._each_hook(t, lambda hook: hook.after_training(self, trained))
+        deployed, probe_cost = step(t, "deploy", self.deploy, generation)
+        self._each_hook(t, lambda hook: hook.after_deploy(self, deployed))
+        _, fresh = step(t, "index", self.index)
         step(t, "replay", self.update_replay, fresh)
-        uncertainty = step(t, "transform", self.transform)
-        curve_cost = step(t, "backfill", self.backfill, uncertainty)
-        step(t, "evaluate", self.evaluate, probe_cost + curve_cost)
+        _, uncertainty = step(t, "transform", self.transform)
+        backfilled, curve_cost = step(t, "backfill", self.backfill, uncertainty)
+        evaluated, _ = step(t, "evaluate", self.evaluate, probe_cost + curve_cost)
+        self._each_hook(t, lambda hook: hook.after_evaluation(self, evaluated))
         step(t, "session_end", self.end)
         before = self.tables.committed
         self.tables.commit()
         self.state.next_session = t + 1
         costs, metrics = (tuple(dict(row) for row in self.tables.rows[name][before[name] : self.tables.committed[name]])
                           for name in ("costs", "metrics"))
-        result = SessionResult(session=t, generation=generation, costs=costs, metrics=metrics)
+        result = SessionResult(session=t, generation=generation, costs=costs, metrics=metrics,
+                               artifacts={**backfilled.artifacts, **evaluated.artifacts})
         for hook in self.hooks:
-            hook.after_session(self, t)  # the writer saves the session's files here
+            hook.after_session(self, result)  # the writer saves the session's files here
         if self.keeps_generations:
             result = self._keep_generation(result)
         if self.run_dir is not None:  # after the tables are on disk: the checkpoint's row counts never exceed them
@@ -216,11 +221,9 @@ class Simulator:
                                                      int(train["backbone_forwards"])))
         return dataclasses.replace(result, model=model)
 
-    def _step(self, t: int, kind: str, action: Callable, *args):
-        """Run one step: hooks before and after, its wall time, its rows; returns what the step returns."""
+    def _step(self, t: int, kind: str, action: Callable, *args) -> tuple[Outcome, object]:
+        """Run one step: its wall time, its event row; returns its outcome and what the step returns."""
         event = Event(session=t, kind=kind)
-        for hook in self.hooks:
-            hook.before_event(self, event)
         started = datetime.now(timezone.utc)
         clock = time.perf_counter()
         outcome, value = action(t, *args)
@@ -229,9 +232,12 @@ class Simulator:
         if outcome.cost_phase:  # FLOPs per image of the generation that did the work
             outcome.backbone_flops = self.backbone_flops(outcome.generation)
         self.tables.add_event(self.run_id, event, outcome, started_at=started.isoformat())
+        return outcome, value
+
+    def _each_hook(self, t: int, moment: Callable[[Hook], list[dict] | None]) -> None:
+        """Call one moment of every hook, in order; the metric rows it returns join session t's."""
         for hook in self.hooks:
-            self.record_metrics(hook.after_event(self, event, outcome), session=t)
-        return value
+            self.record_metrics(moment(hook), session=t)
 
     def backbone_flops(self, generation: int, model: torch.nn.Module | None = None) -> int:
         """FLOPs per image of `generation`'s network (`model`; default: the current one, which a step's generation is),
@@ -245,7 +251,7 @@ class Simulator:
 
     def record_metrics(self, rows: list[dict] | None, *, session: int) -> None:
         """Add metric rows (as in metrics.parquet: `metric`, `value`, and optionally `subset`, `gallery_view`,
-        `query_generation`, `n_queries`) to the session's table; a hook returns them from `after_event`."""
+        `query_generation`, `n_queries`) to the session's table; a hook returns them from its moments."""
         for row in rows or []:
             self.tables.add_metric(self.run_id, {"session": session, "subset": "all", "gallery_view": "hook",
                                                  "query_generation": self.generation, "n_queries": 0, **row})
@@ -373,8 +379,7 @@ class Simulator:
         return outcome, generation
 
     def _on_train_step(self, t: int, step: int, total: int, terms: dict[str, float]) -> None:
-        for hook in self.hooks:
-            self.record_metrics(hook.on_train_step(self, step, total, terms), session=t)
+        self._each_hook(t, lambda hook: hook.on_train_step(self, step, total, terms))
 
     def _context(self, t: int, previous, ids: np.ndarray, classes: np.ndarray) -> tuple[TrainContext, int]:
         """What the method declared it needs from the previous generation and the gallery, and its forwards."""

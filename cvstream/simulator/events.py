@@ -37,13 +37,14 @@ class Outcome:
 class SessionResult:
     """What `Simulator.run_session(t)` returns: the session, the generation it deployed, its costs.parquet rows (one per
     billed step) and its metrics.parquet rows; `model`, a frozen copy of that generation, where the run keeps
-    generations (a scenario with a `timeline` section)."""
+    generations (a scenario with a `timeline` section); `artifacts`, the steps' files for the writer."""
 
     session: int
     generation: int
     costs: tuple[dict, ...]
     metrics: tuple[dict, ...]
     model: torch.nn.Module | None = None
+    artifacts: dict = field(default_factory=dict)  # `backfill_curve` (a DataFrame), `embeddings` (arrays by file)
 
     def cost(self, phase: str) -> dict:
         """The session's costs row of `phase` (`train`, `index`, ...)."""

@@ -1,7 +1,7 @@
 """The hook that writes a run's files as it goes: every completed session is on disk.
 
 A step's files for the writer travel in its outcome's `artifacts` (the backfill curve, the
-evaluated embeddings) and are written with the session's tables after its last step; the
+evaluated embeddings), gathered in the `SessionResult`, and are written with the session's tables; the
 table schemas are in `cvstream.simulator.tables`. The engine checkpoints after this hook.
 """
 
@@ -19,26 +19,19 @@ from cvstream.simulator.tables import COLUMNS
 
 
 class ParquetWriter(Hook):
-    def __init__(self):
-        self._artifacts: dict = {}
-
     def before_run(self, sim) -> None:
         write_json(sim.run_dir / "run.json", run_info(sim, status="running"))
         write_parquet(sim.run_dir / "stream.parquet", sim.stream.to_frame())
 
-    def after_event(self, sim, event, outcome) -> None:
-        self._artifacts.update(outcome.artifacts)
-
-    def after_session(self, sim, session: int) -> None:
+    def after_session(self, sim, result) -> None:
         for name in COLUMNS:
             write_parquet(sim.run_dir / f"{name}.parquet", sim.tables.frame(name))
         sim.gallery.save(sim.run_dir)  # gallery-NNNN.faiss, gallery.json, gallery-metadata/part-<t>.parquet
-        if "backfill_curve" in self._artifacts:
-            write_parquet(sim.run_dir / "backfill_curve.parquet", self._artifacts["backfill_curve"])
-        self._save_embeddings(sim, self._artifacts.get("embeddings", {}))
-        self._artifacts = {}
+        if "backfill_curve" in result.artifacts:
+            write_parquet(sim.run_dir / "backfill_curve.parquet", result.artifacts["backfill_curve"])
+        self._save_embeddings(sim, result.artifacts.get("embeddings", {}))
         info = run_info(sim, status="running")
-        info["completed_sessions"] = session + 1
+        info["completed_sessions"] = result.session + 1
         write_json(sim.run_dir / "run.json", info)
 
     def _save_embeddings(self, sim, files: dict[str, dict[str, np.ndarray]]) -> None:

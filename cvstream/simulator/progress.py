@@ -21,18 +21,16 @@ class ProgressHook(Hook):
         self.sessions = self.progress.add_task("sessions", total=len(sim.stream), info="")
         self.steps = self.progress.add_task("training", total=None, info="")
 
-    def before_event(self, sim, event) -> None:
-        self.progress.update(self.sessions, info=f"session {event.session}: {event.kind}")
-        if event.kind == "train":
-            self.progress.reset(self.steps, total=None, info="")
+    def before_session(self, sim, session: int) -> None:
+        self.progress.update(self.sessions, info=f"session {session}")
+        self.progress.reset(self.steps, total=None, info="")
 
     def on_train_step(self, sim, step, total, terms) -> None:
         loss = " ".join(f"{k}={v:.3f}" for k, v in terms.items())
         self.progress.update(self.steps, completed=step, total=total, info=loss)
 
-    def after_event(self, sim, event, outcome) -> None:
-        if event.kind == "session_end":
-            self.progress.advance(self.sessions)
+    def after_session(self, sim, result) -> None:
+        self.progress.advance(self.sessions)
 
     def after_run(self, sim, status) -> None:
         self.progress.stop()

@@ -14,7 +14,8 @@ from cvstream.gallery import Gallery, ReplayBuffer
 @dataclass
 class RunState:
     """The run between two sessions. Adding a field here is the only way to make a session remember something,
-    and `cvstream.simulator.checkpoint` must then save and restore it (its test fails until it does)."""
+    and `cvstream.simulator.checkpoint` must then save and restore it (its test, which compares a resumed state with
+    the saved one field by field, fails until it does)."""
 
     # The deployed generation's network, trained in place by the next session, or replaced by a new one at a model
     # upgrade (SPEC section 12): its `spec` says which network it is, and the checkpoint saves that with its weights.

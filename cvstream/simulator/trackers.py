@@ -204,11 +204,11 @@ class TrackerHook(Hook):
                 continue
             self.trackers[name] = tracker
 
-    def after_session(self, sim, session: int) -> None:
+    def after_session(self, sim, result) -> None:
         frames = {name: sim.tables.frame(name) for name in ("metrics", "costs")}
         new = {name: frame.iloc[self.sent[name]:] for name, frame in frames.items()}
         self.sent = {name: len(frame) for name, frame in frames.items()}
-        self._each("log_rows", new["metrics"], new["costs"], session=session)
+        self._each("log_rows", new["metrics"], new["costs"], session=result.session)
 
     def after_run(self, sim, status: str) -> None:
         self._each("close", status)

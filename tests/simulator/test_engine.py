@@ -13,19 +13,24 @@ STEPS = ["session_start", "train", "deploy", "index", "replay", "transform", "ba
 
 class Recording(Hook):
     def __init__(self):
-        self.seen: list[tuple[str, int, str]] = []
+        self.seen: list[tuple[str, int]] = []
 
-    def before_event(self, sim, event):
-        self.seen.append(("before", event.session, event.kind))
+    def before_session(self, sim, session):
+        self.seen.append(("before_session", session))
 
-    def after_event(self, sim, event, outcome):
-        self.seen.append(("after", event.session, event.kind))
-        if event.kind == "evaluate":  # a hook that measures: its rows land in metrics.parquet
-            return [{"metric": "gallery_items", "value": float(len(sim.gallery)), "gallery_view": "mixed"}]
-        return None
+    def after_training(self, sim, outcome):
+        self.seen.append(("after_training", outcome.generation))
 
-    def after_session(self, sim, session):
-        self.seen.append(("session", session, ""))
+    def after_deploy(self, sim, outcome):
+        self.seen.append(("after_deploy", outcome.generation))
+
+    def after_evaluation(self, sim, outcome):
+        self.seen.append(("after_evaluation", outcome.generation))
+        # a hook that measures: its rows land in metrics.parquet
+        return [{"metric": "gallery_items", "value": float(len(sim.gallery)), "gallery_view": "mixed"}]
+
+    def after_session(self, sim, result):
+        self.seen.append(("after_session", result.session))
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +43,8 @@ def recorded(tmp_path_factory):
 def test_each_session_runs_its_steps_in_the_one_order(recorded):
     hook, result = recorded
     expected = []
-    for t in range(3):
-        for kind in STEPS:
-            expected += [("before", t, kind), ("after", t, kind)]
-        expected.append(("session", t, ""))
+    for t in range(3):  # every session trains (tiny: generation t)
+        expected += [("before_session", t), ("after_training", t), ("after_deploy", t), ("after_evaluation", t), ("after_session", t)]
     assert hook.seen == expected
     assert result.events.kind.tolist() == STEPS * 3 and result.events.event_index.tolist() == list(range(27))
 
@@ -57,8 +60,8 @@ def test_a_hook_can_add_metric_rows(recorded):
 
 def test_a_metric_row_with_an_unknown_column_is_refused():
     class Bad(Hook):
-        def after_event(self, sim, event, outcome):
-            return [{"metric": "x", "value": 1.0, "colour": "red"}] if event.kind == "train" else None
+        def after_training(self, sim, outcome):
+            return [{"metric": "x", "value": 1.0, "colour": "red"}]
 
     with pytest.raises(ValueError, match="colour"):
         Simulator(tiny_scenario(stream={"sessions": 1}), write=False, hooks=[Bad()]).run()

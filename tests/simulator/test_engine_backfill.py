@@ -18,10 +18,9 @@ class Snapshots(Hook):
     def __init__(self):
         self.sessions = []
 
-    def after_event(self, sim, event, outcome) -> None:
-        if event.kind == "session_end":
-            meta = sim.gallery.metadata()
-            self.sessions.append((meta, sim.gallery.vectors(meta.item_id.to_numpy())))
+    def after_session(self, sim, result) -> None:
+        meta = sim.gallery.metadata()
+        self.sessions.append((meta, sim.gallery.vectors(meta.item_id.to_numpy())))
 
 
 def run(tmp_path, name: str, **sections):

@@ -1,8 +1,10 @@
-"""Hooks: README's example hook runs as written, and its rows land in metrics.parquet."""
+"""Hooks: README's example hook runs as written, and its rows land in metrics.parquet; a misspelt moment is refused."""
 
 from __future__ import annotations
 
 import re
+
+import pytest
 
 from conftest import REPO, tiny_scenario
 
@@ -20,3 +22,29 @@ def test_the_readme_hook_example_runs_and_adds_a_row_per_session(tmp_path, monke
     assert rows.session.tolist() == [0, 1, 2]
     assert rows.value.tolist() == names["result"].gallery.groupby("session_added").size().cumsum().tolist()
     assert (tmp_path / "runs" / "tiny").is_dir()
+
+
+def test_a_hook_method_named_like_a_moment_that_is_none_is_refused_naming_the_closest():
+    from cvstream.errors import UserError
+    from cvstream.simulator import Hook
+
+    with pytest.raises(UserError, match="'after_trainig' is not a moment \\(did you mean 'after_training'\\?\\)"):
+        class Misspelt(Hook):
+            def after_trainig(self, sim, outcome): ...
+
+    class Helper(Hook):  # a helper method that is not named like a moment is the hook's own business
+        def summary(self): ...
+
+
+def test_a_plugin_whose_hook_misspells_a_moment_is_refused_at_load(plugin_file):
+    from cvstream.plugins import PluginError, load_plugin
+
+    path = plugin_file("""
+        from cvstream.simulator import Hook
+
+
+        class Mine(Hook):
+            def after_evaluaton(self, sim, outcome): ...
+    """)
+    with pytest.raises(PluginError, match="did you mean 'after_evaluation'"):
+        load_plugin(path)

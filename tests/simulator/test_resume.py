@@ -89,8 +89,8 @@ def test_resume_needs_a_run_folder(tmp_path, capsys):
 
 
 class _Interrupt(Hook):
-    def before_event(self, sim, event):
-        if event.session == 1 and event.kind == "evaluate":
+    def after_deploy(self, sim, outcome):
+        if sim.state.next_session == 1:  # in session 1, before its evaluation
             raise KeyboardInterrupt
 
 

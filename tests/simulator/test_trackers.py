@@ -120,8 +120,8 @@ class _KilledAfterSending(Hook):
     def __init__(self, session: int):
         self.session = session
 
-    def after_session(self, sim, session: int) -> None:
-        if session == self.session:
+    def after_session(self, sim, result) -> None:
+        if result.session == self.session:
             raise KeyboardInterrupt
 
 

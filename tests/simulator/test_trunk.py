@@ -22,10 +22,9 @@ class GallerySnapshots(Hook):
     def __init__(self):
         self.snapshots: list[tuple[pd.DataFrame, np.ndarray]] = []
 
-    def after_event(self, sim, event, outcome):
-        if event.kind == "session_end":
-            meta = sim.gallery.metadata()
-            self.snapshots.append((meta, sim.gallery.vectors(meta.item_id.to_numpy()).copy()))
+    def after_session(self, sim, result):
+        meta = sim.gallery.metadata()
+        self.snapshots.append((meta, sim.gallery.vectors(meta.item_id.to_numpy()).copy()))
 
 
 @pytest.fixture(scope="module")
