@@ -105,36 +105,27 @@ def _smooth(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _ones(n: int, device) -> torch.Tensor:
-    return torch.ones(n, device=device)
-
-
-def _zeros(n: int, device) -> torch.Tensor:
-    return torch.zeros(n, device=device)
+def _sheared(x: torch.Tensor, mode: str, *, b=0.0, c=0.0, d=0.0, f=0.0) -> torch.Tensor:
+    """The affine map (1, b, c, d, 1, f), each entry a per-image tensor or 0: shears and translations."""
+    zeros = torch.zeros(len(x), device=x.device)
+    entries = [1.0, b, c, d, 1.0, f]
+    return _affine(x, torch.stack([zeros + e for e in entries], 1), mode)
 
 
 def _shear_x(x, level, sign, _):
-    m = _magnitude("shear", level) * sign
-    n, device = len(x), x.device
-    return _affine(x, torch.stack([_ones(n, device), m, _zeros(n, device), _zeros(n, device), _ones(n, device), _zeros(n, device)], 1), "bicubic")
+    return _sheared(x, "bicubic", b=_magnitude("shear", level) * sign)
 
 
 def _shear_y(x, level, sign, _):
-    m = _magnitude("shear", level) * sign
-    n, device = len(x), x.device
-    return _affine(x, torch.stack([_ones(n, device), _zeros(n, device), _zeros(n, device), m, _ones(n, device), _zeros(n, device)], 1), "bicubic")
+    return _sheared(x, "bicubic", d=_magnitude("shear", level) * sign)
 
 
 def _translate_x(x, level, sign, _):
-    m = _magnitude("translate", level) * sign * x.shape[3]
-    n, device = len(x), x.device
-    return _affine(x, torch.stack([_ones(n, device), _zeros(n, device), m, _zeros(n, device), _ones(n, device), _zeros(n, device)], 1), "nearest")
+    return _sheared(x, "nearest", c=_magnitude("translate", level) * sign * x.shape[3])
 
 
 def _translate_y(x, level, sign, _):
-    m = _magnitude("translate", level) * sign * x.shape[2]
-    n, device = len(x), x.device
-    return _affine(x, torch.stack([_ones(n, device), _zeros(n, device), _zeros(n, device), _zeros(n, device), _ones(n, device), m], 1), "nearest")
+    return _sheared(x, "nearest", f=_magnitude("translate", level) * sign * x.shape[2])
 
 
 def _rotate(x, level, _sign, _):
