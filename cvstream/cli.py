@@ -255,7 +255,9 @@ def _run(args, console: Console) -> int:
             soft_wrap=True, highlight=False,
         )
         return 130
-    console.print(recall_table(result, title=f"R@1 against the mixed gallery ({scenario.name}, {scenario.method.name})"))
+    from cvstream.reporting.report import recall_table
+
+    console.print(recall_table(result.recall_table(1), title=f"R@1 against the mixed gallery ({scenario.name}, {scenario.method.name})"))
     if result.timeline_summary is not None:
         from cvstream.reporting.timeline_report import summary_table
 
@@ -339,7 +341,7 @@ def _positive_float(text: str) -> float:
 def _compare(args, console: Console) -> int:
     from datetime import datetime, timezone
 
-    from cvstream.studies.compare import parse_variants, run_comparison
+    from cvstream.studies.compare import comparison_table, parse_variants, run_comparison
 
     scenario = _load(args)
     out = args.out or str(Path(scenario.output.dir) / scenario.name / f"compare-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
@@ -374,36 +376,6 @@ def _compare_timeline(args, scenario, out: str, console: Console) -> int:
     console.print(summary_table(summaries, title=f"the service timeline of {scenario.name} ({scenario.method.name}), by policy"))
     console.print(f"files in {out} (timeline_comparison.parquet, timeline.png)")
     return 0
-
-
-def comparison_table(table, *, title: str) -> Table:
-    out = Table(title=title)
-    n = int(table.projected_gallery.iloc[0]) if len(table) else 0
-    columns = [
-        ("variant", "variant", str), ("AR@1", "ar@1", "{:.3f}"), ("R@1 old", "last_r@1_old", "{:.3f}"), ("R@1 new", "last_r@1_new", "{:.3f}"),
-        ("R@1 all", "last_r@1_all", "{:.3f}"), ("mAP@R", "last_map@r", "{:.3f}"), ("backbone fwd", "backbone_forwards", "{:,}"),
-        ("backfill fwd", "backfill_forwards", "{:,}"), ("seconds", "seconds", "{:.1f}"), (f"acc-hours @ {n:.0e}", "projected_hours", "{:,.1f}"),
-    ]
-    for header, _, _ in columns:
-        out.add_column(header, justify="left" if header == "variant" else "right")
-    for _, row in table.iterrows():
-        cells = []
-        for _, key, fmt in columns:
-            value = row[key]
-            cells.append(str(value) if fmt is str else "-" if value != value else fmt.format(value))
-        out.add_row(*cells)
-    return out
-
-
-def recall_table(result, *, title: str) -> Table:
-    table = Table(title=title)
-    pivot = result.recall_table(1)
-    table.add_column("session", justify="right")
-    for column in pivot.columns:
-        table.add_column(f"R@1 {column}", justify="right")
-    for session, row in pivot.iterrows():
-        table.add_row(str(session), *["-" if row[c] != row[c] else f"{row[c]:.3f}" for c in pivot.columns])
-    return table
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,11 +13,10 @@ import html
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
-from rich.table import Table
-from rich.text import Text
+
+from cvstream.reporting.tables import ReportTable, frame_table
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1d2330;
@@ -68,7 +67,7 @@ def render(report, runs) -> str:
         '<h2 id="plots">Plots</h2>',
         '<div class="figures">' + "".join(_figure(p) for p in images) + "</div>" if images else "<p>No plots.</p>",
         '<h2 id="tables">Tables</h2>',
-        *[rich_table_html(t) for t in report.tables],
+        *[table_html(t) for t in report.tables],
     ]
     for number, run in enumerate(runs):
         body.append(_run_section(run, number))
@@ -88,65 +87,24 @@ def _figure(path: Path) -> str:
     return f'<figure><img src="data:image/png;base64,{data}" alt="{_e(path.name)}"><figcaption>{_e(path.name)}</figcaption></figure>'
 
 
-def _plain(value) -> str:
-    """A rich title or cell (markup text, Text, or another renderable) as plain text."""
-    if value is None:
-        return ""
-    if isinstance(value, Text):
-        return value.plain
-    if isinstance(value, str):
-        try:
-            return Text.from_markup(value).plain
-        except Exception:  # not markup after all: show it as it is
-            return value
-    return str(value)
-
-
-def rich_table_html(table: Table) -> str:
-    """A rich Table (what the terminal shows) as an HTML table with its title and caption."""
-    columns = list(table.columns)
-    cells = [[_plain(c) for c in column.cells] for column in columns]
-    numeric = [column.justify == "right" for column in columns]
-    head = "".join(f'<th class="{"num" if n else ""}">{_e(_plain(c.header))}</th>' for c, n in zip(columns, numeric))
+def table_html(table: ReportTable) -> str:
+    """A report table (what the terminal shows) as an HTML table with its title and caption."""
+    classes = ["num" if column.numeric else "" for column in table.columns]
+    head = "".join(f'<th class="{c}">{_e(column.header)}</th>' for column, c in zip(table.columns, classes))
     rows = []
-    for i in range(max((len(c) for c in cells), default=0)):
-        style = table.rows[i].style if i < len(table.rows) else None
-        strong = ' class="strong"' if style is not None and "bold" in str(style) else ""
-        tds = "".join(f'<td class="{"num" if n else ""}">{_e(col[i] if i < len(col) else "")}</td>' for col, n in zip(cells, numeric))
-        rows.append(f"<tr{strong}>{tds}</tr>")
-    caption = f"<caption>{_e(_plain(table.title))}</caption>" if table.title else ""
-    note = f'<p class="note">{_e(_plain(table.caption))}</p>' if table.caption else ""
+    for cells, strong in zip(table.rows, table.strong):
+        tds = "".join(f'<td class="{c}">{_e(text)}</td>' for text, c in zip(cells, classes))
+        emphasis = ' class="strong"' if strong else ""
+        rows.append(f"<tr{emphasis}>{tds}</tr>")
+    caption = f"<caption>{_e(table.title)}</caption>" if table.title else ""
+    note = f'<p class="note">{_e(table.caption)}</p>' if table.caption else ""
     return f'<div class="scroll"><table>{caption}<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>{note}</div>'
 
 
 def frame_html(frame: pd.DataFrame, *, title: str, index: bool = False, decimals: int | None = None) -> str:
-    """A DataFrame as an HTML table: numbers right-aligned, whole numbers with separators, others to 4 significant
-    digits (or `decimals` places)."""
-    if index:
-        frame = frame.reset_index()
-    numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns]
-    head = "".join(f'<th class="{"num" if n else ""}">{_e(c)}</th>' for c, n in zip(frame.columns, numeric))
-    rows = []
-    for values in frame.itertuples(index=False):
-        rows.append("<tr>" + "".join(f'<td class="{"num" if n else ""}">{_e(_number(v, decimals))}</td>' for v, n in zip(values, numeric)) + "</tr>")
-    return (f'<div class="scroll"><table><caption>{_e(title)}</caption><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></div>')
-
-
-def _number(value, decimals: int | None = None) -> str:
-    if isinstance(value, (bool, np.bool_)) or value is None:
-        return str(value)
-    if isinstance(value, (int, np.integer)):
-        return f"{int(value):,}"
-    if isinstance(value, (float, np.floating)):
-        if value != value:
-            return "-"
-        if decimals is not None:
-            return f"{value:.{decimals}f}"
-        if float(value).is_integer() and abs(value) < 1e15:
-            return f"{int(value):,}"
-        return f"{value:.4g}"
-    return str(value)
+    """A DataFrame as an HTML table (`frame_table`: numbers right-aligned, whole numbers with separators, others to 4
+    significant digits or `decimals` places)."""
+    return table_html(frame_table(frame, title=title, index=index, decimals=decimals))
 
 
 def metrics_per_session(metrics: pd.DataFrame) -> pd.DataFrame:

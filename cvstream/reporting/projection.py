@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cvstream.errors import UserError
+from cvstream.reporting.tables import Column, ReportTable, cell
 
 PROJECTION_COLUMNS = [
     "session", "gallery_items", "backfill_fraction", "mapped_fraction", "projected_gallery",
@@ -126,20 +127,16 @@ def project_costs(
     )
 
 
-def projection_table(projection: pd.DataFrame, *, title: str):
-    """A rich table of `project_costs` rows, with the total over the stream."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    for header in ("session", "gallery", "backfilled", "mapped", "backfill h", "transform h", "update h"):
-        table.add_column(header, justify="right")
+def projection_table(projection: pd.DataFrame, *, title: str) -> ReportTable:
+    """A table of `project_costs` rows, with the total over the stream."""
+    table = ReportTable(title, [Column(h) for h in ("session", "gallery", "backfilled", "mapped", "backfill h", "transform h", "update h")])
     for _, row in projection.iterrows():
         table.add_row(
-            str(int(row.session)), f"{int(row.gallery_items):,}", f"{row.backfill_fraction:.1%}", f"{row.mapped_fraction:.1%}",
-            f"{row.backfill_hours:,.2f}", f"{row.transform_hours:,.2f}", f"{row.update_hours:,.2f}",
+            cell(row.session, "{:d}"), cell(row.gallery_items, "{:,d}"), cell(row.backfill_fraction, "{:.1%}"),
+            cell(row.mapped_fraction, "{:.1%}"), *[cell(row[c], "{:,.2f}") for c in ("backfill_hours", "transform_hours", "update_hours")],
         )
-    table.add_row("all", "", "", "", f"{projection.backfill_hours.sum():,.2f}", f"{projection.transform_hours.sum():,.2f}",
-                  f"{projection.update_hours.sum():,.2f}", style="bold")
+    table.add_row("all", "", "", "", *[cell(projection[c].sum(), "{:,.2f}") for c in ("backfill_hours", "transform_hours", "update_hours")],
+                  strong=True)
     if len(projection):
         spf = projection.seconds_per_forward
         per_forward = f"{spf.iloc[0]:.2e}" if spf.nunique() == 1 else f"{spf.min():.2e}-{spf.max():.2e}"

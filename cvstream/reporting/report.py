@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rich.markup import escape
-from rich.table import Table
-
 from cvstream.errors import UserError
 from cvstream.evaluation.metrics import update_gain
+from cvstream.reporting.figures import pyplot, save_figure
+from cvstream.reporting.tables import Column, ReportTable, cell
 from cvstream.simulator.outputs import read_parquet
 from cvstream.simulator.run import RunResult, load_run, read_info
 
@@ -48,7 +47,7 @@ class Group:
 
 @dataclass
 class Report:
-    tables: list[Table] = field(default_factory=list)
+    tables: list[ReportTable] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
 
 
@@ -138,75 +137,63 @@ def _check_same_probe(run: LoadedRun, paragon: LoadedRun) -> None:
         raise UserError(f"--paragon {paragon.result.run_dir}: the run has no compatibility matrix (evaluation.probe_items: 0)")
 
 
-def _fmt(mean: float, std: float | None = None) -> str:
-    if mean != mean:
-        return "-"
-    return f"{mean:.3f}" if not std else f"{mean:.3f} ± {std:.3f}"
-
-
-def recall_rich(g: Group) -> Table:
-    mean, std = spread([per_session(r) for r in g.runs])
-    n_seeds = len({r.info["scenario"].get("seed") for r in g.runs})
-    seeds = f", {len(g.runs)} runs ({n_seeds} seeds): mean ± sd" if len(g.runs) > 1 else ""
-    table = Table(title=escape(f"R@1 against the mixed gallery: {g.label}{seeds}"))
-    table.add_column("session", justify="right")
-    for c in mean.columns:
-        table.add_column(f"R@1 {c}", justify="right")
-    upgrades = upgrade_sessions(g.runs[0])
+def recall_table(mean: pd.DataFrame, *, title: str, sd: pd.DataFrame | None = None, upgrades: dict[int, str] | None = None) -> ReportTable:
+    """R@1 per session (rows) and subset (columns), with its spread `sd` over seeds where given; a session with a model
+    upgrade names the network built there."""
+    upgrades = upgrades or {}
+    table = ReportTable(title, [Column("session")] + [Column(f"R@1 {c}") for c in mean.columns])
     for session, row in mean.iterrows():
         label = f"{session} (upgrade: {upgrades[session]})" if session in upgrades else str(session)
-        table.add_row(label, *[_fmt(row[c], std.loc[session, c] if len(g.runs) > 1 else None) for c in mean.columns])
+        table.add_row(label, *[cell(row[c], "{:.3f}", sd=None if sd is None else sd.loc[session, c]) for c in mean.columns])
     return table
 
 
-def matrix_rich(g: Group) -> Table | None:
+def group_recall_table(g: Group) -> ReportTable:
+    mean, std = spread([per_session(r) for r in g.runs])
+    n_seeds = len({r.info["scenario"].get("seed") for r in g.runs})
+    seeds = f", {len(g.runs)} runs ({n_seeds} seeds): mean ± sd" if len(g.runs) > 1 else ""
+    return recall_table(mean, title=f"R@1 against the mixed gallery: {g.label}{seeds}", sd=std if len(g.runs) > 1 else None,
+                        upgrades=upgrade_sessions(g.runs[0]))
+
+
+def matrix_table(g: Group) -> ReportTable | None:
     frames = [compatibility_matrix(r.result.metrics) for r in g.runs]
     if any(f.empty for f in frames):
         return None
     mean, _ = spread(frames)
-    table = Table(title=escape(f"compatibility C[i][j] (R@1, probe set): {g.label}"))
-    table.add_column("query gen i \\ gallery gen j", justify="right")
-    for j in mean.columns:
-        table.add_column(str(j), justify="right")
+    table = ReportTable(f"compatibility C[i][j] (R@1, probe set): {g.label}",
+                        [Column("query gen i \\ gallery gen j")] + [Column(str(j)) for j in mean.columns])
     for i, row in mean.iterrows():
-        table.add_row(str(i), *[_fmt(row[j]) for j in mean.columns])
+        table.add_row(str(i), *[cell(row[j], "{:.3f}") for j in mean.columns])
     return table
 
 
-def costs_rich(g: Group) -> Table:
+def costs_table(g: Group) -> ReportTable:
     frames = [r.result.costs.groupby("phase")[["backbone_forwards", "transform_forwards", "items", "seconds"]].sum() for r in g.runs]
     mean, _ = spread(frames)
-    table = Table(title=escape(f"costs over the run by phase: {g.label}" + (" (mean over seeds)" if len(g.runs) > 1 else "")))
-    for name in ("phase", "backbone forwards", "transform forwards", "items", "seconds"):
-        table.add_column(name, justify="left" if name == "phase" else "right")
+    title = f"costs over the run by phase: {g.label}" + (" (mean over seeds)" if len(g.runs) > 1 else "")
+    table = ReportTable(title, [Column("phase", numeric=False)] + [Column(n) for n in ("backbone forwards", "transform forwards", "items", "seconds")])
     for phase, row in mean.iterrows():
-        table.add_row(str(phase), f"{row.backbone_forwards:,.0f}", f"{row.transform_forwards:,.0f}", f"{row['items']:,.0f}", f"{row.seconds:.2f}")
+        table.add_row(str(phase), cell(row.backbone_forwards, "{:,.0f}"), cell(row.transform_forwards, "{:,.0f}"),
+                      cell(row["items"], "{:,.0f}"), cell(row.seconds, "{:.2f}"))
     return table
 
 
-def gains_rich(gains: pd.DataFrame) -> Table:
-    table = Table(title=escape("update gain (BCT): (M(new, old) - M(old, old)) / (M(new*, new*) - M(old, old)), on the probe set"))
-    for name in ("run", "session", "M(new, old)", "M(old, old)", "M(new*, new*)", "update gain"):
-        table.add_column(name, justify="right")
+def gains_table(gains: pd.DataFrame) -> ReportTable:
+    table = ReportTable("update gain (BCT): (M(new, old) - M(old, old)) / (M(new*, new*) - M(old, old)), on the probe set",
+                        [Column(n) for n in ("run", "session", "M(new, old)", "M(old, old)", "M(new*, new*)", "update gain")])
     for row in gains.itertuples(index=False):
-        table.add_row(row.run_id, str(row.session), _fmt(row.new_old), _fmt(row.old_old), _fmt(row.paragon), _fmt(row.update_gain))
+        table.add_row(str(row.run_id), str(row.session), *[cell(v, "{:.3f}") for v in (row.new_old, row.old_old, row.paragon, row.update_gain)])
     return table
 
 
 # -- plots -----------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_recall(groups: list[Group], path: Path) -> Path:
-    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, subset in zip(axes, ("old", "new")):
         for g in groups:
@@ -222,10 +209,11 @@ def plot_recall(groups: list[Group], path: Path) -> Path:
                 ax.fill_between(line.index, line - band, line + band, alpha=0.2)
         ax.set_title(f"{subset} classes")
         ax.set_xlabel("session")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("R@1 (mixed gallery)")
     axes[0].legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_matrix(g: Group, path: Path) -> Path | None:
@@ -233,7 +221,7 @@ def plot_matrix(g: Group, path: Path) -> Path | None:
     if any(f.empty for f in frames):
         return None
     mean, _ = spread(frames)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(mean.columns), 1 + 0.6 * len(mean)))
     image = ax.imshow(mean.values, cmap="viridis", vmin=0, vmax=max(1e-9, float(np.nanmax(mean.values))))
     for a in range(len(mean)):
@@ -247,11 +235,11 @@ def plot_matrix(g: Group, path: Path) -> Path | None:
     ax.set_ylabel("query generation i")
     ax.set_title(f"C[i][j], R@1: {g.label}", fontsize=8)
     fig.colorbar(image, ax=ax)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_cost(groups: list[Group], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for g in groups:
         mean, _ = spread([per_session(r) for r in g.runs])
@@ -262,7 +250,7 @@ def plot_cost(groups: list[Group], path: Path) -> Path:
     ax.set_ylabel("R@1, all seen classes")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_backfill_curves(runs: list[LoadedRun], path: Path) -> Path | None:
@@ -270,7 +258,7 @@ def plot_backfill_curves(runs: list[LoadedRun], path: Path) -> Path | None:
     curves = [(r, read_parquet(p)) for r, p in curves if p.is_file()]
     if not curves:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for run, curve in curves:
         c = curve[(curve.metric == "recall@1") & (curve.subset == "all")]
@@ -279,25 +267,7 @@ def plot_backfill_curves(runs: list[LoadedRun], path: Path) -> Path | None:
     ax.set_ylabel("R@1, all seen classes")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
-    import io
-
-    from matplotlib.ticker import MaxNLocator
-
-    from cvstream.simulator.outputs import atomic_write_bytes
-
-    for ax in fig.axes:
-        if ax.get_xlabel() == "session":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    _pyplot().close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return save_figure(fig, path)
 
 
 # -- the whole report ----------------------------------------------------------------------
@@ -337,10 +307,10 @@ def build_report(
         raise UserError(f"cannot create the report folder {out}: {exc}") from None
     report = Report()
     for g in groups:
-        report.tables.append(recall_rich(g))
-        if (matrix := matrix_rich(g)) is not None:
+        report.tables.append(group_recall_table(g))
+        if (matrix := matrix_table(g)) is not None:
             report.tables.append(matrix)
-        report.tables.append(costs_rich(g))
+        report.tables.append(costs_table(g))
     report.files.append(plot_recall(groups, out / "recall_old_new.png"))
     for number, g in enumerate(groups):
         name = "compatibility.png" if len(groups) == 1 else f"compatibility-{number}.png"
@@ -353,7 +323,7 @@ def build_report(
     if paragon is not None:
         reference = load([paragon])[0]
         gains = pd.concat([update_gains(r, reference) for r in runs], ignore_index=True)
-        report.tables.append(gains_rich(gains))
+        report.tables.append(gains_table(gains))
         write_parquet(out / "update_gain.parquet", gains)
         report.files.append(out / "update_gain.parquet")
     if html:  # last: the page embeds every table and plot above

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rich.table import Table
+
+from cvstream.reporting.figures import save_figure
+from cvstream.reporting.tables import Column, ReportTable, cell
 
 SUMMARY_COLUMNS = [
     ("quality_time_area", "R@1 area", "{:.3f}"),
@@ -20,21 +22,11 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def summary_table(summaries: dict[str, dict], *, title: str) -> Table:
+def summary_table(summaries: dict[str, dict], *, title: str) -> ReportTable:
     """One row per timeline: quality-time area, worst dip, recovery hours and accelerator-hours by job."""
-    table = Table(title=title)
-    table.add_column("timeline")
-    for _, header, _ in SUMMARY_COLUMNS:
-        table.add_column(header, justify="right")
+    table = ReportTable(title, [Column("timeline", numeric=False)] + [Column(header) for _, header, _ in SUMMARY_COLUMNS])
     for label, summary in summaries.items():
-        cells = []
-        for key, _, form in SUMMARY_COLUMNS:
-            value = summary.get(key)
-            if value is None or (isinstance(value, float) and np.isnan(value)):
-                cells.append("-")
-            else:
-                cells.append(form.format(int(value) if form.endswith("d}") else float(value)))
-        table.add_row(label, *cells)
+        table.add_row(label, *[cell(summary.get(key), form) for key, _, form in SUMMARY_COLUMNS])
     return table
 
 
@@ -83,7 +75,4 @@ def plot_timeline(frames: dict[str, pd.DataFrame], path: Path, *, title: str = "
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

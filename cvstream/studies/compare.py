@@ -19,6 +19,7 @@ import pandas as pd
 from cvstream.errors import UserError
 from cvstream.gallery.backfill import BACKFILL_ORDERS, BACKFILL_POLICIES, backfill_problem, listed
 from cvstream.reporting.projection import project_costs
+from cvstream.reporting.tables import Column, ReportTable, cell
 
 COMPARISON_COLUMNS = [
     "variant", "policy", "budget", "order", "ar@1", "last_r@1_old", "last_r@1_new", "last_r@1_all", "last_map@r",
@@ -115,6 +116,21 @@ def summarize(result, variant: Variant, *, gallery_items: int, seconds_per_forwa
         "projected_gallery": int(gallery_items), "projected_hours": float(projection.update_hours.sum()),
         "run_dir": str(result.run_dir) if result.run_dir else None,
     }
+
+
+def comparison_table(table: pd.DataFrame, *, title: str) -> ReportTable:
+    """The comparison (one `summarize` row per variant) as a report table: quality, forwards, seconds, projected hours."""
+    n = int(table.projected_gallery.iloc[0]) if len(table) else 0
+    columns = [
+        ("variant", "variant", None), ("AR@1", "ar@1", "{:.3f}"), ("R@1 old", "last_r@1_old", "{:.3f}"),
+        ("R@1 new", "last_r@1_new", "{:.3f}"), ("R@1 all", "last_r@1_all", "{:.3f}"), ("mAP@R", "last_map@r", "{:.3f}"),
+        ("backbone fwd", "backbone_forwards", "{:,}"), ("backfill fwd", "backfill_forwards", "{:,}"), ("seconds", "seconds", "{:.1f}"),
+        (f"acc-hours @ {n:.0e}", "projected_hours", "{:,.1f}"),
+    ]
+    out = ReportTable(title, [Column(header, numeric=key != "variant") for header, key, _ in columns])
+    for _, row in table.iterrows():
+        out.add_row(*[cell(row[key], form) for _, key, form in columns])
+    return out
 
 
 def run_comparison(
