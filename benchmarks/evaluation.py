@@ -17,7 +17,7 @@ import time
 import faiss
 import numpy as np
 
-from cvstream.evaluation.evaluator import aggregate, score_neighbors, score_queries
+from cvstream.evaluation.evaluator import score_neighbors, score_queries, subset_means
 from cvstream.gallery import Gallery
 
 
@@ -60,8 +60,8 @@ def main() -> None:
 
     search = best(lambda: raw.search(queries, k))
     _, item_ids = gallery.search(queries, k)
-    metrics = best(lambda: aggregate(score_neighbors(item_ids, query_classes, gallery, recall_at=recall_at, map_at_r=True), subsets))
-    end_to_end = best(lambda: aggregate(score_queries(queries, query_classes, gallery, recall_at=recall_at, map_at_r=True), subsets))
+    metrics = best(lambda: subset_means(score_neighbors(item_ids, query_classes, gallery, recall_at=recall_at, map_at_r=True), subsets))
+    end_to_end = best(lambda: subset_means(score_queries(queries, query_classes, gallery, recall_at=recall_at, map_at_r=True), subsets))
     print(f"{args.queries:,} queries x {args.gallery:,} gallery items, dim {args.dim}, {args.classes} classes, k = {k}, "
           f"faiss threads {faiss.omp_get_max_threads()}, best of {args.repeats}")
     print(f"raw Faiss search:                     {search:8.3f} s")

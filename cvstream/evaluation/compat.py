@@ -16,6 +16,7 @@ import numpy as np
 
 from cvstream.evaluation.metrics import bct_criterion, compatibility_scores, recall_at_k
 from cvstream.evaluation.retrieval import top_classes
+from cvstream.evaluation.rows import MetricRow
 from cvstream.gallery.index import first_components
 from cvstream.sessions.rng import numpy_rng
 
@@ -68,20 +69,17 @@ class ProbeSet:
                 out[a, b] = self.matrix.get((i, j), np.nan)
         return gens, out
 
-    def rows(self, *, session: int, generation: int) -> list[dict]:
+    def rows(self, *, session: int, generation: int) -> list[MetricRow]:
         """Metric rows of a newly deployed generation: its C row, the BCT criterion, and AC / BC / FC so far."""
-        n = len(self.query_ids)
-        base = {"session": session, "query_generation": generation, "subset": "all", "n_queries": n}
-        out = [
-            {**base, "gallery_view": f"gen:{j}", "metric": "recall@1", "value": self.matrix[(generation, j)]}
-            for j in self.generations if (generation, j) in self.matrix
-        ]
+        def row(gallery_view: str, metric: str, value: float) -> MetricRow:
+            return MetricRow(session=session, query_generation=generation, gallery_view=gallery_view, subset="all", metric=metric,
+                             value=value, n_queries=len(self.query_ids))
+
+        out = [row(f"gen:{j}", "recall@1", self.matrix[(generation, j)]) for j in self.generations if (generation, j) in self.matrix]
         gens, dense = self.dense()
         if len(gens) >= 2 and gens[-1] == generation:
-            out.append({**base, "gallery_view": f"gen:{gens[-2]}", "metric": "bct_criterion",
-                        "value": bct_criterion(dense, len(gens) - 1, len(gens) - 2)})
-            for name, value in compatibility_scores(dense).items():
-                out.append({**base, "gallery_view": "probe", "metric": name, "value": value})
+            out.append(row(f"gen:{gens[-2]}", "bct_criterion", bct_criterion(dense, len(gens) - 1, len(gens) - 2)))
+            out += [row("probe", name, value) for name, value in compatibility_scores(dense).items()]
         return out
 
     def state(self) -> dict[str, np.ndarray]:

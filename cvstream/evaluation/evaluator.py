@@ -1,10 +1,11 @@
-"""Evaluation: search the gallery, score every query, aggregate per subset, and keep what later
-sessions need (last session's answers for negative flips, per-group history for forgetting,
-the probe set for compatibility, anytime points for A_auc)."""
+"""Evaluation: search the gallery, score every query, aggregate per subset into metric rows, and keep what later
+sessions need (last session's answers for negative flips, per-group history for forgetting, the probe set for
+compatibility, every anytime R@1 for A_auc)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import faiss
@@ -23,6 +24,7 @@ from cvstream.evaluation.metrics import (
     recall_at_k,
 )
 from cvstream.evaluation.retrieval import top_classes
+from cvstream.evaluation.rows import MetricRow
 from cvstream.models.trainer import embed
 
 
@@ -102,20 +104,29 @@ def score_neighbors(
     return per_query
 
 
-def aggregate(per_query: dict[str, np.ndarray], subsets: dict[str, np.ndarray]) -> list[dict]:
-    """Metric rows (`subset`, `metric`, `value`, `n_queries`) for each non-empty subset."""
-    rows = []
+def subset_means(per_query: dict[str, np.ndarray], subsets: dict[str, np.ndarray]) -> list[tuple[str, str, float, int]]:
+    """(subset, metric, mean, n_queries) for each non-empty subset and metric: the mean over the subset's queries that
+    have a value (a query whose class has no gallery item has no AP@R), and how many those are."""
+    means = []
     for subset, mask in subsets.items():
-        n = int(mask.sum())
-        if n == 0:
+        if not mask.any():
             continue
         for metric, values in per_query.items():
             chosen = values[mask]
             chosen = chosen[~np.isnan(chosen)]
-            # n_queries: the queries that entered the mean (a query whose class has no gallery item has no AP@R).
-            rows.append({"subset": subset, "metric": metric, "value": float(chosen.mean()) if len(chosen) else float("nan"),
-                         "n_queries": len(chosen)})
-    return rows
+            means.append((subset, metric, float(chosen.mean()) if len(chosen) else float("nan"), len(chosen)))
+    return means
+
+
+def aggregate(
+    per_query: dict[str, np.ndarray], subsets: dict[str, np.ndarray], *, session: int, query_generation: int, gallery_view: str
+) -> list[MetricRow]:
+    """Metric rows of per-query values: their mean over each non-empty subset (`subset_means`)."""
+    return [
+        MetricRow(session=session, query_generation=query_generation, gallery_view=gallery_view, subset=subset, metric=metric,
+                  value=value, n_queries=n)
+        for subset, metric, value, n in subset_means(per_query, subsets)
+    ]
 
 
 def calibration_per_query(vectors: np.ndarray, query_classes: np.ndarray, gallery, *, generation: int) -> dict[str, np.ndarray]:
@@ -148,21 +159,42 @@ def calibration_per_query(vectors: np.ndarray, query_classes: np.ndarray, galler
 
 
 def evaluate_queries(vectors, query_classes, gallery, *, subsets, recall_at, map_at_r) -> list[dict]:
-    """Metric rows for each non-empty subset; none when there are no queries or no gallery."""
+    """`subset`, `metric`, `value`, `n_queries` for each non-empty subset (`subset_means`) of a search of `vectors`; none
+    when there are no queries or no gallery (the backfill curve's measurement at each fraction)."""
     if len(vectors) == 0 or len(gallery) == 0:
         return []
-    return aggregate(score_queries(vectors, query_classes, gallery, recall_at=recall_at, map_at_r=map_at_r), subsets)
+    per_query = score_queries(vectors, query_classes, gallery, recall_at=recall_at, map_at_r=map_at_r)
+    means = subset_means(per_query, subsets)
+    return [{"subset": subset, "metric": metric, "value": value, "n_queries": n} for subset, metric, value, n in means]
+
+
+@dataclass(frozen=True)
+class Probed:
+    """The probe set as a newly deployed generation embedded it (what probe-<g>.npz saves), and what that cost."""
+
+    arrays: dict[str, np.ndarray]
+    backbone_forwards: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class AnytimePoint:
+    """One anytime evaluation of the model in training: its rows, and what it cost (billed to the session's evaluation)."""
+
+    rows: list[MetricRow]
+    backbone_forwards: int
+    seconds: float
 
 
 @dataclass
 class Evaluated:
-    """One session's evaluation: its rows, its cost, and exactly the vectors it searched."""
+    """One session's evaluation: its rows, its cost (the probe's and the anytime points' included), and exactly the
+    vectors it searched."""
 
-    rows: list[dict]
+    rows: list[MetricRow]
     backbone_forwards: int = 0
     seconds: float = 0.0
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    probe_arrays: dict[str, np.ndarray] | None = None
 
 
 class Evaluator:
@@ -182,32 +214,28 @@ class Evaluator:
         self.group_best: dict[int, float] = {}  # home session -> best R@1 of its queries so far: what forgetting reads
         self.recall_history: dict[int, list[float]] = {}  # k -> R@k of all seen queries, per session
         self.anytime_values: list[float] = []  # every anytime R@1 (all) of the run so far
-        # Anytime points measured during this session's training (by AnytimeHook), reported with its evaluation.
-        self._anytime_rows: list[dict] = []
-        self._anytime_cost = np.zeros(2)
-        self._new_probe: dict[str, np.ndarray] | None = None
 
     # -- at deploy ----------------------------------------------------------------------
 
-    def deploy(self, *, model, images, generation: int) -> np.ndarray:
-        """Embed the probe set by a newly deployed generation; returns its cost (forwards, seconds), an evaluation cost."""
+    def deploy(self, *, model, images, generation: int) -> Probed | None:
+        """Embed the probe set by a newly deployed generation (None: no probe set, or the generation is not new)."""
         if self.probe is None or generation in self.probe.gallery_vectors or generation < 0:
-            return np.zeros(2)
+            return None
         clock = time.perf_counter()
         gallery_vectors = embed(model, images, self.probe.gallery_ids, batch_size=self.batch_size, amp=self.amp)
         query_vectors = embed(model, images, self.probe.query_ids, batch_size=self.batch_size, amp=self.amp)
         self.probe.add_generation(generation, gallery_vectors=gallery_vectors, query_vectors=query_vectors)
-        cost = np.array([len(self.probe.gallery_ids) + len(self.probe.query_ids), time.perf_counter() - clock])
-        self._new_probe = {
+        arrays = {
             "probe_gallery_vectors": gallery_vectors, "probe_gallery_sample_ids": self.probe.gallery_ids,
             "probe_gallery_class_ids": self.probe.gallery_classes, "probe_query_vectors": query_vectors,
             "probe_query_sample_ids": self.probe.query_ids, "probe_query_class_ids": self.probe.query_classes,
         }
-        return cost
+        return Probed(arrays=arrays, backbone_forwards=len(self.probe.gallery_ids) + len(self.probe.query_ids),
+                      seconds=time.perf_counter() - clock)
 
     # -- during training ----------------------------------------------------------------
 
-    def anytime(self, *, session: int, step: int, model, images, gallery) -> None:
+    def anytime(self, *, session: int, step: int, model, images, gallery) -> AnytimePoint:
         """R@1 of the model in training as if it were deployed now: stored gallery plus this session's items by it."""
         clock = time.perf_counter()
         s = self.stream[session]
@@ -219,10 +247,9 @@ class Evaluator:
         query_classes = self.labels[s.query_ids]
         correct = recall_at_k(nearest, query_classes, 1)
         subsets = {k: v for k, v in self._subsets(session, query_classes).items() if not k.startswith("home:")}
-        for row in aggregate({"recall@1": correct}, subsets):
-            self._anytime_rows.append({**row, "session": session, "query_generation": session, "gallery_view": f"anytime:{step}"})
+        rows = aggregate({"recall@1": correct}, subsets, session=session, query_generation=session, gallery_view=f"anytime:{step}")
         self.anytime_values.append(float(correct.mean()))
-        self._anytime_cost += (len(s.query_ids) + len(s.gallery_ids), time.perf_counter() - clock)
+        return AnytimePoint(rows=rows, backbone_forwards=len(s.query_ids) + len(s.gallery_ids), seconds=time.perf_counter() - clock)
 
     # -- after a session ----------------------------------------------------------------
 
@@ -233,31 +260,35 @@ class Evaluator:
             subsets[f"home:{int(g)}"] = home == g
         return subsets
 
-    def evaluate(self, *, session: int, model, images, gallery, generation: int) -> Evaluated:
+    def evaluate(
+        self, *, session: int, model, images, gallery, generation: int, probed: Probed | None, anytime: Sequence[AnytimePoint]
+    ) -> Evaluated:
+        """Every metric of the session, with the rows of the generation's probe set (`probed`, from `deploy`) and of the
+        anytime points measured during its training (from `anytime`), whose costs it bills."""
         clock = time.perf_counter()
         query_ids = self.stream[session].query_ids
         vectors = embed(model, images, query_ids, batch_size=self.batch_size, amp=self.amp)
         query_classes = self.labels[query_ids].astype(np.int64)
         subsets = self._subsets(session, query_classes)
         mixed = dict(session=session, query_generation=generation, gallery_view="mixed")
-        rows: list[dict] = []
+        rows: list[MetricRow] = []
         if len(query_ids) and len(gallery):
             recall_at = sorted(set(self.spec.recall_at) | {1})  # R@1 feeds forgetting and negative flips
             per_query = score_queries(
                 vectors, query_classes, gallery, recall_at=recall_at, map_at_r=self.spec.map_at_r, metrics=self.spec.metrics
             )
             main = {name: mask for name, mask in subsets.items() if not name.startswith("home:")}
-            rows += [{**r, **mixed} for r in aggregate(per_query, main)]
-            rows += [{**r, **mixed} for r in self._history_rows(session, per_query, subsets)]
-            rows += [{**r, **mixed} for r in self._flip_rows(session, query_ids, per_query["recall@1"], subsets)]
+            rows += aggregate(per_query, main, **mixed)
+            rows += self._history_rows(session, per_query, subsets, generation=generation)
+            rows += self._flip_rows(session, query_ids, per_query["recall@1"], subsets, generation=generation)
             calibrated = calibration_per_query(vectors, query_classes, gallery, generation=generation)
-            rows += [{**r, **mixed} for r in aggregate(calibrated, {"all": subsets["all"]}) if r["n_queries"]]
-        if self.probe is not None and self._new_probe is not None:
+            rows += [row for row in aggregate(calibrated, {"all": subsets["all"]}, **mixed) if row.n_queries]
+        if probed is not None:
             rows += self.probe.rows(session=session, generation=generation)
-        if self._anytime_rows:
-            rows += self._anytime_rows
-            rows.append({**mixed, "gallery_view": "anytime", "subset": "all", "metric": "a_auc",
-                         "value": area_under_curve(self.anytime_values), "n_queries": len(query_ids)})
+        if anytime:
+            rows += [row for point in anytime for row in point.rows]
+            rows.append(MetricRow(session=session, query_generation=generation, gallery_view="anytime", subset="all", metric="a_auc",
+                                  value=area_under_curve(self.anytime_values), n_queries=len(query_ids)))
         arrays = {}
         if self.keep_arrays:
             items = np.arange(len(gallery), dtype=np.int64)
@@ -266,40 +297,46 @@ class Evaluator:
                 "gallery_vectors": gallery.vectors(items) if len(items) else np.empty((0, vectors.shape[1]), np.float32),
                 "gallery_item_ids": items, "gallery_class_ids": gallery.class_of(items),
             }
-        forwards, seconds = self._anytime_cost
-        out = Evaluated(rows=rows, backbone_forwards=len(query_ids) + int(forwards), seconds=time.perf_counter() - clock + seconds,
-                        arrays=arrays, probe_arrays=self._new_probe)
-        self._anytime_rows, self._anytime_cost, self._new_probe = [], np.zeros(2), None
-        return out
+        measured = [*([probed] if probed is not None else []), *anytime]  # embedded for this evaluation, earlier in the session
+        return Evaluated(rows=rows, backbone_forwards=len(query_ids) + sum(m.backbone_forwards for m in measured),
+                         seconds=time.perf_counter() - clock + sum(m.seconds for m in measured), arrays=arrays)
 
-    def _history_rows(self, session: int, per_query: dict[str, np.ndarray], subsets: dict[str, np.ndarray]) -> list[dict]:
-        """AR@K over the sessions so far, and R@1 and forgetting per class group (home session)."""
+    def _history_rows(
+        self, session: int, per_query: dict[str, np.ndarray], subsets: dict[str, np.ndarray], *, generation: int
+    ) -> list[MetricRow]:
+        """AR@K over the sessions so far, and R@1 and forgetting per class group (home session), in the mixed gallery."""
+        def row(subset: str, metric: str, value: float, n_queries: int) -> MetricRow:
+            return MetricRow(session=session, query_generation=generation, gallery_view="mixed", subset=subset, metric=metric,
+                             value=value, n_queries=n_queries)
+
         rows = []
         n_all = int(subsets["all"].sum())
         for name, values in per_query.items():
             if name.startswith("recall@"):
                 k = int(name.split("@")[1])
                 self.recall_history.setdefault(k, []).append(float(values.mean()))
-                rows.append({"subset": "all", "metric": f"ar@{k}", "value": mean_over_sessions(self.recall_history[k]), "n_queries": n_all})
+                rows.append(row("all", f"ar@{k}", mean_over_sessions(self.recall_history[k]), n_all))
         old_forgetting = []
         for name, mask in subsets.items():
             if not name.startswith("home:"):
                 continue
             group = int(name.split(":")[1])
             current = float(per_query["recall@1"][mask].mean())
-            rows.append({"subset": name, "metric": "recall@1", "value": current, "n_queries": int(mask.sum())})
+            rows.append(row(name, "recall@1", current, int(mask.sum())))
             best = self.group_best.get(group)
             if group < session and best is not None:
                 value = forgetting([best], current)
                 old_forgetting.append(value)
-                rows.append({"subset": name, "metric": "forgetting", "value": value, "n_queries": int(mask.sum())})
+                rows.append(row(name, "forgetting", value, int(mask.sum())))
             self.group_best[group] = current if best is None else max(best, current)
         if old_forgetting:
-            rows.append({"subset": "old", "metric": "forgetting", "value": float(np.mean(old_forgetting)), "n_queries": int(subsets["old"].sum())})
+            rows.append(row("old", "forgetting", float(np.mean(old_forgetting)), int(subsets["old"].sum())))
         return rows
 
-    def _flip_rows(self, session: int, query_ids: np.ndarray, correct: np.ndarray, subsets: dict[str, np.ndarray]) -> list[dict]:
-        """Negative flip rate against the previous session, over the queries asked in both."""
+    def _flip_rows(
+        self, session: int, query_ids: np.ndarray, correct: np.ndarray, subsets: dict[str, np.ndarray], *, generation: int
+    ) -> list[MetricRow]:
+        """Negative flip rate against the previous session, over the queries asked in both, in the mixed gallery."""
         previous = self.previous_answers
         self.previous_answers = (np.asarray(query_ids, np.int64), correct.astype(bool))
         self.previous_session = session
@@ -314,7 +351,8 @@ class Evaluator:
         for name in ("old", "new", "all"):
             mask = subsets[name] & asked_before
             if mask.any():
-                rows.append({"subset": name, "metric": "negative_flip", "value": float(flips[mask].mean()), "n_queries": int(mask.sum())})
+                rows.append(MetricRow(session=session, query_generation=generation, gallery_view="mixed", subset=name,
+                                      metric="negative_flip", value=float(flips[mask].mean()), n_queries=int(mask.sum())))
         return rows
 
     # -- resume ---------------------------------------------------------------------------

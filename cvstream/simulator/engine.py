@@ -25,8 +25,9 @@ import torch
 
 from cvstream.errors import ScenarioError, UserError
 from cvstream.evaluation.curve import backfill_curve
-from cvstream.evaluation.evaluator import Evaluator
+from cvstream.evaluation.evaluator import AnytimePoint, Evaluator, Probed
 from cvstream.evaluation.retrieval import top_classes
+from cvstream.evaluation.rows import hook_row
 from cvstream.gallery import Gallery, ReplayBuffer
 from cvstream.gallery.backfill import BACKFILL_POLICIES, fit_transform, order_items, plan_backfill, stale_items, transform_pairs
 from cvstream.gallery.replay import REPLAY_SELECTIONS
@@ -37,7 +38,6 @@ from cvstream.models.trainer import embed, train_session
 from cvstream.sessions import scenario_stream
 from cvstream.sessions.rng import numpy_rng, torch_generator, torch_seed
 from cvstream.simulator import checkpoint, memory
-from cvstream.simulator.anytime import AnytimeHook
 from cvstream.simulator.events import Event, Outcome, SessionResult
 from cvstream.simulator.generations import Generation, frozen, save_generation
 from cvstream.simulator.hooks import Hook
@@ -117,8 +117,6 @@ class Simulator:
                 self.hooks.append(TrackerHook(scenario.output.trackers))
         if progress:
             self.hooks.append(ProgressHook())
-        if scenario.evaluation.every_steps:
-            self.hooks.append(AnytimeHook(scenario.evaluation.every_steps))
         self.hooks.extend(hooks)
         self.method = build_method(scenario)
         self.state: RunState | None = None
@@ -126,7 +124,6 @@ class Simulator:
         # A driver above the engine that replays generations (the service timeline) reads them from the SessionResults,
         # and a resumed run from generations/.
         self.keeps_generations = scenario.timeline is not None
-        self.record: dict = {}  # what run.json records beyond the engine's own fields, as the driver passed it at the end
         self.started_at: datetime | None = None
         self.status = "created"
 
@@ -182,21 +179,21 @@ class Simulator:
     def run_session(self, t: int) -> SessionResult:
         """One session, in the one order there is; returns what it deployed, cost and measured."""
         memory.reset_peak()  # session_end then reports this session's own peak
-        self._session_cpu = time.process_time()  # and the CPU seconds the session took, all threads of the process
+        cpu_clock = time.process_time()  # and the CPU seconds the session took, all threads of the process
         step = self._step
         self._each_hook(t, lambda hook: hook.before_session(self, t))
         step(t, "session_start", self.start)
-        trained, generation = step(t, "train", self.train)
+        trained, (generation, anytime) = step(t, "train", self.train)
         self._each_hook(t, lambda hook: hook.after_training(self, trained))
-        deployed, probe_cost = step(t, "deploy", self.deploy, generation)
+        deployed, probed = step(t, "deploy", self.deploy, generation)
         self._each_hook(t, lambda hook: hook.after_deploy(self, deployed))
         _, fresh = step(t, "index", self.index)
         step(t, "replay", self.update_replay, fresh)
         _, uncertainty = step(t, "transform", self.transform)
         backfilled, curve_cost = step(t, "backfill", self.backfill, uncertainty)
-        evaluated, _ = step(t, "evaluate", self.evaluate, probe_cost + curve_cost)
+        evaluated, _ = step(t, "evaluate", self.evaluate, probed, anytime, curve_cost)
         self._each_hook(t, lambda hook: hook.after_evaluation(self, evaluated))
-        step(t, "session_end", self.end)
+        step(t, "session_end", self.end, cpu_clock)
         before = self.tables.committed
         self.tables.commit()
         self.state.next_session = t + 1
@@ -250,18 +247,17 @@ class Simulator:
         return self._flops_by_generation[generation]
 
     def record_metrics(self, rows: list[dict] | None, *, session: int) -> None:
-        """Add metric rows (as in metrics.parquet: `metric`, `value`, and optionally `subset`, `gallery_view`,
-        `query_generation`, `n_queries`) to the session's table; a hook returns them from its moments."""
+        """Add metric rows that a hook returned from a moment (dicts with `metric`, `value`, and optionally the other
+        columns of metrics.parquet: `hook_row`) to the session's table."""
         for row in rows or []:
-            self.tables.add_metric(self.run_id, {"session": session, "subset": "all", "gallery_view": "hook",
-                                                 "query_generation": self.generation, "n_queries": 0, **row})
+            self.tables.add_metric(self.run_id, hook_row(row, session=session, query_generation=self.generation))
 
     def _finish(self, status: str, *, record: dict | None = None) -> None:
         self.status = status
-        self.record = dict(record or {})  # the writer's last run.json, in after_run, records it
+        record = dict(record or {})
         try:
             for hook in self.hooks:
-                hook.after_run(self, status)
+                hook.after_run(self, status, record)
         finally:
             if getattr(self, "_lock", None) is not None:
                 self._lock.release()
@@ -332,8 +328,9 @@ class Simulator:
         detail = {"new_classes": len(session.new_classes), "train_samples": len(session.train_ids), "queries": len(session.query_ids)}
         return Outcome(generation=self.generation, detail=detail), None
 
-    def train(self, t: int) -> tuple[Outcome, int]:
-        """Train the model in place on the session; returns the generation the session deploys."""
+    def train(self, t: int) -> tuple[Outcome, tuple[int, list[AnytimePoint]]]:
+        """Train the model in place on the session; returns the generation the session deploys, and the anytime points
+        measured during training (`evaluation.every_steps`), which its evaluation reports."""
         s, state = self.scenario, self.state
         session = self.stream[t]
         needs = self.method.needs
@@ -358,12 +355,21 @@ class Simulator:
         )
         context, extra_forwards = self._context(t, previous, ids, classes)
         validate, validate_forwards = self._validator(val_ids, t) if len(val_ids) else (None, 0)
+        anytime: list[AnytimePoint] = []
+        every = s.evaluation.every_steps
+
+        def on_step(step: int, total: int, terms: dict[str, float]) -> None:
+            if every and step % every == 0:
+                point = state.evaluator.anytime(session=t, step=step, model=state.model, images=self.images, gallery=state.gallery)
+                anytime.append(point)
+            self._each_hook(t, lambda hook: hook.on_train_step(self, step, total, terms))
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch_seed(s.training_seed, "train", t))  # what still reads the global RNG: layer init, dropout
             stats = train_session(
                 model=state.model, method=self.method, images=self.images, sample_ids=ids, class_ids=classes, context=context,
                 spec=s.training, generator=state.train_generator, augment_images=self.augment, flip=self.source.flip_ok,
-                on_step=lambda step, total, terms: self._on_train_step(t, step, total, terms),
+                on_step=on_step,
                 validate=validate, shard=self.shard,
             )
         extra_forwards += validate_forwards * len(stats.validation)
@@ -376,10 +382,7 @@ class Simulator:
                 "validation_r1": stats.validation, "best_epoch": stats.best_epoch, "term_samples": stats.term_samples,
             },
         )
-        return outcome, generation
-
-    def _on_train_step(self, t: int, step: int, total: int, terms: dict[str, float]) -> None:
-        self._each_hook(t, lambda hook: hook.on_train_step(self, step, total, terms))
+        return outcome, (generation, anytime)
 
     def _context(self, t: int, previous, ids: np.ndarray, classes: np.ndarray) -> tuple[TrainContext, int]:
         """What the method declared it needs from the previous generation and the gallery, and its forwards."""
@@ -420,11 +423,12 @@ class Simulator:
 
         return validate, len(fresh_ids) + len(val_ids)
 
-    def deploy(self, t: int, generation: int) -> tuple[Outcome, np.ndarray]:
-        """The session's generation serves from now on; the probe set is embedded by it (evaluation cost, returned)."""
+    def deploy(self, t: int, generation: int) -> tuple[Outcome, Probed | None]:
+        """The session's generation serves from now on; returns the probe set as a new generation embedded it (its cost
+        is the evaluation's)."""
         previous, self.state.generation = self.state.generation, generation
-        cost = self.state.evaluator.deploy(model=self.state.model, images=self.images, generation=generation)
-        return Outcome(generation=generation, detail={"replaced": previous}), cost
+        probed = self.state.evaluator.deploy(model=self.state.model, images=self.images, generation=generation)
+        return Outcome(generation=generation, detail={"replaced": previous}), probed
 
     def index(self, t: int) -> tuple[Outcome, tuple[np.ndarray, np.ndarray]]:
         """Add the session's new items, embedded by the deployed generation; returns (sample ids, vectors)."""
@@ -547,24 +551,28 @@ class Simulator:
         )
         return curve, len(order) + len(session.query_ids)
 
-    def evaluate(self, t: int, measured: np.ndarray) -> tuple[Outcome, None]:
-        """Every metric of the session; `measured` is (forwards, seconds) spent measuring earlier in the session."""
+    def evaluate(self, t: int, probed: Probed | None, anytime: list[AnytimePoint], curve_cost: np.ndarray) -> tuple[Outcome, None]:
+        """Every metric of the session, with the probe set's rows (from deploy) and the anytime points (from training);
+        billed with what they and the backfill curve (`curve_cost`: forwards, seconds) cost."""
         done = self.state.evaluator.evaluate(
-            session=t, model=self.state.model, images=self.images, gallery=self.state.gallery, generation=self.generation
+            session=t, model=self.state.model, images=self.images, gallery=self.state.gallery, generation=self.generation,
+            probed=probed, anytime=anytime,
         )
         outcome = Outcome(
-            generation=self.generation, seconds=done.seconds + float(measured[1]), backbone_forwards=done.backbone_forwards + int(measured[0]),
-            items=len(self.stream[t].query_ids), cost_phase="evaluate", metrics=done.rows,
+            generation=self.generation, seconds=done.seconds + float(curve_cost[1]),
+            backbone_forwards=done.backbone_forwards + int(curve_cost[0]), items=len(self.stream[t].query_ids), cost_phase="evaluate",
+            metrics=done.rows,
         )
         if self.scenario.output.save_embeddings:
             outcome.artifacts["embeddings"] = {f"session-{t}": done.arrays}
-            if done.probe_arrays is not None:
-                outcome.artifacts["embeddings"][f"probe-{self.generation}"] = done.probe_arrays
+            if probed is not None:
+                outcome.artifacts["embeddings"][f"probe-{self.generation}"] = probed.arrays
         return outcome, None
 
-    def end(self, t: int) -> tuple[Outcome, None]:
-        # Memory figures per session: a long stream shows here whether anything but the gallery grows.
+    def end(self, t: int, cpu_clock: float) -> tuple[Outcome, None]:
+        """Memory figures per session (a long stream shows here whether anything but the gallery grows), and the CPU
+        seconds since `cpu_clock`, the session's start."""
         state = self.state
         detail = {"gallery_size": len(state.gallery), "replay": len(state.replay), **memory.snapshot(state.gallery)}
-        detail["cpu_seconds"] = round(time.process_time() - self._session_cpu, 3)
+        detail["cpu_seconds"] = round(time.process_time() - cpu_clock, 3)
         return Outcome(generation=self.generation, detail=detail), None

@@ -3,11 +3,12 @@
 A hook defines the moments it wants, each with what that moment produced: `before_run(sim)`,
 `before_session(sim, session)`, `on_train_step(sim, step, total, terms)`, `after_training(sim,
 outcome)`, `after_deploy(sim, outcome)`, `after_evaluation(sim, outcome)` (the step's `Outcome`),
-`after_session(sim, result)` (the `SessionResult`) and `after_run(sim, status)`. `on_train_step`
-and the `after_<step>` moments may return metric rows (dicts with `metric` and `value`,
-optionally `subset`, `gallery_view`, `query_generation`, `n_queries`); they land in
-metrics.parquet with the session's other rows. A method named like a moment that is none
-(`after_trainig`) is refused when its class is defined.
+`after_session(sim, result)` (the `SessionResult`) and `after_run(sim, status, record)` (the run's
+status and what the driver recorded of it for run.json). `on_train_step` and the `after_<step>`
+moments may return metric rows (dicts with `metric` and `value`, optionally `subset`, `gallery_view`,
+`query_generation`, `n_queries`: `cvstream.evaluation.rows.hook_row`); they land in metrics.parquet
+with the session's other rows. A method named like a moment that is none (`after_trainig`) is
+refused when its class is defined.
 """
 
 from __future__ import annotations
@@ -46,4 +47,6 @@ class Hook:
     def after_session(self, sim, result) -> None:
         """After the session's last step, once its rows are committed (the writer saves the session here)."""
 
-    def after_run(self, sim, status: str) -> None: ...
+    def after_run(self, sim, status: str, record: dict) -> None:
+        """At the run's end, `status` `completed`, `stopped`, `interrupted` or `failed`; `record`, what the driver recorded
+        of the run beyond the engine's own fields (the service timeline's summary), for run.json."""

@@ -45,17 +45,17 @@ class ParquetWriter(Hook):
             np.savez(buffer, **arrays)
             atomic_write_bytes(folder / f"{name}.npz", buffer.getvalue())
 
-    def after_run(self, sim, status: str) -> None:
+    def after_run(self, sim, status: str, record: dict) -> None:
         if status != "completed":
             try:  # best effort: the error that stopped the run is the one to report
-                self._final_info(sim, status)
+                self._final_info(sim, status, record)
             except OutputError:
                 pass
             return
-        self._final_info(sim, status)
+        self._final_info(sim, status, record)
 
-    def _final_info(self, sim, status: str) -> None:
-        info = run_info(sim, status=status)
+    def _final_info(self, sim, status: str, record: dict) -> None:
+        info = run_info(sim, status=status, record=record)
         info["ended_at"] = datetime.now(timezone.utc).isoformat()
         info["completed_sessions"] = sim.state.next_session if sim.state is not None else 0
         write_json(sim.run_dir / "run.json", info)

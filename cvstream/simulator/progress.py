@@ -32,5 +32,5 @@ class ProgressHook(Hook):
     def after_session(self, sim, result) -> None:
         self.progress.advance(self.sessions)
 
-    def after_run(self, sim, status) -> None:
+    def after_run(self, sim, status, record) -> None:
         self.progress.stop()

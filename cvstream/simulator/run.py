@@ -108,7 +108,8 @@ def _git_commit() -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
-def run_info(sim, *, status: str) -> dict:
+def run_info(sim, *, status: str, record: dict | None = None) -> dict:
+    """run.json of `sim`'s run; `record`, what the driver recorded of it at the end (the service timeline's summary)."""
     return {
         "format_version": FORMAT_VERSION,
         "run_id": sim.run_id,
@@ -124,7 +125,7 @@ def run_info(sim, *, status: str) -> dict:
         "argv": sys.argv,
         "started_at": sim.started_at.isoformat() if sim.started_at else None,
         "sessions": len(sim.stream),
-        **sim.record,  # what the driver recorded at the end (the service timeline's summary)
+        **(record or {}),
     }
 
 

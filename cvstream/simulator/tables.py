@@ -1,17 +1,22 @@
 """The run's tables as rows, with their schemas: what the writer saves and `RunResult` holds.
 
 Rows of a session in progress are pending; `commit` at the end of a session makes them part
-of the run, and a checkpoint records how many rows each table had then.
+of the run, and a checkpoint records how many rows each table had then. A metric row arrives as a
+`MetricRow` (`cvstream.evaluation.rows`, which says what produces each) and becomes the table's dict here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
 
+from cvstream.evaluation.rows import COLUMNS as METRIC_COLUMNS
+from cvstream.evaluation.rows import MetricRow
+
 COLUMNS = {
-    "metrics": ["run_id", "session", "query_generation", "gallery_view", "subset", "metric", "value", "n_queries"],
+    "metrics": ["run_id", *METRIC_COLUMNS],
     "costs": ["run_id", "session", "phase", "backbone_forwards", "transform_forwards", "items", "seconds", "backbone_flops"],
     "events": ["run_id", "event_index", "session", "kind", "generation", "started_at", "seconds", "detail"],
 }
@@ -42,11 +47,8 @@ class Tables:
         for row in outcome.metrics or []:
             self.add_metric(run_id, row)
 
-    def add_metric(self, run_id: str, row: dict) -> None:
-        unknown = set(row) - set(COLUMNS["metrics"])
-        if unknown:
-            raise ValueError(f"metric row with unknown columns {sorted(unknown)}; a row has {COLUMNS['metrics'][1:]}")
-        self.rows["metrics"].append({"run_id": run_id, **row})
+    def add_metric(self, run_id: str, row: MetricRow) -> None:
+        self.rows["metrics"].append({"run_id": run_id, **dataclasses.asdict(row)})
 
     def commit(self) -> None:
         self.committed = {name: len(rows) for name, rows in self.rows.items()}

@@ -210,7 +210,7 @@ class TrackerHook(Hook):
         self.sent = {name: len(frame) for name, frame in frames.items()}
         self._each("log_rows", new["metrics"], new["costs"], session=result.session)
 
-    def after_run(self, sim, status: str) -> None:
+    def after_run(self, sim, status: str, record: dict) -> None:
         self._each("close", status)
         self.trackers = {}
 

@@ -112,7 +112,7 @@ def test_recall_and_map_at_r_agree_with_pytorch_metric_learning():
     import torch
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-    from cvstream.evaluation.evaluator import aggregate, score_queries
+    from cvstream.evaluation.evaluator import score_queries, subset_means
     from cvstream.gallery import Gallery
     from cvstream.scenario import GallerySpec
 
@@ -131,7 +131,7 @@ def test_recall_and_map_at_r_agree_with_pytorch_metric_learning():
     gallery = Gallery(dim, GallerySpec(gpu=False))
     gallery.add(gallery_vectors, sample_ids=np.arange(len(gallery_classes)), class_ids=gallery_classes, session=0, generation=0)
     per_query = score_queries(queries, query_classes, gallery, recall_at=[1], map_at_r=True)
-    ours = {r["metric"]: r["value"] for r in aggregate(per_query, {"all": np.ones(len(queries), dtype=bool)})}
+    ours = {metric: value for _, metric, value, _ in subset_means(per_query, {"all": np.ones(len(queries), dtype=bool)})}
 
     theirs = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count").get_accuracy(
         torch.from_numpy(queries), torch.from_numpy(query_classes), torch.from_numpy(gallery_vectors),

@@ -267,7 +267,7 @@ def test_the_probe_matrix_compares_wider_queries_through_the_old_dimensions_and_
     nearest = labels[np.argmax(queries @ padded.T, axis=1)]
     assert row[0] == float(np.mean(nearest == labels[[6, 7]])) == 0.5
     rows = probe.rows(session=1, generation=1)
-    assert {r["metric"] for r in rows} >= {"recall@1", "bct_criterion", "ac", "bc", "fc"}
+    assert {r.metric for r in rows} >= {"recall@1", "bct_criterion", "ac", "bc", "fc"}
     restored = ProbeSet(gallery_ids=np.arange(6), query_ids=np.array([6, 7]), labels=labels)
     restored.restore(probe.state())
     assert restored.gallery_vectors[0].shape == (6, 4) and restored.gallery_vectors[1].shape == (6, 8)

@@ -48,3 +48,18 @@ def test_a_plugin_whose_hook_misspells_a_moment_is_refused_at_load(plugin_file):
     """)
     with pytest.raises(PluginError, match="did you mean 'after_evaluation'"):
         load_plugin(path)
+
+
+def test_after_run_receives_the_status_and_what_the_driver_recorded():
+    from cvstream.simulator import Hook, Simulator
+
+    class Ends(Hook):
+        def after_run(self, sim, status, record):
+            self.ended = (status, record)
+
+    hook = Ends()
+    sim = Simulator(tiny_scenario(stream={"sessions": 1}, method={"name": "finetune"}), write=False, hooks=[hook])
+    with sim.running() as record:
+        sim.run_session(0)
+        record["summary"] = {"served": 1}
+    assert hook.ended == ("completed", {"summary": {"served": 1}})
