@@ -282,6 +282,7 @@ class AcceleratorCounts(_Section):
 class AcceleratorProfile(_Section):
     tflops: float = Field(400.0, gt=0, le=1e6, description="peak TFLOP/s of one accelerator")
     utilization: float = Field(0.35, gt=0, le=1, description="share of the peak a job sustains")
+    price_per_hour: float | None = Field(None, ge=0, description="money per accelerator-hour: the summary gives each job's cost")
 
 
 class GivenThroughput(_Section):
@@ -301,12 +302,19 @@ class TimelineSpec(_Section):
     throughput: Literal["flops", "measured"] | GivenThroughput = "flops"
     accelerator: AcceleratorProfile = AcceleratorProfile()
     eval_every_hours: float = Field(6.0, gt=0, le=1e6, description="evaluate at every multiple (and after every deploy and backfill)")
+    eval_min_change: float = Field(
+        0.01, gt=0, le=1, description="also evaluate whenever the served gallery has changed (items added, re-embedded or mapped) "
+        "by more than this fraction of its items since the last evaluation",
+    )
     queries_per_hour: float = Field(1000.0, ge=0, description="traffic, for the serving cost")
     horizon_hours: float | None = Field(None, gt=0, description="when the simulation stops; default the end of the last session's interval")
     chunk_items: int = Field(1024, ge=1, le=1 << 30, description="items the backfill worker re-embeds per chunk")
     item_scale: float = Field(
-        1.0, ge=1, le=1e12, description="each simulated image stands for this many of the service's: training, ingest and backfill "
-        "take that much longer (queries_per_hour is the service's own traffic)",
+        1.0, ge=1, le=1e12, description="each gallery item stands for this many of the service's: ingest "
+        "and backfill take that much longer, searches scan that many more (queries_per_hour is the service's own traffic)",
+    )
+    train_scale: float = Field(
+        1.0, ge=1, le=1e12, description="each training image stands for this many of the service's: a training job takes that much longer",
     )
 
 

@@ -12,21 +12,31 @@ from cvstream.reporting.tables import Column, ReportTable, cell
 
 SUMMARY_COLUMNS = [
     ("quality_time_area", "R@1 area", "{:.3f}"),
+    ("regret_area", "regret", "{:.3f}"),
     ("worst_dip", "worst dip", "{:.3f}"),
     ("recovery_hours_mean", "recovery h (mean)", "{:.1f}"),
     ("recovery_hours_max", "recovery h (max)", "{:.1f}"),
-    ("unrecovered_deploys", "unrecovered", "{:d}"),
-    ("accel_hours_train", "train acc-h", "{:.1f}"),
-    ("accel_hours_backfill", "backfill acc-h", "{:.1f}"),
-    ("accel_hours_serve", "serve acc-h", "{:.1f}"),
+    ("censored_deploys", "never recovered", "{:,d}"),
+    ("negative_flips", "negative flips", "{:,d}"),
+    ("accel_hours_train", "train acc-h", "{:,.1f}"),
+    ("accel_hours_backfill", "backfill acc-h", "{:,.1f}"),
+    ("accel_hours_serve", "serve acc-h", "{:,.1f}"),
+    ("cost_total", "cost", "{:,.0f}"),
+    ("serve_utilization_peak", "serve use (peak)", "{:.2f}"),
+    ("memory_bytes_peak", "memory peak GB", "{:,.1f}"),
 ]
 
 
 def summary_table(summaries: dict[str, dict], *, title: str) -> ReportTable:
-    """One row per timeline: quality-time area, worst dip, recovery hours and accelerator-hours by job."""
+    """One row per timeline: quality-time area and regret, worst dip, recovery hours over the deploys that recovered and
+    how many never did, negative flips, accelerator-hours by job, cost, serving utilisation and peak memory."""
     table = ReportTable(title, [Column("timeline", numeric=False)] + [Column(header) for _, header, _ in SUMMARY_COLUMNS])
+    warnings = []
     for label, summary in summaries.items():
-        table.add_row(label, *[cell(summary.get(key), form) for key, _, form in SUMMARY_COLUMNS])
+        values = {**summary, "memory_bytes_peak": summary.get("memory_bytes_peak", float("nan")) / 1e9}
+        table.add_row(label, *[cell(values.get(key), form) for key, _, form in SUMMARY_COLUMNS])
+        warnings += [f"{label}: {w}" for w in summary.get("warnings", [])]
+    table.caption = "; ".join(warnings) or None
     return table
 
 
@@ -45,34 +55,47 @@ def backfill_spans(frame: pd.DataFrame) -> list[tuple[float, float]]:
 
 
 def plot_timeline(frames: dict[str, pd.DataFrame], path: Path, *, title: str = "quality over simulated time") -> Path:
-    """R@1 (all) of each timeline over hours (steps: a value holds until the next evaluation), the completed-full-backfill
-    reference dotted, deploys as ticks and backfill spans shaded (for a single timeline)."""
-    import matplotlib
+    """Above: R@1 (all) of each timeline over time (steps: a value holds until the next evaluation), with its references
+    (the serving generation fully backfilled, dotted; the newest trained generation fully backfilled, dashed), deploys
+    as ticks and, for a single timeline, backfill spans shaded. Below: each timeline's cumulative accelerator-hours,
+    all jobs together (the summary table prices them)."""
+    from cvstream.reporting.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(11, 4.8), dpi=110)
+    plt = pyplot()
+    fig, (ax, cost_ax) = plt.subplots(2, 1, figsize=(11, 7.2), dpi=110, sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
     single = len(frames) == 1
     longest = max((float(f.time_hours.max()) for f in frames.values() if len(f)), default=0.0)
     unit, per = ("days", 24.0) if longest > 24 * 14 else ("hours", 1.0)  # a year reads in days, a week in hours
     for label, frame in frames.items():
         evaluated = frame[(frame.kind == "evaluate") & frame.r1_all.notna()]
-        (line,) = ax.step(evaluated.time_hours / per, evaluated.r1_all, where="post", label=f"{label}: R@1 all", linewidth=1.2)
+        if "detail" in evaluated:  # the dip's baseline at a switch takes no time
+            evaluated = evaluated[~evaluated.detail.astype(str).str.contains('"before_switch"')]
+        hours = evaluated.time_hours / per
+        (line,) = ax.step(hours, evaluated.r1_all, where="post", label=f"{label}", linewidth=1.1)
+        colour = line.get_color()
+        ax.step(hours, evaluated.r1_full, where="post", linestyle=":", color="black" if single else colour, linewidth=0.8, alpha=0.9 if single else 0.5)
+        if "r1_best" in evaluated:
+            ax.step(hours, evaluated.r1_best, where="post", linestyle="--", color="tab:green" if single else colour, linewidth=0.8,
+                    alpha=0.9 if single else 0.5)
         if single:
-            ax.step(evaluated.time_hours / per, evaluated.r1_full, where="post", linestyle=":", color="black", linewidth=1.0,
-                    label="same items, completed full backfill")
             for start, end in backfill_spans(frame):
                 ax.axvspan(start / per, max(end / per, start / per + longest / per / 800), color="tab:orange", alpha=0.25, linewidth=0)
         deploys = frame[frame.kind == "deploy"].time_hours / per
-        ax.plot(deploys, np.full(len(deploys), -0.02), marker="|", markersize=12, linestyle="none", color=line.get_color())
+        ax.plot(deploys, np.full(len(deploys), -0.02), marker="|", markersize=10, linestyle="none", color=colour)
+        jobs = [c for c in frame.columns if c.startswith("accel_hours_")]
+        cost_ax.step(frame.time_hours / per, frame[jobs].sum(axis=1), where="post", color=colour, linewidth=1.1, label=label)
+    ax.plot([], [], linestyle=":", color="black", label="reference: serving generation, fully backfilled")
+    ax.plot([], [], linestyle="--", color="tab:green" if single else "grey", label="reference: newest generation, fully backfilled")
     if single and any(backfill_spans(f) for f in frames.values()):
         ax.axvspan(np.nan, np.nan, color="tab:orange", alpha=0.25, label="backfill running")
     ax.plot([], [], marker="|", linestyle="none", color="black", label="deploy")
-    ax.set_xlabel(f"simulated {unit}")
     ax.set_ylabel("R@1 of the queries asked then")
     ax.set_ylim(-0.05, 1.0)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    cost_ax.set_ylabel("accelerator-hours, all jobs\n(cumulative)")
+    cost_ax.set_xlabel(f"simulated {unit}")
+    cost_ax.grid(alpha=0.3)
+    cost_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return save_figure(fig, path)

@@ -189,8 +189,10 @@ TIMELINE_VARIANTS: dict[str, dict] = {
 }
 DEFAULT_TIMELINE_VARIANTS = ("none", "full-hot", "full-after-backfill", "partial", "transform", "dual")
 TIMELINE_COMPARISON_COLUMNS = [
-    "variant", "policy", "deploy", "queries", "quality_time_area", "worst_dip", "recovery_hours_mean", "recovery_hours_max",
-    "unrecovered_deploys", "deploys", "accel_hours_train", "accel_hours_backfill", "accel_hours_serve", "accel_hours_ingest", "run_dir",
+    "variant", "policy", "deploy", "queries", "quality_time_area", "best_area", "regret_area", "worst_dip", "dip_mean",
+    "recovery_hours_mean", "recovery_hours_max", "recovered_deploys", "censored_deploys", "deploys", "negative_flips",
+    "accel_hours_train", "accel_hours_backfill", "accel_hours_serve", "accel_hours_ingest", "accel_hours_adapter", "accel_hours_total",
+    "cost_total", "serve_utilization_peak", "memory_bytes_peak", "run_dir",
 ]
 
 

@@ -17,21 +17,30 @@ simulation on SimPy, with four processes:
   a newer generation re-targets the worker at its next chunk boundary (items the older target
   re-embedded stay stale). With `deploy: after-backfill` the target starts serving the instant the
   last chunk completes.
-- *evaluation*: every `eval_every_hours`, and right after every deploy and every completed backfill, the
-  held-out queries of every class with an item in the gallery are answered against the gallery as it
-  stands then, and against the same items all embedded by the serving generation (what a completed
-  full backfill would give: the reference for the recovery time).
+- *evaluation*: every `eval_every_hours`, right after every deploy and every completed backfill, and whenever
+  the served gallery has changed by more than `eval_min_change` of its items (arrivals, re-embedded or mapped
+  items): the held-out queries of every class with an item in the gallery are answered against the gallery as
+  users' queries search it then, and against the same items all embedded by the serving generation (`r1_full`)
+  and by the newest trained one (`r1_best`). Right before a deploy's switch the serving state is evaluated on
+  the query set of right after it: the dip's baseline.
+
+Under `deploy: after-backfill` the re-embedded vectors wait beside the served ones until the switch (both
+generations' vectors are alive: the memory column counts them); under `hot` they replace them in place.
+Serving is billed per query: its forwards, its search by index type over the service's gallery (`item_scale`
+x the simulated one) and the adapter's map, against `accelerators.serve`.
 
 Every item is searchable from its arrival on: the gallery admits what has arrived before anything looks
-at it or changes it. Only the generations still needed are kept alive: the serving one and the backfill's
-target (a query cache of the previous one for `queries: dual`).
+at it or changes it. Only the generations still needed are kept alive: the serving one, the backfill's
+target and the newest trained (a query cache of the previous one for `queries: dual`).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 
+import faiss
 import numpy as np
 import pandas as pd
 import simpy
@@ -41,18 +50,19 @@ from cvstream.errors import UserError
 from cvstream.evaluation.evaluator import neighbors_per_query, score_neighbors, score_queries
 from cvstream.gallery import Gallery
 from cvstream.gallery.backfill import BACKFILL_POLICIES, fit_transform, plan_backfill, stale_items, transform_pairs
-from cvstream.gallery.index import IndexSpec, merge_top_k
+from cvstream.gallery.index import IndexSpec, match_queries, merge_top_k
 from cvstream.models.flops import TRAIN_STEP_FORWARDS
 from cvstream.sessions.rng import numpy_rng, torch_generator
 from cvstream.simulator.generations import Generation, load_generation
-from cvstream.timeline.throughput import Throughput, resolve_throughput
+from cvstream.timeline.throughput import Throughput, resolve_throughput, search_flops, vector_bytes
 
-JOBS = ("train", "backfill", "serve", "ingest")
+JOBS = ("train", "backfill", "serve", "ingest", "adapter")
 SUBSETS = ("old", "new", "ahead", "all")
 TIMELINE_COLUMNS = [
     "time_hours", "kind", "session", "serving_generation", "target_generation", "backfilled_fraction", "backfilled_items",
     "gallery_items", "stale_items", "n_queries", *[f"r1_{s}" for s in SUBSETS], *[f"map_{s}" for s in SUBSETS],
-    "r1_full", "map_full", *[f"accel_hours_{job}" for job in JOBS], "detail",
+    "r1_full", "map_full", "r1_best", "map_best", "negative_flips", "search_flops_per_query", "serve_utilization", "gallery_bytes",
+    "memory_bytes", *[f"accel_hours_{job}" for job in JOBS], "detail",
 ]
 RECOVERY_TOLERANCE = 0.01  # SPEC: recovered when R@1 (all) is within 0.01 of the completed full backfill's
 
@@ -128,9 +138,11 @@ class Timeline:
         self.spec = sim.scenario.timeline
         self.scale = self.spec.item_scale
         self.scenario = sim.scenario
+        self.index_spec = IndexSpec.of(self.scenario.gallery)
         self.learning = LearningSide(sim)
         self.env = simpy.Environment()
         self.targets = simpy.Store(self.env)  # generations the backfill worker should move the gallery to
+        self.first_deploy = self.env.event()
         stream, interval = sim.stream, self.spec.session_interval_hours
         self.sessions = len(stream)
         self.horizon = self.spec.horizon_hours if self.spec.horizon_hours is not None else self.sessions * interval
@@ -154,36 +166,56 @@ class Timeline:
         self.gallery = Gallery(self.scenario.model.embedding_dim, self.scenario.gallery, seed=self.scenario.seed)
         # Per arrival, in admission order (= gallery item id): the generation whose embedding space its vector is in.
         self._space = np.full(len(self.arrival_ids), -1, np.int64)
-        self.reference: Gallery | None = None  # the present items, all embedded by the serving generation
-        self.serving = self.previous = -1
+        # Under after-backfill the served vectors of re-embedded items, held until the switch: item -> (space, vector).
+        self.held: dict[int, tuple[int, np.ndarray]] = {}
+        # The references: per generation, the present items all embedded by it (the serving one: r1_full; the newest
+        # trained one: r1_best), and each one's last score with the gallery size and query count it was taken at.
+        self.references: dict[int, Gallery] = {}
+        self._reference_scores: dict[int, tuple[int, int, dict]] = {}
+        self.serving = self.previous = self.newest = -1
         self.target = -1  # the backfill worker's current target, -1 when idle
         self.models: dict[int, torch.nn.Module] = {}
+        self.dims: dict[int, int] = {}  # every trained generation's embedding width (stored vectors keep it)
         self.embeddings: dict[int, _Embeddings] = {}
         self.queries: dict[int, np.ndarray] = {}
         self.throughput: dict[int, Throughput] = {}
         self.adapter: np.ndarray | None = None
         self.accel_hours = dict.fromkeys(JOBS, 0.0)
         self.backfilled = 0
+        self.changed = 0  # served items added, re-embedded or mapped since the last evaluation
+        self._last_correct = np.full(len(self.query_ids), np.nan)  # per query: right at R@1 at the last evaluation
+        self._hnsw_visited: float | None = None  # distances an HNSW search visited per query, last measured
         self.rows: list[dict] = []
         self._billed_until = 0.0
+        self._serving_cost = {"seconds_per_query": 0.0, "search_flops": 0.0}
 
     @property
     def space(self) -> np.ndarray:
         """Per gallery item (the admitted arrivals): the generation whose embedding space its vector is in (a view)."""
         return self._space[: self.admitted]
 
+    def served_space(self) -> np.ndarray:
+        """Per gallery item: the space of the vector users' queries search (a held item's is its pre-backfill one)."""
+        space = self.space.copy()
+        for item, (held_space, _) in self.held.items():
+            space[item] = held_space
+        return space
+
     # -- the run ------------------------------------------------------------------------------------
 
     def run(self) -> TimelineResult:
         self.env.process(self._sessions())
         self.env.process(self._ingest())
+        self.env.process(self._arrival_changes())
         self.env.process(self._backfill_worker())
         self.env.process(self._evaluations())
         self.env.run(until=self.horizon)
         if not self.rows or self.rows[-1]["kind"] != "evaluate" or self.rows[-1]["time_hours"] < self.horizon:
             self._evaluate("horizon")
         frame = pd.DataFrame(self.rows, columns=TIMELINE_COLUMNS)
-        return TimelineResult(frame=frame, summary=summarize(frame, horizon=self.horizon), gallery=self.gallery)
+        summary = summarize(frame, horizon=self.horizon, price_per_hour=self.spec.accelerator.price_per_hour,
+                            queries_per_hour=self.spec.queries_per_hour)
+        return TimelineResult(frame=frame, summary=summary, gallery=self.gallery)
 
     def _sessions(self):
         interval = self.spec.session_interval_hours
@@ -193,14 +225,18 @@ class Timeline:
             trained = self.learning.train(t)
             tp = self._throughput_of(trained.generation, trained.model)
             extra = max(trained.forwards - trained.images, 0)
-            accel_hours = self.scale * (trained.images / tp.train + extra / tp.embed) / 3600
+            accel_hours = self.spec.train_scale * (trained.images / tp.train + extra / tp.embed) / 3600
             yield self.env.timeout(accel_hours / self.spec.accelerators.train)
             self.accel_hours["train"] += accel_hours  # billed as each job completes
             if trained.generation in (self.serving, self.target) or trained.generation in self.models:
                 continue  # no training step changed the model (a frozen method): nothing new to deploy
             self.models[trained.generation] = trained.model
+            self.dims[trained.generation] = trained.model.embedding_dim
+            self.newest = trained.generation
             if self.spec.deploy == "hot" or self.serving < 0:
                 self._deploy(trained.generation)
+            else:
+                self._reference(trained.generation)  # r1_best: the newest generation, before it serves
             self.targets.put(trained.generation)
 
     def _ingest(self):
@@ -212,6 +248,18 @@ class Timeline:
             yield self.env.timeout(max(0.0, t * interval - self.env.now))
             self._admit()
             self._row("arrive", session=t, detail={"items": int(np.sum(self.arrival_session == t))})
+
+    def _arrival_changes(self):
+        """Under continuous ingest, wake when the arrivals since the last evaluation would exceed `eval_min_change`."""
+        if self.spec.ingest != "continuous":
+            return
+        yield self.first_deploy
+        while self.admitted < len(self.arrival_ids):
+            needed = max(1, int(np.floor(self.spec.eval_min_change * len(self.gallery))) + 1 - self.changed)
+            at = self.arrival_time[min(self.admitted + needed, len(self.arrival_ids)) - 1]
+            yield self.env.timeout(max(0.0, at - self.env.now))
+            self._admit()
+            self._after_change()
 
     def _evaluations(self):
         step, k = self.spec.eval_every_hours, 0
@@ -247,6 +295,7 @@ class Timeline:
             self.accel_hours["backfill"] += hours
             mapped()
             self._row("backfill_chunk", detail={"transformed": True})
+            self._after_change()
             if self.targets.items:
                 return self._retargeted(target)
         plan = plan_backfill(spec, gallery=self.gallery, generation=target, rng=numpy_rng(self.scenario.seed, "timeline-backfill", target),
@@ -262,10 +311,10 @@ class Timeline:
                 self.accel_hours["backfill"] += self.scale * len(chunk) / tp.embed / 3600
                 self._admit()
                 vectors = self._embeddings_of(target).get(self.gallery.sample_ids_of(chunk))
-                self.gallery.replace(chunk, vectors, session=target, generation=target)
-                self.space[chunk] = target
+                self._store(chunk, vectors, session=target, generation=target)
                 self.backfilled += len(chunk)
                 self._row("backfill_chunk")
+                self._after_change()
                 if self.targets.items:
                     return self._retargeted(target)
             self._admit()
@@ -283,6 +332,21 @@ class Timeline:
     def _retargeted(self, target: int) -> None:
         self._row("backfill_retarget", detail={"abandoned": target})
         self.target = -1
+
+    def _store(self, items: np.ndarray, vectors: np.ndarray, *, session: int, generation: int | None = None, transformed: bool = False) -> None:
+        """Write re-embedded (or mapped) vectors into the gallery. While the serving generation is not the target
+        (after-backfill), the served vectors of these items are held beside the new ones until the switch: users'
+        queries still search them (two generations' vectors are alive, the memory column counts both)."""
+        if self.target != self.serving and self.spec.deploy == "after-backfill":
+            fresh = [int(i) for i in items if int(i) not in self.held]
+            if fresh:
+                old = self.gallery.vectors(np.asarray(fresh, np.int64))
+                for row, item in enumerate(fresh):
+                    self.held[item] = (int(self.space[item]), old[row])
+        else:
+            self.changed += len(items)
+        self.gallery.replace(items, vectors, session=session, generation=generation, transformed=transformed)
+        self.space[items] = self.target
 
     def _transform(self, target: int):
         """Learn psi on stale items embedded by both generations, then map the others. Returns (uncertainty, apply,
@@ -303,10 +367,8 @@ class Timeline:
 
         def apply() -> None:
             self._admit()
-            self.gallery.replace(pairs, new, session=target, generation=target)
-            self.gallery.replace(rest, mapped, session=target, transformed=True)
-            self.space[pairs] = target
-            self.space[rest] = target
+            self._store(pairs, new, session=target, generation=target)
+            self._store(rest, mapped, session=target, transformed=True)
 
         return dict(zip(rest.tolist(), variance.tolist())), apply, hours
 
@@ -314,22 +376,38 @@ class Timeline:
 
     def _deploy(self, generation: int) -> None:
         self._admit()  # what arrived until now is embedded by the generation that served then
+        if generation not in self.references:
+            self._reference(generation)  # r1_best from right before the switch on, r1_full after it
+        if self.serving >= 0:
+            # The dip's baseline: the state serving until now, on the query set of the instant after the switch.
+            arriving = self.arrival_ids[self.admitted : self._admission_end(through_session=generation)]
+            self._evaluate("before_switch", also_classes=self.sim.labels_of(arriving))
         self.previous, self.serving = self.serving, generation
+        self.held = {}  # the switch: the re-embedded vectors serve, the old ones are dropped
         if self.spec.ingest == "at-deploy":
             before = self.admitted
             self._admit(through_session=generation)
             self._row("arrive", session=generation, detail={"items": int(self.admitted - before)})
         else:
             self._admit()  # items that waited for a first model
-        present = self.gallery.sample_ids_of(np.arange(len(self.gallery)))
-        self.reference = Gallery(self.models[generation].embedding_dim, IndexSpec.of(None), seed=self.scenario.seed)
-        if len(present):
-            self.reference.add(self._embeddings_of(generation).get(present), sample_ids=present,
-                               class_ids=self.sim.labels_of(present), session=generation, generation=generation)
-        self.adapter = self._fit_adapter() if self.spec.queries == "adapter" else None
+        self.adapter = None
+        if self.spec.queries == "adapter" and self.previous >= 0:
+            self.env.process(self._fit_adapter(generation))
         self._row("deploy", session=generation, detail={"replaced": self.previous})
         self._evaluate("deploy")
         self._release()
+        if not self.first_deploy.triggered:
+            self.first_deploy.succeed()
+
+    def _admission_end(self, through_session: int | None = None) -> int:
+        """How many arrivals the gallery holds once it admits what has arrived (or, at-deploy, what is deployed)."""
+        if self.serving < 0 and through_session is None:
+            return self.admitted
+        if through_session is not None and self.spec.ingest == "at-deploy":
+            return max(self.admitted, int(np.searchsorted(self.arrival_session, through_session, side="right")))
+        if self.spec.ingest == "continuous":
+            return max(self.admitted, int(np.searchsorted(self.arrival_time, self.env.now, side="right")))
+        return self.admitted
 
     def _admit(self, through_session: int | None = None) -> None:
         """Put into the gallery every item that has arrived (continuous) or whose session is deployed (at-deploy).
@@ -338,38 +416,52 @@ class Timeline:
         self._bill_serving()
         if self.serving < 0:
             return  # no model yet: arrivals wait for the first deploy
-        if through_session is not None:
-            end = int(np.searchsorted(self.arrival_session, through_session, side="right"))
-        elif self.spec.ingest == "continuous":
-            end = int(np.searchsorted(self.arrival_time, self.env.now, side="right"))
-        else:
-            return
+        end = self._admission_end(through_session)
         if end <= self.admitted:
             return
         ids, sessions = self.arrival_ids[self.admitted : end], self.arrival_session[self.admitted : end]
         self._space[self.admitted : end] = self.serving
         self.admitted = end
-        vectors = self._embeddings_of(self.serving).get(ids)
-        for t in np.unique(sessions):
-            mine = sessions == t
-            self.gallery.add(vectors[mine], sample_ids=ids[mine], class_ids=self.sim.labels_of(ids[mine]), session=int(t), generation=self.serving)
-            if self.reference is not None:
-                self.reference.add(vectors[mine], sample_ids=ids[mine], class_ids=self.sim.labels_of(ids[mine]), session=int(t),
-                                   generation=self.serving)
+        self.changed += len(ids)
+        classes = self.sim.labels_of(ids)
+        for gallery, generation in [(self.gallery, self.serving), *((g, gen) for gen, g in self.references.items())]:
+            vectors = self._embeddings_of(generation).get(ids)
+            for t in np.unique(sessions):
+                mine = sessions == t
+                gallery.add(vectors[mine], sample_ids=ids[mine], class_ids=classes[mine], session=int(t), generation=self.serving)
         self.accel_hours["ingest"] += self.scale * len(ids) / self.throughput[self.serving].embed / 3600
 
-    def _fit_adapter(self) -> np.ndarray | None:
-        """Least squares from the serving generation's embeddings to the previous one's, on items both embedded."""
-        older = np.flatnonzero(self.space != self.serving)
-        if self.previous < 0 or len(older) == 0:
-            return None
-        count = self.scenario.backfill.train_items
-        pairs = np.sort(numpy_rng(self.scenario.seed, "timeline-adapter", self.serving).permutation(older)[:count])
-        old = self.gallery.vectors(pairs).astype(np.float64)
-        new = self._embeddings_of(self.serving).get(self.gallery.sample_ids_of(pairs)).astype(np.float64)
-        self.accel_hours["train"] += len(pairs) / self.throughput[self.serving].embed / 3600
+    def _reference(self, generation: int) -> None:
+        """The present items all embedded by `generation`: what a completed full backfill to it would serve (r1_full
+        while it serves, r1_best while it is the newest trained)."""
+        present = self.gallery.sample_ids_of(np.arange(len(self.gallery)))
+        reference = Gallery(self.dims[generation], IndexSpec.of(None), seed=self.scenario.seed)
+        if len(present):
+            reference.add(self._embeddings_of(generation).get(present), sample_ids=present, class_ids=self.sim.labels_of(present),
+                          session=generation, generation=generation)
+        self.references[generation] = reference
+        self._reference_scores.pop(generation, None)
+
+    def _fit_adapter(self, generation: int):
+        """Least squares from the serving generation's embeddings into the previous generation's space, on items whose
+        stored vector is the previous generation's own; a job of its own: queries use it once it is fitted."""
+        pairs = np.flatnonzero(self.space == self.previous)
+        if len(pairs) == 0:
+            return
+        pairs = np.sort(numpy_rng(self.scenario.seed, "timeline-adapter", generation).permutation(pairs)[: self.scenario.backfill.train_items])
+        old = self.gallery.vectors(pairs)[:, : self.dims[self.previous]].astype(np.float64)
+        new = self._embeddings_of(generation).get(self.gallery.sample_ids_of(pairs)).astype(np.float64)
         ridge = 1e-3 * np.eye(new.shape[1])
-        return np.linalg.solve(new.T @ new + ridge, new.T @ old).astype(np.float32)
+        fitted = np.linalg.solve(new.T @ new + ridge, new.T @ old).astype(np.float32)
+        a = self.spec.accelerator
+        solve_flops = 2.0 * len(pairs) * new.shape[1] * (new.shape[1] + old.shape[1]) + 2.0 * new.shape[1] ** 3 / 3
+        hours = (len(pairs) / self.throughput[generation].embed + solve_flops / (a.tflops * 1e12 * a.utilization)) / 3600
+        yield self.env.timeout(hours / self.spec.accelerators.backfill)
+        self.accel_hours["adapter"] += hours
+        if self.serving == generation:
+            self.adapter = fitted
+            self._row("adapter_ready", session=generation, detail={"pairs": int(len(pairs))})
+            self._evaluate("adapter_ready")
 
     # -- evaluation -------------------------------------------------------------------------------------
 
@@ -387,45 +479,85 @@ class Timeline:
             self.queries[generation] = vectors
         return self.queries[generation]
 
-    def _evaluate(self, why: str) -> None:
+    def _after_change(self) -> None:
+        """Evaluate when the served gallery has changed by more than `eval_min_change` of its items since the last look."""
+        if self.serving >= 0 and self.changed > self.spec.eval_min_change * len(self.gallery):
+            self._evaluate("changed")
+
+    def _evaluate(self, why: str, *, also_classes: np.ndarray | None = None) -> None:
+        """Answer the queries of every class with an item in the gallery (and of `also_classes`) against the gallery as
+        users' queries search it now, with the references (r1_full, r1_best) and the negative flips since the last look."""
         self._admit()
         if self.serving < 0 or len(self.gallery) == 0:
             self._row("evaluate", detail={"why": why})
             return
         asked = self.gallery.class_counts(self.query_classes) > 0
-        classes, home = self.query_classes[asked], self.query_home[asked]
-        vectors = self._query_vectors(self.serving)[asked]
+        if also_classes is not None and len(also_classes):
+            asked |= np.isin(self.query_classes, also_classes)
         spec = self.scenario.evaluation
-        older = np.flatnonzero(self.space != self.serving)
-        if self.spec.queries == "new" or len(older) == 0 or (self.spec.queries == "dual" and self.previous < 0) or (
-            self.spec.queries == "adapter" and self.adapter is None
-        ):
-            per_query = score_queries(vectors, classes, self.gallery, recall_at=[1], map_at_r=spec.map_at_r)
-        else:
-            if self.spec.queries == "dual":
-                other = self._query_vectors(self.previous)[asked]
-            else:
-                other = vectors @ self.adapter
-                other /= np.maximum(np.linalg.norm(other, axis=1, keepdims=True), 1e-12)
-            per_query = self._merged(vectors, other, classes, older, map_at_r=spec.map_at_r)
-        reference = score_queries(vectors, classes, self.reference, recall_at=[1], map_at_r=spec.map_at_r)
-        serving_session = self.serving
-        masks = {"old": home < serving_session, "new": home == serving_session, "ahead": home > serving_session,
-                 "all": np.ones(len(home), dtype=bool)}
+        per_query = self._score_served(asked, map_at_r=spec.map_at_r)
+        home = self.query_home[asked]
+        masks = {"old": home < self.serving, "new": home == self.serving, "ahead": home > self.serving, "all": np.ones(len(home), bool)}
         values = {}
         for subset, mask in masks.items():
             values[f"r1_{subset}"] = float(per_query["recall@1"][mask].mean()) if mask.any() else np.nan
             values[f"map_{subset}"] = float(np.nanmean(per_query["map@r"][mask])) if spec.map_at_r and mask.any() else np.nan
-        values["r1_full"] = float(reference["recall@1"].mean())
-        values["map_full"] = float(np.nanmean(reference["map@r"])) if spec.map_at_r else np.nan
+        forced = why not in ("scheduled", "changed")
+        full = self._reference_score(self.serving, asked, force=forced)
+        best = full if self.newest == self.serving else self._reference_score(self.newest, asked, force=forced)
+        values.update(r1_full=full["r1"], map_full=full["map"], r1_best=best["r1"], map_best=best["map"])
+        correct = per_query["recall@1"]
+        previous = self._last_correct[asked]
+        values["negative_flips"] = int(np.sum((previous == 1.0) & (correct == 0.0)))
+        self._last_correct[asked] = correct
+        self.changed = 0
         self._row("evaluate", n_queries=int(asked.sum()), detail={"why": why}, **values)
 
-    def _merged(self, queries: np.ndarray, other: np.ndarray, classes: np.ndarray, older: np.ndarray, *, map_at_r: bool):
-        """Dual query / adapter: `queries` search the serving generation's items, `other` the older ones, each through
-        the gallery's own search (narrower segments as `gallery.narrow_queries` says); merged by score."""
-        k = int(neighbors_per_query(classes, self.gallery, recall_at=[1], map_at_r=map_at_r).max())
-        ids = search_two_spaces(self.gallery, queries, other, own=np.flatnonzero(self.space == self.serving), older=older, k=k)
-        return score_neighbors(ids, classes, self.gallery, recall_at=[1], map_at_r=map_at_r)
+    def _score_served(self, asked: np.ndarray, *, map_at_r: bool) -> dict[str, np.ndarray]:
+        """Per-query scores of the served state: the serving generation's queries (and, while the gallery is mixed, the
+        previous generation's under `dual` or the adapter's map under `adapter`, each searching the older items)
+        against the served vectors."""
+        classes = self.query_classes[asked]
+        vectors = self._query_vectors(self.serving)[asked]
+        space = self.served_space()
+        older = np.flatnonzero(space != self.serving)
+        other = None
+        if len(older) and self.spec.queries == "dual" and self.previous >= 0:
+            other = self._query_vectors(self.previous)[asked]
+        elif len(older) and self.spec.queries == "adapter" and self.adapter is not None:
+            other = vectors @ self.adapter
+            other /= np.maximum(np.linalg.norm(other, axis=1, keepdims=True), 1e-12)
+        hnsw = self.index_spec.index == "hnsw"
+        if hnsw:
+            faiss.cvar.hnsw_stats.reset()
+        if other is None and not self.held:
+            per_query = score_queries(vectors, classes, self.gallery, recall_at=[1], map_at_r=map_at_r)
+        else:
+            k = int(neighbors_per_query(classes, self.gallery, recall_at=[1], map_at_r=map_at_r).max())
+            parts = [(vectors, np.arange(len(self.gallery)))] if other is None else [(other, older), (vectors, np.flatnonzero(space == self.serving))]
+            ids = search_parts(self.gallery, parts, k, held=self.held, dims=self.dims)
+            per_query = score_neighbors(ids, classes, self.gallery, recall_at=[1], map_at_r=map_at_r)
+        if hnsw and len(classes):
+            self._hnsw_visited = faiss.cvar.hnsw_stats.ndis / len(classes)
+        return per_query
+
+    def _reference_score(self, generation: int, asked: np.ndarray, *, force: bool) -> dict:
+        """R@1 and mAP@R of the queries against `generation`'s reference gallery: scored again when forced (deploys,
+        trainings, backfill ends) or when the reference or the query set grew by more than `eval_min_change` since."""
+        reference = self.references.get(generation)
+        if reference is None or len(reference) == 0:
+            return {"r1": np.nan, "map": np.nan}
+        n_items, n_queries = len(reference), int(asked.sum())
+        last = self._reference_scores.get(generation)
+        fraction = self.spec.eval_min_change
+        if not force and last is not None and n_items - last[0] <= fraction * n_items and n_queries - last[1] <= fraction * n_queries:
+            return last[2]
+        spec = self.scenario.evaluation
+        scores = score_queries(self._query_vectors(generation)[asked], self.query_classes[asked], reference, recall_at=[1],
+                               map_at_r=spec.map_at_r)
+        value = {"r1": float(scores["recall@1"].mean()), "map": float(np.nanmean(scores["map@r"])) if spec.map_at_r else np.nan}
+        self._reference_scores[generation] = (n_items, n_queries, value)
+        return value
 
     # -- bookkeeping ------------------------------------------------------------------------------------
 
@@ -448,91 +580,227 @@ class Timeline:
 
     def _release(self) -> None:
         """Keep alive only the generations still needed: the serving one, the backfill's target, any not yet deployed."""
-        needed = {self.serving, self.target, *self.targets.items}
+        needed = {self.serving, self.target, self.newest, *self.targets.items}
         for g in [g for g in self.models if g not in needed]:
             del self.models[g]
             self.embeddings.pop(g, None)
-        keep_queries = {self.serving, self.previous} if self.spec.queries == "dual" else {self.serving}
+        for g in [g for g in self.references if g not in (self.serving, self.newest)]:
+            del self.references[g]
+            self._reference_scores.pop(g, None)
+        keep_queries = {self.serving, self.previous, self.newest} if self.spec.queries == "dual" else {self.serving, self.newest}
         for g in [g for g in self.queries if g not in keep_queries]:
             del self.queries[g]
 
+    def _serving_state(self) -> dict:
+        """What one query costs in the state now: its forwards, its searches (by index type, over the gallery the service
+        holds, `item_scale` x the simulated one) and the adapter's map, in accelerator-seconds; and the gallery's bytes."""
+        space = self.served_space()
+        n = len(space)
+        own = int(np.sum(space == self.serving))
+        two = n > own and ((self.spec.queries == "dual" and self.previous >= 0) or (self.spec.queries == "adapter" and self.adapter is not None))
+        dim = self.dims[self.serving]
+        cost = partial(search_flops, self.index_spec, hnsw_visited=self._hnsw_visited, simulated_items=max(n, 2))
+        if two:
+            other_dim = self.dims[self.previous]
+            search = cost(own * self.scale, dim) + cost((n - own) * self.scale, other_dim)
+        else:
+            search = cost(n * self.scale, dim)
+        forwards = 2 if two and self.spec.queries == "dual" else 1
+        mapping = 2.0 * self.adapter.size if two and self.spec.queries == "adapter" else 0.0
+        a = self.spec.accelerator
+        seconds = forwards / self.throughput[self.serving].embed + (search + mapping) / (a.tflops * 1e12 * a.utilization)
+        counts = np.bincount(space + 1) if n else np.zeros(1, np.int64)
+        gallery_bytes = self.scale * sum(c * vector_bytes(self.index_spec, self.dims[g - 1]) for g, c in enumerate(counts) if c and g)
+        held_bytes = self.scale * sum(vector_bytes(self.index_spec, self.dims[self.space[i]]) for i in self.held)
+        capacity = self.spec.accelerators.serve / seconds if seconds > 0 else np.inf
+        return {"seconds_per_query": seconds, "search_flops": search, "forwards": forwards, "capacity_qps": capacity,
+                "gallery_bytes": gallery_bytes, "memory_bytes": gallery_bytes + held_bytes}
+
     def _bill_serving(self) -> None:
+        """Bill the serving accelerators for the time since the last bill, at the cost of the state that held then."""
         now = self.env.now
         if self.serving >= 0 and now > self._billed_until:
-            forwards = 2 if self.spec.queries == "dual" and np.any(self.space != self.serving) else 1
-            self.accel_hours["serve"] += (now - self._billed_until) * self.spec.queries_per_hour * forwards / self.throughput[self.serving].embed / 3600
+            self.accel_hours["serve"] += (now - self._billed_until) * self.spec.queries_per_hour * self._serving_cost["seconds_per_query"] / 3600
         self._billed_until = max(self._billed_until, now)
 
     def _row(self, kind: str, *, session: int = -1, n_queries: int = 0, detail: dict | None = None, **values) -> None:
         self._bill_serving()
         newest = self.target if self.target >= 0 else self.serving
         items = len(self.gallery)
+        state = self._serving_state() if self.serving >= 0 else {}
+        self._serving_cost = state or self._serving_cost
+        utilization = self.spec.queries_per_hour / 3600 / state["capacity_qps"] if state else np.nan
         row = {
             "time_hours": float(self.env.now), "kind": kind, "session": session, "serving_generation": self.serving,
             "target_generation": self.target, "backfilled_fraction": float(np.mean(self.space == newest)) if items else 0.0,
             "backfilled_items": self.backfilled, "gallery_items": items,
             "stale_items": int(np.sum(self.space != newest)) if items else 0, "n_queries": n_queries,
-            **{c: np.nan for c in TIMELINE_COLUMNS if c.startswith(("r1_", "map_"))}, **values,
+            **{c: np.nan for c in TIMELINE_COLUMNS if c.startswith(("r1_", "map_"))}, "negative_flips": np.nan, **values,
+            "search_flops_per_query": state.get("search_flops", np.nan), "serve_utilization": utilization,
+            "gallery_bytes": state.get("gallery_bytes", 0.0), "memory_bytes": state.get("memory_bytes", 0.0),
             **{f"accel_hours_{job}": hours for job, hours in self.accel_hours.items()},
             "detail": json.dumps(detail or {}),
         }
         self.rows.append(row)
 
 
-# -- the dual query and the adapter -------------------------------------------------------------------
+# -- searches of several parts, and the dual query ------------------------------------------------------------
+
+
+def search_parts(gallery: Gallery, parts: list[tuple[np.ndarray, np.ndarray]], k: int, *, held: dict | None = None,
+                 dims: dict | None = None) -> np.ndarray:
+    """The top k item ids of queries that each search their own items (`parts`: (queries, item ids)), each through the
+    gallery's own search (narrower segments as `gallery.narrow_queries` says), merged by score; on a tie the later
+    part's item comes first. `held`: items whose searched vector is not the gallery's but a held one (item -> (space,
+    vector)), searched at its space's width (`dims`: space -> width), as the gallery matches widths."""
+    k = min(k, len(gallery))
+    held = held or {}
+    found = []
+    for queries, items in parts:
+        if not len(items):
+            continue
+        in_held = np.fromiter((int(i) in held for i in items), bool, len(items)) if held else np.zeros(len(items), bool)
+        if not in_held.all():
+            rest = items[~in_held]
+            found.append(gallery.search(queries, k, items=None if len(rest) == len(gallery) else rest))
+        chosen = items[in_held]
+        spaces = np.array([held[int(i)][0] for i in chosen], np.int64)
+        for space in np.unique(spaces):
+            mine = chosen[spaces == space]
+            dim = dims[int(space)]
+            stored = np.ascontiguousarray(np.stack([held[int(i)][1][:dim] for i in mine]), dtype=np.float32)
+            view = match_queries(queries, dim, gallery.spec.narrow_queries)
+            scores, at = faiss.knn(view, stored, min(k, len(mine)), metric=faiss.METRIC_INNER_PRODUCT)
+            found.append((scores, mine[at]))
+    return merge_top_k(found, k)[1]
 
 
 def search_two_spaces(gallery: Gallery, queries: np.ndarray, other: np.ndarray, *, own: np.ndarray, older: np.ndarray, k: int) -> np.ndarray:
     """The top k item ids of a dual query or an adapter: `queries` search the items `own` (the serving generation's),
-    `other` the `older` ones, each through the gallery's own search (narrower segments as `gallery.narrow_queries`
-    says), merged by score; a tie goes to the serving generation's item."""
-    k = min(k, len(gallery))
-    found = [gallery.search(q, k, items=items) for q, items in ((other, older), (queries, own)) if len(items)]
-    return merge_top_k(found, k)[1]
+    `other` the `older` ones; a tie goes to the serving generation's item."""
+    return search_parts(gallery, [(other, older), (queries, own)], k)
 
 
 # -- summary figures ----------------------------------------------------------------------------------
 
 
-def summarize(frame: pd.DataFrame, *, horizon: float) -> dict:
-    """Quality-time area, recovery hours and worst dip per deploy, and accelerator-hours by job (SPEC section 11).
+def _why(frame: pd.DataFrame) -> pd.Series:
+    """Why each row was written (an evaluation's `detail.why`), "" where the row has none."""
+    return frame.detail.map(lambda d: json.loads(d).get("why", "") if isinstance(d, str) else "")
 
-    R@1 (all) is a step function: each evaluation's value holds until the next one. The area is its mean over
-    [first evaluation, horizon]. A deploy has recovered at the first evaluation from it on whose R@1 (all) is
-    within 0.01 of the reference (the same items all embedded by the serving generation); its dip is the R@1
-    (all) just before the deploy minus the lowest value from the deploy to its recovery (or to the next deploy).
+
+def _area(times: np.ndarray, values: np.ndarray, horizon: float) -> float:
+    """Mean of a step function (each value holds until the next time) over [times[0], horizon]."""
+    ends = np.append(times[1:], max(horizon, times[-1]))
+    span = ends[-1] - times[0]
+    return float(np.sum(values * (ends - times)) / span) if span > 0 else float(values[-1])
+
+
+def per_deploy(frame: pd.DataFrame, *, horizon: float) -> list[dict]:
+    """Per deploy: its dip, its recovery (or the hours it stayed unrecovered, censored at the next deploy or the horizon)
+    and the negative flips from it to the next deploy (SPEC section 11)."""
+    frame = frame.reset_index(drop=True)
+    why = _why(frame)
+    evaluate = (frame.kind == "evaluate") & frame.r1_all.notna()
+    served = evaluate & (why != "before_switch")
+    deploys = np.flatnonzero(frame.kind == "deploy")
+    out = []
+    for i, at_row in enumerate(deploys):
+        end_row = deploys[i + 1] if i + 1 < len(deploys) else len(frame)
+        at = float(frame.time_hours.iloc[at_row])
+        until = float(frame.time_hours.iloc[end_row]) if end_row < len(frame) else max(horizon, at)
+        inside = np.zeros(len(frame), bool)
+        inside[at_row + 1 : end_row] = True
+        window = frame[inside & served]
+        baseline = frame.iloc[:at_row][evaluate.iloc[:at_row] & (why.iloc[:at_row] == "before_switch")]
+        baseline = baseline[baseline.time_hours == at]
+        ok = window[window.r1_all >= window.r1_full - RECOVERY_TOLERANCE]
+        recovered = len(ok) > 0
+        hours = float(ok.time_hours.iloc[0] - at) if recovered else until - at
+        low = window.loc[: ok.index[0]] if recovered else window
+        dip = float(baseline.r1_all.iloc[-1] - low.r1_all.min()) if len(baseline) and len(low) else None  # JSON null: no baseline
+        flips = frame[inside & evaluate].negative_flips
+        generation = frame.serving_generation.iloc[at_row + 1] if at_row + 1 < len(frame) else np.nan
+        out.append({"generation": int(generation) if generation == generation else None, "time_hours": at, "recovered": bool(recovered),
+                    "recovery_hours": hours, "censored": not recovered, "dip": dip,
+                    "r1_before": float(baseline.r1_all.iloc[-1]) if len(baseline) else None,
+                    "negative_flips": int(np.nansum(flips.to_numpy(dtype=float)))})
+    return out
+
+
+def summarize(frame: pd.DataFrame, *, horizon: float, price_per_hour: float | None = None, queries_per_hour: float | None = None) -> dict:
+    """The summary figures of SPEC section 11: the quality-time area of R@1 (all) and of `r1_best` (their difference is
+    the regret), per deploy the dip, the recovery (the mean and max over deploys that recovered, and how many were
+    censored: never a 0 for a deploy that did not recover) and the negative flips; accelerator-hours (and money) by
+    job, the serving accelerators' utilisation, and the gallery's memory.
+
+    R@1 is a step function: each evaluation's value holds until the next one; the areas are its mean over [first
+    evaluation, horizon]. The evaluations `before_switch` (the dip's baseline, at a deploy's instant) take no time.
     """
-    evaluated = frame[(frame.kind == "evaluate") & frame.r1_all.notna()].reset_index(drop=True)
     out: dict = {"horizon_hours": float(horizon)}
     last = frame.iloc[-1] if len(frame) else None
     for job in JOBS:
-        out[f"accel_hours_{job}"] = float(last[f"accel_hours_{job}"]) if last is not None else 0.0
+        out[f"accel_hours_{job}"] = float(last[f"accel_hours_{job}"]) if last is not None and f"accel_hours_{job}" in frame else 0.0
+    out["accel_hours_total"] = float(sum(out[f"accel_hours_{job}"] for job in JOBS))
+    if price_per_hour is not None:
+        for job in JOBS:
+            out[f"cost_{job}"] = out[f"accel_hours_{job}"] * price_per_hour
+        out["cost_total"] = out["accel_hours_total"] * price_per_hour
+    out.update(_serving_summary(frame, horizon=horizon, queries_per_hour=queries_per_hour))
+    why = _why(frame)
+    evaluated = frame[(frame.kind == "evaluate") & frame.r1_all.notna() & (why != "before_switch")]
+    deploys = per_deploy(frame, horizon=horizon)
+    out["deploys"] = len(deploys)
+    recovered = [d["recovery_hours"] for d in deploys if d["recovered"]]
+    censored = [d["recovery_hours"] for d in deploys if d["censored"]]
+    dips = [d["dip"] for d in deploys if d["dip"] is not None]
+    out.update(
+        recovery_hours_mean=float(np.mean(recovered)) if recovered else float("nan"),
+        recovery_hours_max=float(np.max(recovered)) if recovered else float("nan"),
+        recovered_deploys=len(recovered), censored_deploys=len(censored),
+        censored_hours_mean=float(np.mean(censored)) if censored else float("nan"),
+        worst_dip=float(max(dips)) if dips else float("nan"), dip_mean=float(np.mean(dips)) if dips else float("nan"),
+        negative_flips=int(sum(d["negative_flips"] for d in deploys)),
+        negative_flips_max_per_deploy=int(max((d["negative_flips"] for d in deploys), default=0)),
+        per_deploy=deploys,
+    )
     if evaluated.empty:
-        out.update(quality_time_area=float("nan"), recovery_hours_mean=float("nan"), recovery_hours_max=float("nan"),
-                   unrecovered_deploys=0, worst_dip=float("nan"), deploys=0)
+        out.update(quality_time_area=float("nan"), best_area=float("nan"), regret_area=float("nan"))
         return out
     times = evaluated.time_hours.to_numpy()
-    values = evaluated.r1_all.to_numpy()
-    ends = np.append(times[1:], max(horizon, times[-1]))
-    span = ends[-1] - times[0]
-    out["quality_time_area"] = float(np.sum(values * (ends - times)) / span) if span > 0 else float(values[-1])
-    deploy_times = frame[frame.kind == "deploy"].time_hours.to_numpy()
-    recoveries, dips, unrecovered = [], [], 0
-    for i, at in enumerate(deploy_times):
-        until = deploy_times[i + 1] if i + 1 < len(deploy_times) else np.inf
-        window = evaluated[(evaluated.time_hours >= at) & (evaluated.time_hours < until)]
-        before = evaluated[evaluated.time_hours < at]
-        ok = window[window.r1_all >= window.r1_full - RECOVERY_TOLERANCE]
-        if len(ok):
-            recoveries.append(float(ok.time_hours.iloc[0] - at))
-            window = window.loc[: ok.index[0]]
-        else:
-            unrecovered += 1
-        if len(before) and len(window):
-            dips.append(float(before.r1_all.iloc[-1] - window.r1_all.min()))
-    out["recovery_hours_mean"] = float(np.mean(recoveries)) if recoveries else float("nan")
-    out["recovery_hours_max"] = float(np.max(recoveries)) if recoveries else float("nan")
-    out["unrecovered_deploys"] = int(unrecovered)
-    out["worst_dip"] = float(max(dips)) if dips else 0.0
-    out["deploys"] = int(len(deploy_times))
+    out["quality_time_area"] = _area(times, evaluated.r1_all.to_numpy(), horizon)
+    best = evaluated.r1_best.to_numpy(dtype=float) if "r1_best" in evaluated else np.full(len(times), np.nan)
+    out["best_area"] = _area(times, best, horizon) if not np.isnan(best).any() else float("nan")
+    out["regret_area"] = out["best_area"] - out["quality_time_area"]
+    return out
+
+
+def _serving_summary(frame: pd.DataFrame, *, horizon: float, queries_per_hour: float | None) -> dict:
+    """The serving accelerators' time-weighted and peak utilisation, the hours traffic exceeded their capacity (with a
+    warning), the peak memory and the last search cost, from the rows (each row's state holds until the next row)."""
+    out = {"serve_utilization_mean": float("nan"), "serve_utilization_peak": float("nan"), "serve_over_capacity_hours": 0.0,
+           "memory_bytes_peak": float("nan"), "gallery_bytes_horizon": float("nan"), "search_flops_per_query_horizon": float("nan"),
+           "warnings": []}
+    if "serve_utilization" not in frame:
+        return out
+    rows = frame[frame.serve_utilization.notna()]
+    if rows.empty:
+        return out
+    times = rows.time_hours.to_numpy()
+    spans = np.diff(np.append(times, max(horizon, times[-1])))
+    use = rows.serve_utilization.to_numpy()
+    total = spans.sum()
+    over = float(spans[use > 1].sum())
+    out.update(
+        serve_utilization_mean=float(np.sum(use * spans) / total) if total > 0 else float(use[-1]),
+        serve_utilization_peak=float(use.max()), serve_over_capacity_hours=over,
+        memory_bytes_peak=float(rows.memory_bytes.max()), gallery_bytes_horizon=float(rows.gallery_bytes.iloc[-1]),
+        search_flops_per_query_horizon=float(rows.search_flops_per_query.iloc[-1]),
+    )
+    if use.max() > 1:
+        traffic = f"{queries_per_hour / 3600:,.1f} queries/s" if queries_per_hour is not None else "the traffic"
+        out["warnings"].append(
+            f"{traffic} exceeds the serving capacity (accelerators.serve) for {over:,.1f} h, at peak {use.max():.2f}x the capacity: "
+            "add serving accelerators, or a cheaper index"
+        )
     return out

@@ -120,11 +120,12 @@ def test_continuous_hot_new_queries_see_stale_items_until_the_backfill_completes
     ev = frame[(frame.kind == "evaluate") & frame.r1_all.notna()]
     done = ev[ev.detail.map(lambda d: json.loads(d)["why"]) == "backfill_done"]
     assert len(done) == 2 and (done.r1_all == done.r1_full).all()  # complete: the gallery is the reference
-    assert summary["unrecovered_deploys"] == 0 and summary["deploys"] == 3
+    assert summary["censored_deploys"] == 0 and summary["recovered_deploys"] == summary["deploys"] == 3
     assert set(TIMELINE_COLUMNS) == set(frame.columns)
 
 
 def test_dual_queries_bill_two_forwards_while_the_gallery_is_mixed():
+    # The tiny gallery's search costs ~1e-12 of a forward at the default accelerator: forwards are what is billed here.
     _, new, s_new = run("full", ingest="continuous", deploy="hot", queries="new", queries_per_hour=100)
     _, dual, s_dual = run("full", ingest="continuous", deploy="hot", queries="dual", queries_per_hour=100)
     first = new[new.kind == "deploy"].time_hours.min()
@@ -150,30 +151,64 @@ def _mixed_spans(frame):
 
 
 def test_summary_figures_on_a_hand_made_timeline():
+    def ev(t, r1, full, why="scheduled", flips=0):
+        return {"time_hours": t, "kind": "evaluate", "r1_all": r1, "r1_full": full, "r1_best": full + 0.05, "negative_flips": flips,
+                "serving_generation": 0, "detail": json.dumps({"why": why})}
+
     rows = [
-        {"time_hours": 0.0, "kind": "deploy"}, {"time_hours": 0.0, "kind": "evaluate", "r1_all": 0.5, "r1_full": 0.5},
-        {"time_hours": 4.0, "kind": "evaluate", "r1_all": 0.6, "r1_full": 0.6},
-        {"time_hours": 10.0, "kind": "deploy"}, {"time_hours": 10.0, "kind": "evaluate", "r1_all": 0.3, "r1_full": 0.7},
-        {"time_hours": 12.0, "kind": "evaluate", "r1_all": 0.2, "r1_full": 0.7},
-        {"time_hours": 16.0, "kind": "evaluate", "r1_all": 0.695, "r1_full": 0.7},
+        {"time_hours": 0.0, "kind": "deploy"}, ev(0.0, 0.5, 0.5, "deploy"), ev(4.0, 0.6, 0.6, flips=2),
+        ev(10.0, 0.62, 0.6, "before_switch", flips=1),  # the dip's baseline: the old state on the new query set
+        {"time_hours": 10.0, "kind": "deploy"}, ev(10.0, 0.3, 0.7, "deploy", flips=5), ev(12.0, 0.2, 0.7, flips=3),
+        ev(16.0, 0.695, 0.7),
+        ev(20.0, 0.65, 0.65, "before_switch"),
+        {"time_hours": 20.0, "kind": "deploy"}, ev(20.0, 0.4, 0.8, "deploy", flips=4), ev(26.0, 0.5, 0.8),  # never recovers
     ]
     frame = pd.DataFrame(rows).reindex(columns=TIMELINE_COLUMNS)
-    for job in ("train", "backfill", "serve", "ingest"):
+    for job in ("train", "backfill", "serve", "ingest", "adapter"):
         frame[f"accel_hours_{job}"] = 1.0
-    s = summarize(frame, horizon=20.0)
-    area = (0.5 * 4 + 0.6 * 6 + 0.3 * 2 + 0.2 * 4 + 0.695 * 4) / 20
+    s = summarize(frame, horizon=30.0, price_per_hour=2.5)
+    # The before_switch rows take no time; everything else holds until the next evaluation.
+    area = (0.5 * 4 + 0.6 * 6 + 0.3 * 2 + 0.2 * 4 + 0.695 * 4 + 0.4 * 6 + 0.5 * 4) / 30
     assert s["quality_time_area"] == pytest.approx(area)
-    assert s["recovery_hours_mean"] == pytest.approx((0 + 6) / 2) and s["recovery_hours_max"] == pytest.approx(6)
-    assert s["worst_dip"] == pytest.approx(0.6 - 0.2) and s["unrecovered_deploys"] == 0
+    assert s["regret_area"] == pytest.approx((0.55 * 4 + 0.65 * 6 + 0.75 * 10 + 0.85 * 10) / 30 - area)
+    # Recovery: over the deploys that recovered (0 h and 6 h); the third is censored at the horizon, 10 h, never 0.
+    assert s["recovery_hours_mean"] == pytest.approx(3.0) and s["recovery_hours_max"] == pytest.approx(6.0)
+    assert s["recovered_deploys"] == 2 and s["censored_deploys"] == 1 and s["censored_hours_mean"] == pytest.approx(10.0)
+    third = s["per_deploy"][2]
+    assert third["censored"] and not third["recovered"] and third["recovery_hours"] == pytest.approx(10.0)
+    # The dip against the state at the switch (0.62, not the older 0.6), down to the low before recovery (0.2).
+    assert s["per_deploy"][1]["dip"] == pytest.approx(0.62 - 0.2) and s["per_deploy"][2]["dip"] == pytest.approx(0.65 - 0.4)
+    assert s["per_deploy"][0]["dip"] is None and s["worst_dip"] == pytest.approx(0.42)
+    # Negative flips by deploy: the before_switch look belongs to the deploy that served until it.
+    assert [d["negative_flips"] for d in s["per_deploy"]] == [3, 8, 4] and s["negative_flips"] == 15
+    assert s["cost_total"] == pytest.approx(5 * 2.5) and s["cost_serve"] == pytest.approx(2.5)
+
+
+def _evaluations(frame: pd.DataFrame) -> pd.DataFrame:
+    """The evaluation rows keyed by (time, why), the adapter's own look and the closing one at the horizon left out."""
+    ev = frame[(frame.kind == "evaluate") & frame.r1_all.notna()].copy()
+    ev["why"] = ev.detail.map(lambda d: json.loads(d)["why"])
+    return ev[~ev.why.isin(["adapter_ready", "horizon"])].set_index(["time_hours", "why"])
 
 
 def test_adapter_queries_answer_like_new_ones_wherever_nothing_is_stale_and_differ_while_mixed():
-    _, new, _ = run("full", ingest="continuous", deploy="hot", queries="new")
-    _, adapted, _ = run("full", ingest="continuous", deploy="hot", queries="adapter")
-    evaluated = (new.kind == "evaluate") & new.r1_all.notna()
-    clean, mixed = evaluated & (new.stale_items == 0), evaluated & (new.stale_items > 0)
-    assert np.array_equal(new[clean].r1_all.to_numpy(), adapted[clean].r1_all.to_numpy())
-    assert mixed.any() and not np.array_equal(new[mixed].map_all.to_numpy(), adapted[mixed].map_all.to_numpy())
+    # Never backfilled: the gallery stays mixed, and the adapter (fitted on 100 re-embedded pairs, 0.19 h here) serves.
+    _, new, _ = run("none", ingest="continuous", deploy="hot", queries="new")
+    _, adapted, summary = run("none", ingest="continuous", deploy="hot", queries="adapter")
+    new, adapted_ev = _evaluations(new), _evaluations(adapted)
+    both = new.index.intersection(adapted_ev.index)  # the adapter's own look shifts the next `changed` ones
+    assert len(both) > 0.8 * len(new)
+    new, adapted_ev = new.loc[both], adapted_ev.loc[both]
+    first_ready = adapted[adapted.kind == "adapter_ready"].time_hours.min()
+    times = new.index.get_level_values("time_hours")
+    clean, mixed = (new.stale_items == 0) | (times < first_ready), (new.stale_items > 0) & (times > first_ready)
+    assert np.array_equal(new[clean].r1_all.to_numpy(), adapted_ev[clean].r1_all.to_numpy())
+    assert mixed.any() and not np.array_equal(new[mixed].map_all.to_numpy(), adapted_ev[mixed].map_all.to_numpy())
+    # The adapter is a job: fitted after each deploy onto an older gallery, ready after its span, billed to its own job.
+    ready = adapted[adapted.kind == "adapter_ready"]
+    assert len(ready) >= 1 and summary["accel_hours_adapter"] > 0
+    deploy_at = adapted[(adapted.kind == "deploy") & (adapted.session == ready.session.iloc[0])].time_hours.iloc[0]
+    assert ready.time_hours.iloc[0] > deploy_at
 
 
 @pytest.mark.parametrize("queries", ["new", "dual", "adapter"])
