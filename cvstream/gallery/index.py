@@ -121,6 +121,9 @@ class Gallery:
         self.segments: list[faiss.Index] = []
         self._starts = np.zeros(0, dtype=np.int64)  # per segment, its first item id
         self._versions = np.zeros(0, dtype=np.int64)  # per segment, bumped at every change (what a cached copy is checked against)
+        # Per segment, its version after its last change that was not an append: a save may write the items added
+        # since a version at least this as a delta; anything older than it is stored again whole.
+        self._rewritten = np.zeros(0, dtype=np.int64)
         self._changes = 0  # bumped at every add and replace (what a saved metadata table is checked against)
         # (change number, item ids whose metadata it set) since the oldest save `_saved` keeps: what a save's new part holds
         self._metadata_log: list[tuple[int, np.ndarray]] = []
@@ -190,6 +193,7 @@ class Gallery:
             if not self.segments or self.segments[-1].ntotal >= self.segment_size or self.segments[-1].d != self.dim:
                 self.segments.append(self._empty_segment())
                 self._versions = np.append(self._versions, 0)
+                self._rewritten = np.append(self._rewritten, 0)
                 self._starts = np.append(self._starts, len(self) + start)
             chunk = vectors[start : start + self.segment_size - self.segments[-1].ntotal]
             self.segments[-1].add(chunk)  # positions ntotal, ntotal + 1, ...: the item ids, less the segment's offset
@@ -237,6 +241,7 @@ class Gallery:
                 self.segments[number] = segment
                 self.rebuilds += 1
             self._versions[number] += 1
+            self._rewritten[number] = self._versions[number]
         stored = self.vectors(item_ids) if self.lossy else vectors
         self._accumulate(classes, stored, sign=1)
         if generation is not None or transformed:
@@ -557,6 +562,7 @@ class Gallery:
         self.segments = segments
         self._starts = np.cumsum([0] + [int(s.ntotal) for s in segments[:-1]]).astype(np.int64) if segments else np.zeros(0, np.int64)
         self._versions = np.zeros(len(segments), dtype=np.int64)
+        self._rewritten = np.zeros(len(segments), dtype=np.int64)
         self._gpu = self._saved = None
 
     def class_sums(self) -> tuple[np.ndarray, np.ndarray]:
