@@ -184,6 +184,7 @@ class AnytimePoint:
     rows: list[MetricRow]
     backbone_forwards: int
     seconds: float
+    value: float  # R@1 (all): the run's anytime curve, whose area the evaluation reports
 
 
 @dataclass
@@ -248,8 +249,8 @@ class Evaluator:
         correct = recall_at_k(nearest, query_classes, 1)
         subsets = {k: v for k, v in self._subsets(session, query_classes).items() if not k.startswith("home:")}
         rows = aggregate({"recall@1": correct}, subsets, session=session, query_generation=session, gallery_view=f"anytime:{step}")
-        self.anytime_values.append(float(correct.mean()))
-        return AnytimePoint(rows=rows, backbone_forwards=len(s.query_ids) + len(s.gallery_ids), seconds=time.perf_counter() - clock)
+        return AnytimePoint(rows=rows, backbone_forwards=len(s.query_ids) + len(s.gallery_ids), seconds=time.perf_counter() - clock,
+                            value=float(correct.mean()))
 
     # -- after a session ----------------------------------------------------------------
 
@@ -286,6 +287,7 @@ class Evaluator:
         if probed is not None:
             rows += self.probe.rows(session=session, generation=generation)
         if anytime:
+            self.anytime_values += [point.value for point in anytime]
             rows += [row for point in anytime for row in point.rows]
             rows.append(MetricRow(session=session, query_generation=generation, gallery_view="anytime", subset="all", metric="a_auc",
                                   value=area_under_curve(self.anytime_values), n_queries=len(query_ids)))

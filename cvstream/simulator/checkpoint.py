@@ -77,6 +77,7 @@ def save(state: RunState, run_dir: Path, *, rows: dict[str, int]) -> None:
         "version": CHECKPOINT_VERSION, "session": session, "generation": state.generation, "next_session": state.next_session,
         "model_spec": state.model.spec,
         "replay_rng": state.replay_rng.bit_generator.state, "evaluator": evaluation_values, "rows": dict(rows),
+        "lineage": state.lineage,
     }
     buffer = io.BytesIO()
     torch.save(tensors, buffer)
@@ -120,6 +121,7 @@ def restore(state: RunState, run_dir: Path) -> dict[str, list[dict]]:
         state.train_generator.set_state(tensors["train_generator"])
         state.replay_rng.bit_generator.state = values["replay_rng"]
         state.generation, state.next_session = int(values["generation"]), int(values["next_session"])
+        state.lineage = str(values.get("lineage", ""))  # absent in checkpoints from before the store: no chain to extend
         state.replay.restore({k.removeprefix("replay."): v for k, v in arrays.items() if k.startswith("replay.")})
         state.evaluator.restore({k.removeprefix("evaluator."): v for k, v in arrays.items() if k.startswith("evaluator.")},
                                 values["evaluator"])

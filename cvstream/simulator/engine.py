@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,17 +28,20 @@ from cvstream.errors import ScenarioError, UserError
 from cvstream.evaluation.curve import backfill_curve
 from cvstream.evaluation.evaluator import AnytimePoint, Evaluator, Probed
 from cvstream.evaluation.retrieval import top_classes
-from cvstream.evaluation.rows import hook_row
+from cvstream.evaluation.rows import MetricRow, hook_row
 from cvstream.gallery import Gallery, ReplayBuffer
 from cvstream.gallery.backfill import BACKFILL_POLICIES, fit_transform, order_items, plan_backfill, stale_items, transform_pairs
 from cvstream.gallery.replay import REPLAY_SELECTIONS
 from cvstream.models import build_method, build_model, upgraded_model
 from cvstream.models.augment import channel_stats
 from cvstream.models.methods.base import TrainContext
+from cvstream.models.net import EmbeddingNet
 from cvstream.models.trainer import embed, train_session
 from cvstream.sessions import scenario_stream
 from cvstream.sessions.rng import numpy_rng, torch_generator, torch_seed
 from cvstream.simulator import checkpoint, memory
+from cvstream.simulator.checkpoint import load_model_state
+from cvstream.simulator.generation_store import GenerationStore, StoredTraining, code_digest, digest, gallery_digest, module_digest
 from cvstream.simulator.events import Event, Outcome, SessionResult
 from cvstream.simulator.generations import Generation, frozen, save_generation
 from cvstream.simulator.hooks import Hook
@@ -93,6 +97,7 @@ class Simulator:
         write: bool = True,
         resume: bool = False,
         shard=None,
+        store=None,
     ):
         from cvstream.simulator.outputs_hook import ParquetWriter
         from cvstream.simulator.progress import ProgressHook
@@ -119,7 +124,12 @@ class Simulator:
             self.hooks.append(ProgressHook())
         self.hooks.extend(hooks)
         self.method = build_method(scenario)
+        # The generation store (SPEC section 13): a `GenerationStore` or its folder; None: every session trains.
+        self.store = GenerationStore(store) if isinstance(store, (str, Path)) else store
+        if self.store is not None and shard is not None:
+            raise UserError("the generation store is for single-process runs: a distributed run trains every session")
         self.state: RunState | None = None
+        self._root_key: str | None = None  # the generation store's digest of what every session's key shares
         self._flops_by_generation: dict[int, int] = {}  # backbone_flops, counted once per generation
         # A driver above the engine that replays generations (the service timeline) reads them from the SessionResults,
         # and a resumed run from generations/.
@@ -329,8 +339,71 @@ class Simulator:
         return Outcome(generation=self.generation, detail=detail), None
 
     def train(self, t: int) -> tuple[Outcome, tuple[int, list[AnytimePoint]]]:
-        """Train the model in place on the session; returns the generation the session deploys, and the anytime points
-        measured during training (`evaluation.every_steps`), which its evaluation reports."""
+        """Train the model on the session, or take what a stored training of the same key left (the generation store);
+        returns the generation the session deploys, and the anytime points measured during training
+        (`evaluation.every_steps`), which its evaluation reports."""
+        key = self._training_key(t)
+        stored = self.store.load(key) if key is not None else None
+        if stored is not None:
+            outcome, value = self._reuse(t, stored)
+        else:
+            outcome, value = self._train(t)
+            if key is not None:
+                self.store.save(key, self._stored(outcome, value))
+        self.state.lineage = key or ""
+        return outcome, value
+
+    def _training_key(self, t: int) -> str | None:
+        """The generation store's key of session t's training (module `generation_store`), or None without a store (or
+        where the chain of keys was broken by sessions run without it)."""
+        if self.store is None or (t > 0 and not self.state.lineage):
+            return None
+        s = self.scenario
+        reads_gallery = ("class_means" in self.method.needs or bool(s.evaluation.every_steps)
+                         or len(self.stream.val_ids(t, seen=s.training.validate_on == "seen")) > 0)
+        if self._root_key is None:
+            data = s.to_dict(complete=True)
+            sections = ["dataset", "stream", "model", "training", "method", "replay", "seed"]
+            sections += ["gallery"] if reads_gallery else []
+            sections += ["evaluation"] if bool(s.evaluation.every_steps) else []
+            frame = self.stream.to_frame()
+            self._root_key = digest(json.dumps({k: data.get(k) for k in sections}, sort_keys=True, default=str), s.training_seed,
+                                    self.device.type, code_digest(), module_digest(self.method),
+                                    *(frame[c].to_numpy() for c in frame.columns))
+        gallery = gallery_digest(self.state.gallery) if reads_gallery and len(self.state.gallery) else ""
+        return digest(self._root_key, self.state.lineage, t, gallery)
+
+    def _reuse(self, t: int, stored: StoredTraining) -> tuple[Outcome, tuple[int, list[AnytimePoint]]]:
+        """The training step as the stored one left it: its network, batching generator, outcome and anytime points.
+        Billed as it was, marked reused; no training step runs (hooks see none)."""
+        state, upgrade = self.state, self.scenario.model.upgrades.get(t)
+        if upgrade is not None:
+            state.gallery.widen(upgrade.embedding_dim)
+        if stored.model_spec != state.model.spec:
+            with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten: keep the global RNG as it was
+                state.model = EmbeddingNet(**stored.model_spec).to(self.device)
+        load_model_state(state.model, {k: v.to(self.device) for k, v in stored.model_state.items()})
+        state.train_generator.set_state(stored.train_generator)
+        values = dict(stored.outcome)
+        outcome = Outcome(generation=stored.generation, seconds=values["seconds"], backbone_forwards=values["backbone_forwards"],
+                          items=values["items"], cost_phase="train", reused=True, detail=values["detail"])
+        anytime = [AnytimePoint(rows=[MetricRow(**row) for row in point["rows"]], backbone_forwards=point["backbone_forwards"],
+                                seconds=point["seconds"], value=point["value"]) for point in stored.anytime]
+        return outcome, (stored.generation, anytime)
+
+    def _stored(self, outcome: Outcome, value: tuple[int, list[AnytimePoint]]) -> StoredTraining:
+        generation, anytime = value
+        model = self.state.model
+        return StoredTraining(
+            generation=generation, model_spec=model.spec, model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            train_generator=self.state.train_generator.get_state(),
+            outcome={"seconds": outcome.seconds, "backbone_forwards": outcome.backbone_forwards, "items": outcome.items,
+                     "detail": outcome.detail},
+            anytime=[{"rows": [dataclasses.asdict(row) for row in point.rows], "backbone_forwards": point.backbone_forwards,
+                      "seconds": point.seconds, "value": point.value} for point in anytime],
+        )
+
+    def _train(self, t: int) -> tuple[Outcome, tuple[int, list[AnytimePoint]]]:
         s, state = self.scenario, self.state
         session = self.stream[t]
         needs = self.method.needs

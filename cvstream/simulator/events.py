@@ -30,6 +30,7 @@ class Outcome:
     items: int = 0
     backbone_flops: int = 0  # FLOPs per image of the generation that did the work; the engine counts them for billed steps
     cost_phase: str | None = None  # the costs.parquet phase this step is billed to, if any
+    reused: bool = False  # the step's work was done by an earlier run and taken from the generation store: billed as it was
     metrics: list[MetricRow] | None = None  # for metrics.parquet
     detail: dict | None = None
     artifacts: dict = field(default_factory=dict)  # for the writer: `backfill_curve` (a DataFrame), `embeddings` (arrays by file)

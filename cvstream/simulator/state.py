@@ -27,3 +27,6 @@ class RunState:
     train_generator: torch.Generator  # batching and augmentation
     replay_rng: np.random.Generator
     next_session: int = 0
+    # The generation store's key of the last trained session (SPEC section 13): the next session's key chains on it.
+    # Empty where the run keeps no store (a run that resumes with one then trains without it).
+    lineage: str = ""

@@ -17,13 +17,13 @@ from cvstream.evaluation.rows import MetricRow
 
 COLUMNS = {
     "metrics": ["run_id", *METRIC_COLUMNS],
-    "costs": ["run_id", "session", "phase", "backbone_forwards", "transform_forwards", "items", "seconds", "backbone_flops"],
+    "costs": ["run_id", "session", "phase", "backbone_forwards", "transform_forwards", "items", "seconds", "backbone_flops", "reused"],
     "events": ["run_id", "event_index", "session", "kind", "generation", "started_at", "seconds", "detail"],
 }
 INTEGER_COLUMNS = {"session", "query_generation", "n_queries", "event_index", "generation", "backbone_forwards", "transform_forwards", "items",
                    "backbone_flops"}
 # Columns added after runs were already written, and the value their older rows get when such a run resumes.
-ADDED_COLUMNS = {"costs": {"backbone_flops": 0}}  # 0: not counted
+ADDED_COLUMNS = {"costs": {"backbone_flops": 0, "reused": False}}  # 0: not counted; False: nothing was reused then
 
 
 class Tables:
@@ -42,7 +42,8 @@ class Tables:
             self.rows["costs"].append(
                 {"run_id": run_id, "session": event.session, "phase": outcome.cost_phase,
                  "backbone_forwards": outcome.backbone_forwards, "transform_forwards": outcome.transform_forwards,
-                 "items": outcome.items, "seconds": outcome.seconds, "backbone_flops": outcome.backbone_flops}
+                 "items": outcome.items, "seconds": outcome.seconds, "backbone_flops": outcome.backbone_flops,
+                 "reused": outcome.reused}
             )
         for row in outcome.metrics or []:
             self.add_metric(run_id, row)

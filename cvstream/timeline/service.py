@@ -445,7 +445,8 @@ class Timeline:
     def _fit_adapter(self, generation: int):
         """Least squares from the serving generation's embeddings into the previous generation's space, on items whose
         stored vector is the previous generation's own; a job of its own: queries use it once it is fitted."""
-        pairs = np.flatnonzero(self.space == self.previous)
+        own = self.gallery.generations()[: self.admitted] == self.previous  # embedded by it, not mapped into its space
+        pairs = np.flatnonzero((self.space == self.previous) & own)
         if len(pairs) == 0:
             return
         pairs = np.sort(numpy_rng(self.scenario.seed, "timeline-adapter", generation).permutation(pairs)[: self.scenario.backfill.train_items])

@@ -98,7 +98,7 @@ def _value(field) -> object:
         return field.get_state().tolist()
     if isinstance(field, np.random.Generator):
         return field.bit_generator.state
-    if isinstance(field, int):
+    if isinstance(field, (int, str)):
         return field
     raise AssertionError(f"no comparison for a run state field of type {type(field).__name__}; add one to _value")
 
@@ -106,10 +106,11 @@ def _value(field) -> object:
 def test_a_resumed_run_state_equals_the_saved_one_in_every_field(tmp_path):
     """A field saved but not restored, or not saved, keeps its fresh value in the resumed state, which the run's differs from."""
     scenario = tiny_scenario(stream={"sessions": 2})
-    run = Simulator(scenario, out_dir=tmp_path, progress=False)
+    store = tmp_path / "store"  # a run with a generation store keys its sessions: the lineage changes too
+    run = Simulator(scenario, out_dir=tmp_path / "run", progress=False, store=store)
     with run.running():
         run.run_session(0)
-    resumed = Simulator(scenario, out_dir=run.run_dir, resume=True)
+    resumed = Simulator(scenario, out_dir=run.run_dir, resume=True, store=store)
     resumed._prepare()
     resumed.state.replay_rng.random()  # herding draws nothing in session 0: a generator left unrestored shows drawn from
     torch.rand(1, generator=resumed.state.train_generator)
