@@ -67,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--variants", default=None, help="with --timeline: presets to run, comma-separated "
                          "(none, full-hot, full-after-backfill, partial, transform, dual, adapter; default all but adapter)")
     compare.add_argument("--partial-budget", type=_positive_float, default=0.25, help="with --timeline: the partial variant's budget (default %(default)s)")
+    compare.add_argument("--seeds", type=_seed_count, default=1, metavar="N",
+                         help="run every variant for N seeds (the scenario's seed and the next ones): means with 95%% intervals, and "
+                         "paired differences against --reference (default 1)")
+    compare.add_argument("--reference", default=None, metavar="VARIANT", help="with --seeds: the variant the others are paired against (default: the first)")
+    compare.add_argument("--budgets", type=_budget_list, default=None, metavar="B1,B2,...",
+                         help="with --timeline: run the variants at each number of backfill accelerators and report, per budget, the "
+                         "Pareto frontier of quality-time area against cost (frontier.parquet, frontier.png)")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     report = sub.add_parser("report", help="tables in the terminal and PNG plots next to the data, for one run or several")
@@ -278,6 +285,10 @@ def _sweep(args, console: Console) -> int:
         console.print(f"  run {run.index} ({labels}): {row['status']}, {row['seconds']:.1f} s{'  ' + row['error'] if row['error'] else ''}")
 
     result = run_sweep(args.sweep, out_dir=out, data_root=args.data_root, engine=args.engine, on_run=done, plugins=args.plugins)
+    if len(result.summary):
+        from cvstream.studies.sweep import summary_table
+
+        console.print(summary_table(result.summary, title=f"sweep {spec.name}: each cell over its seeds (summary.parquet)"))
     console.print(f"{len(result.runs) - len(result.failed)} of {len(result.runs)} runs completed ({result.engine}); "
                   f"tables in {out}/metrics and {out}/costs (pandas.read_parquet), runs in {out}/runs.parquet")
     return 1 if len(result.failed) else 0
@@ -338,6 +349,34 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _seed_count(text: str) -> int:
+    """`--seeds N`: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seeds") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1 seed")
+    return value
+
+
+def _budget_list(text: str) -> list[int]:
+    """`--budgets 2,8,32`: distinct whole numbers >= 1 of backfill accelerators, comma-separated."""
+    budgets = []
+    for item in text.split(","):
+        try:
+            value = int(item)
+        except ValueError:
+            what = "an empty item between commas" if not item.strip() else f"{item.strip()!r} is not a whole number"
+            raise argparse.ArgumentTypeError(f"{text!r}: {what}; write numbers of backfill accelerators, e.g. 2,8,32") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: {value} backfill accelerators; each budget must be >= 1")
+        if value in budgets:
+            raise argparse.ArgumentTypeError(f"{text!r}: {value} is listed twice")
+        budgets.append(value)
+    return budgets
+
+
 def _compare(args, console: Console) -> int:
     from datetime import datetime, timezone
 
@@ -345,36 +384,73 @@ def _compare(args, console: Console) -> int:
 
     scenario = _load(args)
     out = args.out or str(Path(scenario.output.dir) / scenario.name / f"compare-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    if args.budgets is not None and not args.timeline:
+        raise UserError("--budgets sets the backfill accelerators of the service timeline: give --timeline too")
+    if args.seeds > 1 and scenario.training.seed is not None:
+        make_console(stderr=True).print(f"note: training.seed is fixed at {scenario.training.seed}: the {args.seeds} seeds vary the "
+                                        "stream (and what depends on it), not what training draws", highlight=False)
     if args.timeline:
         return _compare_timeline(args, scenario, out, console)
     variants = parse_variants(args.backfill)
-    console.print(f"comparing {len(variants)} backfill variants of {scenario.name} (method {scenario.method.name}) -> {out}")
+    seeds = f" x {args.seeds} seeds" if args.seeds > 1 else ""
+    console.print(f"comparing {len(variants)} backfill variants{seeds} of {scenario.name} (method {scenario.method.name}) -> {out}")
     table = run_comparison(
         args.scenario, variants, out_dir=out, overrides=args.overrides, data_root=args.data_root,
         gallery_items=args.project_gallery, seconds_per_forward=args.seconds_per_forward,
-        curve_session=args.curve_session, curve_order=args.curve_order,
+        curve_session=args.curve_session, curve_order=args.curve_order, seeds=args.seeds, reference=args.reference,
         progress=not args.no_progress and console.is_terminal,
-        on_variant=lambda row: console.print(f"  {row['variant']}: AR@1 {row['ar@1']:.3f}, {row['seconds']:.1f} s"),
+        on_variant=lambda row: console.print(f"  {row['variant']}{_seed_label(row, args.seeds)}: AR@1 {row['ar@1']:.3f}, {row['seconds']:.1f} s"),
     )
     console.print(comparison_table(table, title=f"backfill policies on {scenario.name} ({scenario.method.name})"))
+    if args.seeds > 1:
+        from cvstream.reporting.study_report import difference_table
+        from cvstream.studies.compare import COMPARISON_DIFFERENCES
+
+        forms = {"ar@1": ("AR@1", "{:.3f}"), "last_r@1_all": ("R@1 all", "{:.3f}")}
+        console.print(difference_table(table, [(key, *forms[key]) for key in COMPARISON_DIFFERENCES],
+                                       title=f"paired differences against {table.reference.iloc[0]}"))
     console.print(f"files in {out}")
     return 0
 
 
+def _seed_label(row: dict, seeds: int) -> str:
+    return f" (seed {row['seed']})" if seeds > 1 else ""
+
+
 def _compare_timeline(args, scenario, out: str, console: Console) -> int:
+    from cvstream.reporting.study_report import difference_table, frontier_table
     from cvstream.reporting.timeline_report import summary_table
     from cvstream.studies.compare import parse_timeline_variants, run_timeline_comparison
+    from cvstream.studies.frontier import frontier_frame
 
     variants = parse_timeline_variants(args.variants)
-    console.print(f"comparing {len(variants)} timeline variants of {scenario.name} (method {scenario.method.name}) -> {out}")
+    grid = (f" x {args.seeds} seeds" if args.seeds > 1 else "") + (f" x {len(args.budgets)} budgets" if args.budgets is not None else "")
+    console.print(f"comparing {len(variants)} timeline variants{grid} of {scenario.name} (method {scenario.method.name}) -> {out}")
+
+    def done(row: dict) -> None:
+        budget = f" at {row['backfill_accelerators']} backfill accelerators" if args.budgets is not None else ""
+        console.print(f"  {row['variant']}{budget}{_seed_label(row, args.seeds)}: R@1 area {row['quality_time_area']:.3f}")
+
     table = run_timeline_comparison(
         args.scenario, variants, out_dir=out, overrides=args.overrides, data_root=args.data_root, partial_budget=args.partial_budget,
-        progress=not args.no_progress and console.is_terminal,
-        on_variant=lambda row: console.print(f"  {row['variant']}: R@1 area {row['quality_time_area']:.3f}"),
+        seeds=args.seeds, budgets=args.budgets, reference=args.reference, progress=not args.no_progress and console.is_terminal,
+        on_variant=done,
     )
-    summaries = {row["variant"]: row for row in table.to_dict("records")}
-    console.print(summary_table(summaries, title=f"the service timeline of {scenario.name} ({scenario.method.name}), by policy"))
-    console.print(f"files in {out} (timeline_comparison.parquet, timeline.png)")
+    title = f"the service timeline of {scenario.name} ({scenario.method.name}), by policy"
+    differences = [("quality_time_area", "R@1 area", "{:.3f}"), ("regret_area", "regret", "{:.3f}"),
+                   ("accel_hours_total", "acc-hours", "{:,.1f}"), ("cost_total", "cost", "{:,.0f}")]
+    groups = table.groupby("backfill_accelerators", sort=False) if args.budgets is not None else [(None, table)]
+    for budget, part in groups:
+        where = f" at {budget} backfill accelerators" if budget is not None else ""
+        console.print(summary_table({row["variant"]: row for row in part.to_dict("records")}, title=title + where))
+        if args.seeds > 1:
+            console.print(difference_table(part, differences, title=f"paired differences against {part.reference.iloc[0]}{where}"))
+    files = "timeline_comparison.parquet, timeline.png"
+    if args.budgets is not None:
+        title = f"which policy at which budget: the frontier of R@1 area against cost ({scenario.name})"
+        console.print(frontier_table(frontier_frame(table), title=title))
+        files = "timeline_comparison.parquet, frontier.parquet, frontier.png; budget-<b>/timeline.png"
+    console.print(f"files in {out} ({files}{', timeline_comparison_runs.parquet' if args.seeds > 1 or args.budgets is not None else ''})")
     return 0
 
 

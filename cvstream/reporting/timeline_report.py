@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from cvstream.reporting.figures import save_figure
-from cvstream.reporting.tables import Column, ReportTable, cell
+from cvstream.reporting.study_report import interval_cell, seeds_note
+from cvstream.reporting.tables import Column, ReportTable
 
 SUMMARY_COLUMNS = [
     ("quality_time_area", "R@1 area", "{:.3f}"),
@@ -29,14 +30,16 @@ SUMMARY_COLUMNS = [
 
 def summary_table(summaries: dict[str, dict], *, title: str) -> ReportTable:
     """One row per timeline: quality-time area and regret, worst dip, recovery hours over the deploys that recovered and
-    how many never did, negative flips, accelerator-hours by job, cost, serving utilisation and peak memory."""
+    how many never did, negative flips, accelerator-hours by job, cost, serving utilisation and peak memory. A summary
+    averaged over seeds (a study's) shows each figure ± the half-width of its interval (`<key>_high`)."""
     table = ReportTable(title, [Column("timeline", numeric=False)] + [Column(header) for _, header, _ in SUMMARY_COLUMNS])
     warnings = []
     for label, summary in summaries.items():
-        values = {**summary, "memory_bytes_peak": summary.get("memory_bytes_peak", float("nan")) / 1e9}
-        table.add_row(label, *[cell(values.get(key), form) for key, _, form in SUMMARY_COLUMNS])
+        table.add_row(label, *[interval_cell(summary, key, form, scale=1e-9 if key == "memory_bytes_peak" else 1.0)
+                               for key, _, form in SUMMARY_COLUMNS])
         warnings += [f"{label}: {w}" for w in summary.get("warnings", [])]
-    table.caption = "; ".join(warnings) or None
+    note = seeds_note(summary["seeds"] for summary in summaries.values() if "seeds" in summary)
+    table.caption = "; ".join(([note] if note else []) + warnings) or None
     return table
 
 

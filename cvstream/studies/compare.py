@@ -5,6 +5,13 @@ A variant is written `POLICY[:BUDGET[:ORDER]]` with a registered backfill policy
 BUDGET is a fraction (`0.25`) or a count (`100`). Each variant runs into its own folder;
 `comparison.parquet` holds one row per variant, `backfill_curve.parquet` the curve measured
 on the `none` variant (or the first one).
+
+With `seeds` > 1 every variant runs once per seed (the scenario's `seed`, then the next ones), into
+`<variant>/seed-<s>`: `comparison_runs.parquet` keeps a row per run, `comparison.parquet` each figure's
+mean over the seeds with its 95% interval and each variant's paired difference against the reference
+(`intervals`). `compare --timeline --budgets` runs the variants at several numbers of backfill
+accelerators and marks, per budget, the Pareto frontier of quality-time area against cost (`frontier`).
+A scenario that fixes `training.seed` keeps it: its seeds vary the stream and the gallery, not training.
 """
 
 from __future__ import annotations
@@ -19,12 +26,20 @@ import pandas as pd
 from cvstream.errors import UserError
 from cvstream.gallery.backfill import BACKFILL_ORDERS, BACKFILL_POLICIES, backfill_problem, listed
 from cvstream.reporting.projection import project_costs
-from cvstream.reporting.tables import Column, ReportTable, cell
+from cvstream.reporting.study_report import interval_cell, seeds_note
+from cvstream.reporting.tables import Column, ReportTable
+from cvstream.studies.frontier import frontier_frame
+from cvstream.studies.intervals import paired_differences, summarize_seeds
 
 COMPARISON_COLUMNS = [
     "variant", "policy", "budget", "order", "ar@1", "last_r@1_old", "last_r@1_new", "last_r@1_all", "last_map@r",
     "backbone_forwards", "backfill_forwards", "transform_forwards", "seconds", "projected_gallery", "projected_hours", "run_dir",
 ]
+COMPARISON_FIGURES = [  # averaged over seeds, each with its interval
+    "ar@1", "last_r@1_old", "last_r@1_new", "last_r@1_all", "last_map@r", "backbone_forwards", "backfill_forwards",
+    "transform_forwards", "seconds", "projected_hours",
+]
+COMPARISON_DIFFERENCES = ["ar@1", "last_r@1_all"]  # paired against the reference variant, seed by seed
 
 
 @dataclass(frozen=True)
@@ -86,9 +101,10 @@ def _budget(text: str, raw: str) -> int | float:
         raise UserError(f"--backfill: {raw!r}: budget {text!r} is not a number") from None
 
 
-def summarize(result, variant: Variant, *, gallery_items: int, seconds_per_forward: float | None = None) -> dict:
-    """One comparison row from a finished run."""
-    metrics = result.metrics[result.metrics.gallery_view == "mixed"]
+def quality_figures(metrics: pd.DataFrame) -> dict[str, float]:
+    """A run's quality against the mixed gallery: AR@1 (R@1 of all queries, averaged over sessions) and, at the last
+    session, R@1 of old, new and all queries and mAP@R."""
+    metrics = metrics[metrics.gallery_view == "mixed"]
 
     def per_session(metric: str, subset: str) -> pd.Series:
         chosen = metrics[(metrics.metric == metric) & (metrics.subset == subset)]
@@ -101,14 +117,21 @@ def summarize(result, variant: Variant, *, gallery_items: int, seconds_per_forwa
         series = per_session(metric, subset)
         return float(series.get(last, np.nan))
 
+    return {
+        "ar@1": float(r1_all.mean()) if len(r1_all) else float("nan"),
+        "last_r@1_old": at_last("recall@1", "old"), "last_r@1_new": at_last("recall@1", "new"), "last_r@1_all": at_last("recall@1", "all"),
+        "last_map@r": at_last("map@r", "all"),
+    }
+
+
+def summarize(result, variant: Variant, *, gallery_items: int, seconds_per_forward: float | None = None) -> dict:
+    """One comparison row from a finished run."""
     costs = result.costs
     projection = project_costs(costs, gallery_items, seconds_per_forward, events=result.events)
     return {
         "variant": variant.name, "policy": variant.policy, "budget": None if variant.budget is None else float(variant.budget),
         "order": variant.order if variant.budget is not None else None,
-        "ar@1": float(r1_all.mean()) if len(r1_all) else float("nan"),
-        "last_r@1_old": at_last("recall@1", "old"), "last_r@1_new": at_last("recall@1", "new"), "last_r@1_all": at_last("recall@1", "all"),
-        "last_map@r": at_last("map@r", "all"),
+        **quality_figures(result.metrics),
         "backbone_forwards": int(costs.backbone_forwards.sum()),
         "backfill_forwards": int(costs[costs.phase.isin(["backfill", "transform"])].backbone_forwards.sum()),
         "transform_forwards": int(costs.transform_forwards.sum()),
@@ -119,7 +142,8 @@ def summarize(result, variant: Variant, *, gallery_items: int, seconds_per_forwa
 
 
 def comparison_table(table: pd.DataFrame, *, title: str) -> ReportTable:
-    """The comparison (one `summarize` row per variant) as a report table: quality, forwards, seconds, projected hours."""
+    """The comparison (one `summarize` row per variant) as a report table: quality, forwards, seconds, projected hours;
+    over several seeds each cell is the mean ± the half-width of its 95% interval."""
     n = int(table.projected_gallery.iloc[0]) if len(table) else 0
     columns = [
         ("variant", "variant", None), ("AR@1", "ar@1", "{:.3f}"), ("R@1 old", "last_r@1_old", "{:.3f}"),
@@ -128,17 +152,37 @@ def comparison_table(table: pd.DataFrame, *, title: str) -> ReportTable:
         (f"acc-hours @ {n:.0e}", "projected_hours", "{:,.1f}"),
     ]
     out = ReportTable(title, [Column(header, numeric=key != "variant") for header, key, _ in columns])
-    for _, row in table.iterrows():
-        out.add_row(*[cell(row[key], form) for _, key, form in columns])
+    for row in table.to_dict("records"):
+        out.add_row(*[interval_cell(row, key, form) for _, key, form in columns])
+    out.caption = seeds_note(table.seeds) if "seeds" in table else None
     return out
+
+
+def seed_list(first: int, seeds: int) -> list[int]:
+    """The seeds of a study of `seeds` seeds: the scenario's own, then the next ones."""
+    return [first + i for i in range(seeds)]
+
+
+def pick_reference(names: list[str], reference: str | None) -> str:
+    """The variant the others are paired against: `reference`, which must be one of them, or the first."""
+    if reference is None:
+        return names[0]
+    if reference not in names:
+        raise UserError(f"--reference {reference!r} is not one of the variants ({', '.join(names)})")
+    return reference
+
+
+def _seed_folder(folder: Path, seed: int, seeds: int) -> Path:
+    return folder / f"seed-{seed}" if seeds > 1 else folder
 
 
 def run_comparison(
     scenario_path: str | Path, variants: list[Variant], *, out_dir: str | Path, overrides: list[str] = (), data_root=None,
     gallery_items: int = 10**9, seconds_per_forward: float | None = None, curve_session: int | None = None,
-    curve_order: str = "random", progress: bool = False, on_variant=None,
+    curve_order: str = "random", seeds: int = 1, reference: str | None = None, progress: bool = False, on_variant=None,
 ) -> pd.DataFrame:
-    """Run every variant on the same scenario and seed; write each run and comparison.parquet under `out_dir`."""
+    """Run every variant on the same scenario, for each of `seeds` seeds; write each run and comparison.parquet under
+    `out_dir` (and, over several seeds, comparison_runs.parquet). Returns the comparison: one row per variant."""
     from cvstream.scenario import Scenario
     from cvstream.sessions import scenario_stream
     from cvstream.simulator import Simulator
@@ -148,31 +192,56 @@ def run_comparison(
     out_dir = Path(out_dir)
     if (out_dir / "comparison.parquet").exists():
         raise UserError(f"{out_dir} already holds a comparison (comparison.parquet); choose another --out, or remove it")
+    reference = pick_reference([v.name for v in variants], reference)
     curve_variant = next((v for v in variants if v.policy == "none"), variants[0])
+    base = Scenario.from_yaml(scenario_path, overrides=list(overrides))
     if curve_session is not None:
-        _, _, stream = scenario_stream(Scenario.from_yaml(scenario_path, overrides=list(overrides)), data_root=data_root)
+        _, _, stream = scenario_stream(base, data_root=data_root)
         sessions = len(stream)
         curve_session += sessions if curve_session < 0 else 0  # counted from the end: -1 is the last session
         if not 0 <= curve_session < sessions:
             raise UserError(f"--curve-session: the stream has {sessions} sessions (0..{sessions - 1}, or -1 for the last)")
+    seed_values = seed_list(base.seed, seeds)
     scenarios = {}
-    for variant in variants:  # validate every variant before the first one runs
-        extra = list(overrides) + variant.overrides()
-        if variant is curve_variant:
-            extra += [f"backfill.curve_session={'null' if curve_session is None else curve_session}", f"backfill.curve_order={curve_order}"]
-        scenarios[variant] = Scenario.from_yaml(scenario_path, overrides=extra)
+    for seed in seed_values:  # validate every run before the first one starts
+        for variant in variants:
+            extra = list(overrides) + variant.overrides() + [f"seed={seed}"]
+            if variant is curve_variant and seed == seed_values[0]:  # the curve is measured once, on the first seed
+                extra += [f"backfill.curve_session={'null' if curve_session is None else curve_session}", f"backfill.curve_order={curve_order}"]
+            scenarios[variant, seed] = Scenario.from_yaml(scenario_path, overrides=extra)
     rows = []
-    for variant in variants:
-        result = run(Simulator(scenarios[variant], out_dir=out_dir / variant.folder, data_root=data_root, progress=progress))
-        rows.append(summarize(result, variant, gallery_items=gallery_items, seconds_per_forward=seconds_per_forward))
-        if on_variant is not None:
-            on_variant(rows[-1])
-    table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    for seed in seed_values:
+        for variant in variants:
+            folder = _seed_folder(out_dir / variant.folder, seed, seeds)
+            result = run(Simulator(scenarios[variant, seed], out_dir=folder, data_root=data_root, progress=progress))
+            rows.append({**summarize(result, variant, gallery_items=gallery_items, seconds_per_forward=seconds_per_forward), "seed": seed})
+            if on_variant is not None:
+                on_variant(rows[-1])
+    if seeds == 1:
+        table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    else:
+        runs = pd.DataFrame(rows, columns=["seed", *COMPARISON_COLUMNS])
+        write_parquet(out_dir / "comparison_runs.parquet", runs)
+        table = _over_seeds(runs, keys=["variant"], keep=["policy", "budget", "order", "projected_gallery"], figures=COMPARISON_FIGURES,
+                            differences=COMPARISON_DIFFERENCES, reference=reference)
+        table["run_dir"] = [str(out_dir / v.folder) for v in variants]
     write_parquet(out_dir / "comparison.parquet", table)
-    curve = out_dir / curve_variant.folder / "backfill_curve.parquet"
+    curve = _seed_folder(out_dir / curve_variant.folder, seed_values[0], seeds) / "backfill_curve.parquet"
     if curve.is_file():
         shutil.copyfile(curve, out_dir / "backfill_curve.parquet")
     return table
+
+
+def _over_seeds(runs: pd.DataFrame, *, keys: list[str], keep: list[str], figures: list[str], differences: list[str],
+                reference: str, within: list[str] = ()) -> pd.DataFrame:
+    """Per variant (within each group of `within`): every figure's mean and interval over the seeds, then the paired
+    differences against the reference variant."""
+    table = summarize_seeds(runs, keys=keys, keep=keep, figures=figures)
+    differences = [f for f in differences if f in runs and runs[f].notna().any()]  # cost_total only where a price is given
+    if not differences:
+        return table
+    paired = paired_differences(runs, reference=reference, figures=differences, within=list(within))
+    return table.merge(paired, on=[*within, "variant"], how="left", validate="one_to_one")
 
 
 # -- the service timeline, policy against policy (`cvstream compare SCENARIO --timeline`) --------------------
@@ -194,6 +263,8 @@ TIMELINE_COMPARISON_COLUMNS = [
     "accel_hours_train", "accel_hours_backfill", "accel_hours_serve", "accel_hours_ingest", "accel_hours_adapter", "accel_hours_total",
     "cost_total", "serve_utilization_peak", "memory_bytes_peak", "run_dir",
 ]
+TIMELINE_FIGURES = TIMELINE_COMPARISON_COLUMNS[4:-1]  # averaged over seeds, each with its interval
+TIMELINE_DIFFERENCES = ["quality_time_area", "regret_area", "accel_hours_total", "cost_total"]  # cost_total where priced
 
 
 def parse_timeline_variants(text: str | None) -> list[str]:
@@ -211,11 +282,18 @@ def parse_timeline_variants(text: str | None) -> list[str]:
 
 def run_timeline_comparison(
     scenario_path: str | Path, variants: list[str], *, out_dir: str | Path, overrides: list[str] = (), data_root=None,
-    partial_budget: float = 0.25, progress: bool = False, on_variant=None,
+    partial_budget: float = 0.25, seeds: int = 1, budgets: list[int] | None = None, reference: str | None = None,
+    progress: bool = False, on_variant=None,
 ) -> pd.DataFrame:
     """Every variant on the same scenario, stream, seed and timeline settings (the scenario's `timeline` section, or
     every default): one run folder each, `timeline_comparison.parquet` and an overlaid `timeline.png` under `out_dir`.
-    Each variant trains its own generations: a method that reads the gallery (cvs) learns from what its policy left."""
+    Each variant trains its own generations: a method that reads the gallery (cvs) learns from what its policy left.
+
+    With `seeds` > 1 or `budgets` (numbers of backfill accelerators), every variant runs at each budget and seed, into
+    `[budget-<b>/]<variant>[/seed-<s>]`: `timeline_comparison_runs.parquet` keeps a row per run, the comparison one
+    row per (budget, variant) with means, intervals and paired differences, and, with budgets, `frontier.parquet` and
+    `frontier.png` the Pareto frontier of quality-time area against cost per budget. Returns the comparison."""
+    from cvstream.reporting.study_report import plot_frontier
     from cvstream.reporting.timeline_report import plot_timeline
     from cvstream.scenario import Scenario
     from cvstream.simulator import Simulator
@@ -225,28 +303,58 @@ def run_timeline_comparison(
     out_dir = Path(out_dir)
     if (out_dir / "timeline_comparison.parquet").exists():
         raise UserError(f"{out_dir} already holds a timeline comparison; choose another --out, or remove it")
+    reference = pick_reference(list(variants), reference)
     base = Scenario.from_yaml(scenario_path, overrides=list(overrides))
     timeline = base.timeline.model_dump(mode="json") if base.timeline is not None else {}
+    study = seeds > 1 or budgets is not None  # else one run per variant, written as before
+    seed_values = seed_list(base.seed, seeds)
+    budget_values = list(budgets) if budgets is not None else [None]
     scenarios = {}
-    for name in variants:  # validate every variant before the first one runs
-        preset = TIMELINE_VARIANTS[name]
-        data = base.to_dict(complete=True)
-        budget = partial_budget if preset["policy"] == "partial" else None
-        data["backfill"] = {**data["backfill"], "policy": preset["policy"], "budget": budget,
-                            "order": data["backfill"]["order"] if budget is not None else "random"}
-        data["timeline"] = {**timeline, "deploy": preset["deploy"], "queries": preset["queries"]}
-        scenarios[name] = Scenario.from_dict(data, source=f"{scenario_path} ({name})")
-    rows, frames = [], {}
-    for name in variants:
-        sim = Simulator(scenarios[name], out_dir=out_dir / name, data_root=data_root, progress=progress)
-        result = run_timeline(sim)
-        frames[name] = result.frame
-        preset = TIMELINE_VARIANTS[name]
-        rows.append({"variant": name, **preset, **{k: result.summary[k] for k in TIMELINE_COMPARISON_COLUMNS if k in result.summary},
-                     "run_dir": str(sim.run_dir)})
-        if on_variant is not None:
-            on_variant(rows[-1])
-    table = pd.DataFrame(rows, columns=TIMELINE_COMPARISON_COLUMNS)
+    for budget in budget_values:  # validate every run before the first one starts
+        for seed in seed_values:
+            for name in variants:
+                preset = TIMELINE_VARIANTS[name]
+                data = base.to_dict(complete=True)
+                data["seed"] = seed
+                partial = partial_budget if preset["policy"] == "partial" else None
+                data["backfill"] = {**data["backfill"], "policy": preset["policy"], "budget": partial,
+                                    "order": data["backfill"]["order"] if partial is not None else "random"}
+                data["timeline"] = {**timeline, "deploy": preset["deploy"], "queries": preset["queries"]}
+                if budget is not None:
+                    data["timeline"]["accelerators"] = {**timeline.get("accelerators", {}), "backfill": budget}
+                where = name + (f", seed {seed}" if seeds > 1 else "") + (f", {budget} backfill accelerators" if budget is not None else "")
+                scenarios[budget, seed, name] = Scenario.from_dict(data, source=f"{scenario_path} ({where})")
+    rows, frames = [], {budget: {} for budget in budget_values}
+    for budget in budget_values:
+        folder = out_dir / f"budget-{budget}" if budget is not None else out_dir
+        for seed in seed_values:
+            for name in variants:
+                scenario = scenarios[budget, seed, name]
+                sim = Simulator(scenario, out_dir=_seed_folder(folder / name, seed, seeds), data_root=data_root, progress=progress)
+                result = run_timeline(sim)
+                if seed == seed_values[0]:
+                    frames[budget][name] = result.frame
+                preset = TIMELINE_VARIANTS[name]
+                rows.append({"backfill_accelerators": scenario.timeline.accelerators.backfill, "seed": seed, "variant": name, **preset,
+                             **{k: result.summary[k] for k in TIMELINE_COMPARISON_COLUMNS if k in result.summary}, "run_dir": str(sim.run_dir)})
+                if on_variant is not None:
+                    on_variant(rows[-1])
+    if not study:
+        table = pd.DataFrame(rows, columns=TIMELINE_COMPARISON_COLUMNS)
+    else:
+        runs = pd.DataFrame(rows, columns=["backfill_accelerators", "seed", *TIMELINE_COMPARISON_COLUMNS])
+        write_parquet(out_dir / "timeline_comparison_runs.parquet", runs)
+        table = _over_seeds(runs, keys=["backfill_accelerators", "variant"], keep=["policy", "deploy", "queries"], figures=TIMELINE_FIGURES,
+                            differences=TIMELINE_DIFFERENCES if seeds > 1 else [], reference=reference, within=["backfill_accelerators"])
+        table["run_dir"] = [str((out_dir / f"budget-{b}" if budgets is not None else out_dir) / v)
+                            for b, v in zip(table.backfill_accelerators, table.variant)]
     write_parquet(out_dir / "timeline_comparison.parquet", table)
-    plot_timeline(frames, out_dir / "timeline.png", title=f"{base.name}: quality over simulated time, by policy")
+    for budget, by_variant in frames.items():  # the first seed's timelines, one plot per budget
+        notes = ", ".join(([f"{budget} backfill accelerators"] if budget is not None else []) + ([f"seed {seed_values[0]}"] if seeds > 1 else []))
+        title = f"{base.name}: quality over simulated time, by policy" + (f" ({notes})" if notes else "")
+        plot_timeline(by_variant, (out_dir / f"budget-{budget}" if budget is not None else out_dir) / "timeline.png", title=title)
+    if budgets is not None:
+        frontier = frontier_frame(table)
+        write_parquet(out_dir / "frontier.parquet", frontier)
+        plot_frontier(frontier, out_dir / "frontier.png", title=f"{base.name}: quality-time area against cost, per backfill budget")
     return table

@@ -6,6 +6,8 @@ Ray tasks when `ray` is importable (the optional extra `ray`). Whatever ran them
 driver writes one Parquet dataset per table, `metrics/` and `costs/` (a file per run,
 with the sweep's columns), and `runs.parquet`, so pandas, DuckDB or Polars read a sweep
 as one table. Runs whose files exist are skipped, so an interrupted sweep continues.
+`summary.parquet` holds one row per cell (every axis but the seed): each figure's mean over the
+cell's completed seeds with its 95% interval (`cvstream.studies.intervals`).
 Plugin files (`plugins=`, `cvstream sweep --plugin FILE`) travel with every task by path and
 are loaded in the worker before its scenario is read, so a Ray worker needs to see the file.
 """
@@ -26,9 +28,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cvstream.errors import ScenarioError, UserError
+from cvstream.reporting.study_report import interval_cell, seeds_note
+from cvstream.reporting.tables import Column, ReportTable, cell
 from cvstream.simulator.outputs import write_json, write_parquet
+from cvstream.studies.compare import quality_figures
+from cvstream.studies.intervals import summarize_seeds
 
 AXES = ("scenario", "seed", "method", "backfill")
+SWEEP_FIGURES = ["ar@1", "last_r@1_old", "last_r@1_new", "last_r@1_all", "last_map@r", "seconds"]  # per run, then per cell over seeds
 
 
 class SweepSpec(BaseModel):
@@ -209,7 +216,8 @@ def choose_engine(requested: str) -> str:
 class SweepResult:
     out_dir: Path
     engine: str
-    runs: pd.DataFrame  # one row per combination: labels, status, seconds, run folder
+    runs: pd.DataFrame  # one row per combination: labels, status, seconds, its figures, run folder
+    summary: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per cell: figures over its seeds, with intervals
 
     @property
     def failed(self) -> pd.DataFrame:
@@ -251,6 +259,7 @@ def run_sweep(
                "error": outcome["error"], "seconds": float(outcome["seconds"]), "run_dir": task.run_dir,
                "run_id": outcome.get("run_id", ""), "overrides": json.dumps(list(run.overrides))}
         if outcome["status"] == "completed":
+            row.update(quality_figures(outcome["metrics"]))
             columns = {"sweep": spec.name, "run_index": run.index, **_label_columns(spec, run)}
             for name in ("metrics", "costs"):
                 frame = outcome[name].assign(**columns)
@@ -259,9 +268,37 @@ def run_sweep(
         write_parquet(out / "runs.parquet", _runs_frame(rows))
         if on_run is not None:
             on_run(run, row)
+    for index, row in rows.items():  # a run completed by an older version has no figures in runs.parquet: from its metrics
+        if row["status"] == "completed" and SWEEP_FIGURES[0] not in row:
+            row.update(quality_figures(pd.read_parquet(out / "metrics" / f"run-{index:04d}.parquet")))
     frame = _runs_frame(rows)
     write_parquet(out / "runs.parquet", frame)
-    return SweepResult(out_dir=out, engine=chosen, runs=frame)
+    summary = summarize_cells(frame, cells=[_column(name) for name in (*AXES, *spec.grid) if name != "seed"])
+    write_parquet(out / "summary.parquet", summary)
+    return SweepResult(out_dir=out, engine=chosen, runs=frame, summary=summary)
+
+
+def summarize_cells(runs: pd.DataFrame, *, cells: list[str]) -> pd.DataFrame:
+    """One row per cell (a combination of `cells`, every axis but the seed): the figures' means over the cell's completed
+    runs, each with its 95% interval, and `seeds`, how many runs it averages."""
+    completed = runs[runs.status == "completed"] if len(runs) else runs
+    if completed.empty:
+        return pd.DataFrame(columns=[*cells, *[f"{f}{end}" for f in SWEEP_FIGURES for end in ("", "_low", "_high")], "seeds"])
+    return summarize_seeds(completed, keys=cells, figures=SWEEP_FIGURES)
+
+
+def summary_table(summary: pd.DataFrame, *, title: str) -> ReportTable:
+    """The sweep's cells, one row each: the axes that vary between cells, then each figure ± the half-width of its
+    interval over the cell's seeds."""
+    figures = [("ar@1", "AR@1", "{:.3f}"), ("last_r@1_old", "R@1 old", "{:.3f}"), ("last_r@1_new", "R@1 new", "{:.3f}"),
+               ("last_r@1_all", "R@1 all", "{:.3f}"), ("last_map@r", "mAP@R", "{:.3f}"), ("seconds", "seconds", "{:.1f}")]
+    labels = list(summary.columns[: list(summary.columns).index(SWEEP_FIGURES[0])])
+    axes = [c for c in labels if summary[c].nunique() > 1] or labels[:1]
+    table = ReportTable(title, [Column(a, numeric=False) for a in axes] + [Column(h) for _, h, _ in figures] + [Column("seeds")])
+    for row in summary.to_dict("records"):
+        table.add_row(*[str(row[a]) for a in axes], *[interval_cell(row, key, form) for key, _, form in figures], cell(row["seeds"]))
+    table.caption = seeds_note(summary.seeds) if len(summary) else None
+    return table
 
 
 def _label_columns(spec: SweepSpec, run: SweepRun) -> dict[str, str]:

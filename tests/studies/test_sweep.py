@@ -12,6 +12,7 @@ import yaml
 
 from cvstream.cli import main
 from cvstream.errors import UserError
+from cvstream.studies.intervals import mean_interval
 from cvstream.studies.sweep import load_sweep, ray_available, read_results, run_sweep
 from conftest import tiny_dict
 
@@ -62,6 +63,22 @@ def test_rerun_skips_completed_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "execute", lambda task: pytest.fail("a completed run ran again"))
     again = run_sweep(path, out_dir=tmp_path / "out")
     assert again.runs.status.tolist() == ["completed"]
+
+
+def test_sweep_summarizes_each_cell_over_its_seeds(tmp_path, capsys):
+    path = _files(tmp_path, methods=["finetune"])  # seeds 1 and 2: one cell of two runs
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    runs = pd.read_parquet(tmp_path / "out" / "runs.parquet")
+    summary = pd.read_parquet(tmp_path / "out" / "summary.parquet")
+    assert len(summary) == 1 and summary.seeds.tolist() == [2] and summary.method.tolist() == ["finetune"] and "seed" not in summary
+    for figure in ("ar@1", "last_r@1_all", "seconds"):
+        expected = mean_interval(runs[figure])
+        assert (summary[figure][0], summary[f"{figure}_low"][0], summary[f"{figure}_high"][0]) == pytest.approx(
+            (expected.mean, expected.low, expected.high))
+    metrics = read_results(tmp_path / "out").query("metric == 'recall@1' and subset == 'all' and gallery_view == 'mixed'")
+    assert runs.set_index("run_index")["ar@1"].to_dict() == pytest.approx(metrics.groupby("run_index").value.mean().to_dict())
+    assert "each cell over its seeds" in printed and "mean over 2 seeds ± the half-width of its 95% t interval" in printed
 
 
 def test_cli_sweep_and_a_bad_combination_exits_2(tmp_path, capsys):
