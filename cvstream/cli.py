@@ -36,11 +36,19 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--project-gallery", type=_positive_int, default=10**9, metavar="N", help="project update costs to a gallery of N items (default 10^9)")
         p.add_argument("--seconds-per-forward", type=_positive_float, default=None, metavar="S", help="seconds per backbone forward (default: measured)")
 
+    def store_args(p: argparse.ArgumentParser, *, default_on: bool) -> None:
+        where = "default: the cache's generations/ folder" if default_on else "default: none, every session trains"
+        p.add_argument("--store", default=None, metavar="DIR",
+                       help=f"the generation store: a session trained alike by another run is taken from it, not trained again ({where})")
+        if default_on:
+            p.add_argument("--no-store", action="store_true", help="train every session, reading and writing no generation store")
+
     run = sub.add_parser("run", help="run a scenario")
     scenario_args(run, optional=True)
     run.add_argument("--out", default=None, help="write the run's files directly into this folder")
     run.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run after its last completed session")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    store_args(run, default_on=False)
 
     validate = sub.add_parser("validate", help="check a scenario file, its data and its stream, without running")
     scenario_args(validate)
@@ -75,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="with --timeline: run the variants at each number of backfill accelerators and report, per budget, the "
                          "Pareto frontier of quality-time area against cost (frontier.parquet, frontier.png)")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    store_args(compare, default_on=True)
 
     report = sub.add_parser("report", help="tables in the terminal and PNG plots next to the data, for one run or several")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders; runs of one scenario with different seeds are averaged")
@@ -94,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--engine", default=None, choices=["auto", "local", "ray"], help="override the sweep file's engine")
     sweep.add_argument("--data-root", default=None, help="where relative dataset roots resolve (default $CVSTREAM_DATA, else ~/.cache/cvstream)")
     plugin_args(sweep)
+    store_args(sweep, default_on=True)
+
+    store = sub.add_parser("store", help="what the generation store holds, or clear it")
+    store.add_argument("action", choices=["info", "clear"], help="info: its folder, entries and size; clear: remove every entry")
+    store.add_argument("--store", default=None, metavar="DIR", help="the store's folder (default: the cache's generations/ folder)")
     return parser
 
 
@@ -150,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = make_console()
     err = make_console(stderr=True)
-    commands = {"validate": _validate, "run": _run, "stream": _stream, "compare": _compare, "report": _report, "sweep": _sweep}
+    commands = {"validate": _validate, "run": _run, "stream": _stream, "compare": _compare, "report": _report, "sweep": _sweep, "store": _store}
     try:
         from cvstream.plugins import load_plugins
 
@@ -241,7 +255,8 @@ def _run(args, console: Console) -> int:
     if args.resume:
         if args.scenario or args.overrides or args.out:
             raise UserError("--resume RUN_DIR continues a run with its own scenario: give no scenario, --set or --out")
-        sim = Simulator(Scenario.from_run(args.resume), out_dir=args.resume, resume=True, data_root=args.data_root, progress=progress)
+        sim = Simulator(Scenario.from_run(args.resume), out_dir=args.resume, resume=True, data_root=args.data_root, progress=progress,
+                        store=_store_folder(args))
         scenario = sim.scenario
     else:
         if not args.scenario:
@@ -252,7 +267,8 @@ def _run(args, console: Console) -> int:
         shard = from_environment(scenario.device)  # under torchrun: each session's training is split across the processes
         leader = shard is None or shard.leader
         console = console if leader else make_console(quiet=True)  # one process writes the run's files and prints
-        sim = Simulator(scenario, out_dir=args.out, data_root=args.data_root, progress=progress and leader, write=leader, shard=shard)
+        sim = Simulator(scenario, out_dir=args.out, data_root=args.data_root, progress=progress and leader, write=leader, shard=shard,
+                        store=_store_folder(args) if shard is None else None)
     console.print(f"run {sim.run_id}: {scenario.name}, {len(sim.stream)} sessions, method {scenario.method.name} -> {sim.run_dir}")
     try:
         result = run(sim)  # through the service timeline where the scenario has one
@@ -273,6 +289,33 @@ def _run(args, console: Console) -> int:
     return 0
 
 
+def _store_folder(args) -> Path | None:
+    """The generation store a command uses: --store, else (for the studies) the cache's generations/ folder; None with
+    --no-store, or for `run` without --store."""
+    from cvstream.sessions.paths import cache_dir
+
+    if getattr(args, "no_store", False):
+        if args.store:
+            raise UserError("--store and --no-store contradict each other: give one")
+        return None
+    if args.store:
+        return Path(args.store)
+    return cache_dir() / "generations" if hasattr(args, "no_store") or args.command == "store" else None
+
+
+def _store(args, console: Console) -> int:
+    from cvstream.simulator.generation_store import GenerationStore
+
+    store = GenerationStore(_store_folder(args))
+    entries = store.entries()
+    if args.action == "clear":
+        console.print(f"removed {store.clear():,} stored generations from {store.folder}")
+    else:
+        size = sum(p.stat().st_size for p in entries)
+        console.print(f"generation store {store.folder}: {len(entries):,} stored generations, {size / 1e6:,.1f} MB")
+    return 0
+
+
 def _sweep(args, console: Console) -> int:
     from cvstream.studies.sweep import load_sweep, run_sweep
 
@@ -284,7 +327,8 @@ def _sweep(args, console: Console) -> int:
         labels = ", ".join(f"{k} {v}" for k, v in run.labels.items())
         console.print(f"  run {run.index} ({labels}): {row['status']}, {row['seconds']:.1f} s{'  ' + row['error'] if row['error'] else ''}")
 
-    result = run_sweep(args.sweep, out_dir=out, data_root=args.data_root, engine=args.engine, on_run=done, plugins=args.plugins)
+    result = run_sweep(args.sweep, out_dir=out, data_root=args.data_root, engine=args.engine, on_run=done, plugins=args.plugins,
+                       store=_store_folder(args))
     if len(result.summary):
         from cvstream.studies.sweep import summary_table
 
@@ -398,7 +442,7 @@ def _compare(args, console: Console) -> int:
         args.scenario, variants, out_dir=out, overrides=args.overrides, data_root=args.data_root,
         gallery_items=args.project_gallery, seconds_per_forward=args.seconds_per_forward,
         curve_session=args.curve_session, curve_order=args.curve_order, seeds=args.seeds, reference=args.reference,
-        progress=not args.no_progress and console.is_terminal,
+        progress=not args.no_progress and console.is_terminal, store=_store_folder(args),
         on_variant=lambda row: console.print(f"  {row['variant']}{_seed_label(row, args.seeds)}: AR@1 {row['ar@1']:.3f}, {row['seconds']:.1f} s"),
     )
     console.print(comparison_table(table, title=f"backfill policies on {scenario.name} ({scenario.method.name})"))
@@ -434,7 +478,7 @@ def _compare_timeline(args, scenario, out: str, console: Console) -> int:
     table = run_timeline_comparison(
         args.scenario, variants, out_dir=out, overrides=args.overrides, data_root=args.data_root, partial_budget=args.partial_budget,
         seeds=args.seeds, budgets=args.budgets, reference=args.reference, progress=not args.no_progress and console.is_terminal,
-        on_variant=done,
+        on_variant=done, store=_store_folder(args),
     )
     title = f"the service timeline of {scenario.name} ({scenario.method.name}), by policy"
     differences = [("quality_time_area", "R@1 area", "{:.3f}"), ("regret_area", "regret", "{:.3f}"),

@@ -75,3 +75,19 @@ def test_tables_printed_into_a_log_keep_their_headers(tmp_path, capsys, monkeypa
     assert "…" not in out
     for header in ("new classes", "old present", "future present", "training samples", "off-home share", "queries"):
         assert header in out
+
+
+def test_compare_reuses_the_default_generation_store_and_store_clear_empties_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CVSTREAM_CACHE", str(tmp_path / "cache"))
+    path = write_scenario(tmp_path, tiny_dict(stream={"sessions": 2}, method={"name": "bct"}, evaluation={"probe_items": 0}))
+    for out in ("a", "b"):
+        assert main(["compare", str(path), "--backfill", "none,full", "--out", str(tmp_path / out), "--no-progress"]) == 0
+    import pandas as pd
+
+    reused = [pd.read_parquet(tmp_path / "b" / v / "costs.parquet").query("phase == 'train'").reused.tolist() for v in ("none", "full")]
+    assert reused == [[True, True], [True, True]]  # bct reads no gallery: every session of both variants, trained once in `a`
+    capsys.readouterr()
+    assert main(["store", "info"]) == 0 and "2 stored generations" in capsys.readouterr().out
+    assert main(["store", "clear"]) == 0 and "removed 2" in capsys.readouterr().out
+    assert main(["compare", str(path), "--backfill", "none", "--out", str(tmp_path / "c"), "--no-store", "--no-progress"]) == 0
+    assert main(["store", "info"]) == 0 and "0 stored generations" in capsys.readouterr().out.splitlines()[-1]

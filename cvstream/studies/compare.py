@@ -180,9 +180,11 @@ def run_comparison(
     scenario_path: str | Path, variants: list[Variant], *, out_dir: str | Path, overrides: list[str] = (), data_root=None,
     gallery_items: int = 10**9, seconds_per_forward: float | None = None, curve_session: int | None = None,
     curve_order: str = "random", seeds: int = 1, reference: str | None = None, progress: bool = False, on_variant=None,
+    store=None,
 ) -> pd.DataFrame:
     """Run every variant on the same scenario, for each of `seeds` seeds; write each run and comparison.parquet under
-    `out_dir` (and, over several seeds, comparison_runs.parquet). Returns the comparison: one row per variant."""
+    `out_dir` (and, over several seeds, comparison_runs.parquet). Returns the comparison: one row per variant.
+    `store`: the generation store (a folder) the runs share: a session that two runs train alike is trained once."""
     from cvstream.scenario import Scenario
     from cvstream.sessions import scenario_stream
     from cvstream.simulator import Simulator
@@ -213,7 +215,7 @@ def run_comparison(
     for seed in seed_values:
         for variant in variants:
             folder = _seed_folder(out_dir / variant.folder, seed, seeds)
-            result = run(Simulator(scenarios[variant, seed], out_dir=folder, data_root=data_root, progress=progress))
+            result = run(Simulator(scenarios[variant, seed], out_dir=folder, data_root=data_root, progress=progress, store=store))
             rows.append({**summarize(result, variant, gallery_items=gallery_items, seconds_per_forward=seconds_per_forward), "seed": seed})
             if on_variant is not None:
                 on_variant(rows[-1])
@@ -283,11 +285,13 @@ def parse_timeline_variants(text: str | None) -> list[str]:
 def run_timeline_comparison(
     scenario_path: str | Path, variants: list[str], *, out_dir: str | Path, overrides: list[str] = (), data_root=None,
     partial_budget: float = 0.25, seeds: int = 1, budgets: list[int] | None = None, reference: str | None = None,
-    progress: bool = False, on_variant=None,
+    progress: bool = False, on_variant=None, store=None,
 ) -> pd.DataFrame:
     """Every variant on the same scenario, stream, seed and timeline settings (the scenario's `timeline` section, or
     every default): one run folder each, `timeline_comparison.parquet` and an overlaid `timeline.png` under `out_dir`.
-    Each variant trains its own generations: a method that reads the gallery (cvs) learns from what its policy left.
+    Each variant's learning side runs its own sessions (a method that reads the gallery, cvs, learns from what its
+    policy left); with a generation store (`store`, a folder) a session that several variants, seeds or budgets train
+    alike is trained once and reused by the others.
 
     With `seeds` > 1 or `budgets` (numbers of backfill accelerators), every variant runs at each budget and seed, into
     `[budget-<b>/]<variant>[/seed-<s>]`: `timeline_comparison_runs.parquet` keeps a row per run, the comparison one
@@ -330,7 +334,8 @@ def run_timeline_comparison(
         for seed in seed_values:
             for name in variants:
                 scenario = scenarios[budget, seed, name]
-                sim = Simulator(scenario, out_dir=_seed_folder(folder / name, seed, seeds), data_root=data_root, progress=progress)
+                sim = Simulator(scenario, out_dir=_seed_folder(folder / name, seed, seeds), data_root=data_root, progress=progress,
+                                store=store)
                 result = run_timeline(sim)
                 if seed == seed_values[0]:
                     frames[budget][name] = result.frame

@@ -76,6 +76,7 @@ class RunTask:
     run_dir: str
     data_root: str | None
     plugins: tuple[str, ...] = ()  # plugin files (absolute paths), loaded by the worker first
+    store: str | None = None  # the generation store's folder, shared by every worker that can reach it
 
 
 def load_sweep(path: str | Path) -> tuple[SweepSpec, list[SweepRun]]:
@@ -161,7 +162,7 @@ def execute(task: RunTask) -> dict[str, Any]:
     try:
         load_plugins(task.plugins)  # a Ray worker is a fresh process: what the driver loaded, it loads too
         scenario = Scenario.from_yaml(task.run.scenario, overrides=task.run.overrides)
-        result = run(Simulator(scenario, out_dir=task.run_dir, data_root=task.data_root))
+        result = run(Simulator(scenario, out_dir=task.run_dir, data_root=task.data_root, store=task.store))
     except Exception as exc:  # one failed run must not lose the others; its error is recorded
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - clock}
     return {
@@ -232,9 +233,11 @@ def run_sweep(
     engine: str | None = None,
     on_run: Callable[[SweepRun, dict], None] | None = None,
     plugins: list[str | Path] | tuple[str | Path, ...] = (),
+    store: str | Path | None = None,
 ) -> SweepResult:
     """Run every combination not already in `out_dir`; write metrics/, costs/ and runs.parquet.
-    `plugins`: plugin files, loaded here (before the runs' scenarios are checked) and in every task."""
+    `plugins`: plugin files, loaded here (before the runs' scenarios are checked) and in every task. `store`: the
+    generation store's folder (its workers must share it): sessions that runs train alike are trained once."""
     from cvstream.plugins import load_plugins
 
     plugin_files = tuple(str(Path(p).expanduser().resolve()) for p in plugins)
@@ -248,7 +251,8 @@ def run_sweep(
                                     "runs": [{"index": r.index, "scenario": r.scenario, "overrides": list(r.overrides), "labels": r.labels} for r in runs]})
     previous = _read_runs(out)
     rows = {int(r["run_index"]): r for r in previous if r["status"] == "completed" and _has_files(out, int(r["run_index"]))}
-    todo = [RunTask(run=r, run_dir=str(out / "runs" / _folder(r)), data_root=str(data_root) if data_root else None, plugins=plugin_files)
+    todo = [RunTask(run=r, run_dir=str(out / "runs" / _folder(r)), data_root=str(data_root) if data_root else None, plugins=plugin_files,
+                    store=str(Path(store).resolve()) if store is not None else None)
             for r in runs if r.index not in rows]
     for task in todo:
         _clear(Path(task.run_dir))  # a run that died half-way starts again from its beginning

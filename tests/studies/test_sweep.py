@@ -150,3 +150,21 @@ def test_sweep_as_ray_tasks_reports_failed_runs_and_keeps_the_others(tmp_path, r
     assert read_results(out, "costs").query("backfill == 'full' and phase == 'backfill'").backbone_forwards.sum() > 0
     for folder in runs.run_dir[runs.status == "completed"]:  # each ran in a Ray worker, not in this process
         assert "ray" in json.loads((Path(folder) / "run.json").read_text())["argv"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ray_available(), reason="ray is not installed (optional extra 'ray')")
+def test_a_ray_sweep_takes_the_sessions_two_policies_share_from_the_generation_store(tmp_path, ray_session):
+    # One run at a time (2 CPUs a run on a 2-CPU cluster): the second policy finds sessions 0 and 1 stored by the first,
+    # trained alike under both (nothing is stale before session 1's backfill); cvs's L_d reads a different gallery at 2.
+    scenario = tiny_dict(stream={"sessions": 3}, evaluation={"probe_items": 8})
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(scenario))
+    spec = {"name": "store", "scenarios": ["tiny.yaml"], "seeds": [1], "methods": [{"name": "cvs", "alpha": 5}],
+            "backfill": ["none", "full"], "engine": "ray", "cpus_per_run": 2}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    store = tmp_path / "store"
+    result = run_sweep(tmp_path / "sweep.yaml", out_dir=tmp_path / "out", store=store)
+    assert result.runs.status.tolist() == ["completed"] * 2
+    train = read_results(tmp_path / "out", "costs").query("phase == 'train'").sort_values(["run_index", "session"])
+    assert train.reused.tolist() == [False, False, False, True, True, False]
+    assert len(list(store.rglob("*.gen"))) == 4  # sessions 0-2 of the first run, session 2 of the second
