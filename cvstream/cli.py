@@ -373,11 +373,16 @@ def _accelerator(args) -> tuple[float, float] | None:
     return args.accelerator_tflops, args.utilization
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, noun: str = "") -> int:
+    """An argument as a whole number (1e9 allowed), or the usage error that says it is not one (of `noun`)."""
     try:
-        value = int(float(text)) if "e" in text.lower() else int(text)
+        return int(float(text)) if "e" in text.lower() else int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number{noun}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be >= 1")
     return value
@@ -395,10 +400,7 @@ def _positive_float(text: str) -> float:
 
 def _seed_count(text: str) -> int:
     """`--seeds N`: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seeds") from None
+    value = _whole_number(text, " of seeds")
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text}: at least 1 seed")
     return value
