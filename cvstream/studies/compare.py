@@ -16,6 +16,7 @@ A scenario that fixes `training.seed` keeps it: its seeds vary the stream and th
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,23 @@ def pick_reference(names: list[str], reference: str | None) -> str:
     return reference
 
 
+def run_in(folder: Path, scenario, *, data_root=None, progress: bool = False, store=None):
+    """Run `scenario` into `folder` (through the service timeline where it has one), or take up what a killed study
+    left there: a completed run of the same scenario is read back, an interrupted one resumed. Returns its RunResult."""
+    from cvstream.simulator import Simulator, load_run
+    from cvstream.timeline import run
+
+    info = Path(folder) / "run.json"
+    if not info.is_file():
+        return run(Simulator(scenario, out_dir=folder, data_root=data_root, progress=progress, store=store))
+    recorded = json.loads(info.read_text())
+    if recorded.get("scenario_hash") != scenario.digest():
+        raise UserError(f"{folder} holds a run of another scenario than this study's; choose another --out, or remove it")
+    if recorded.get("status") == "completed":
+        return load_run(folder)
+    return run(Simulator(scenario, out_dir=folder, resume=True, data_root=data_root, progress=progress, store=store))
+
+
 def _seed_folder(folder: Path, seed: int, seeds: int) -> Path:
     return folder / f"seed-{seed}" if seeds > 1 else folder
 
@@ -187,9 +205,7 @@ def run_comparison(
     `store`: the generation store (a folder) the runs share: a session that two runs train alike is trained once."""
     from cvstream.scenario import Scenario
     from cvstream.sessions import scenario_stream
-    from cvstream.simulator import Simulator
     from cvstream.simulator.outputs import write_parquet
-    from cvstream.timeline import run
 
     out_dir = Path(out_dir)
     if (out_dir / "comparison.parquet").exists():
@@ -215,7 +231,7 @@ def run_comparison(
     for seed in seed_values:
         for variant in variants:
             folder = _seed_folder(out_dir / variant.folder, seed, seeds)
-            result = run(Simulator(scenarios[variant, seed], out_dir=folder, data_root=data_root, progress=progress, store=store))
+            result = run_in(folder, scenarios[variant, seed], data_root=data_root, progress=progress, store=store)
             rows.append({**summarize(result, variant, gallery_items=gallery_items, seconds_per_forward=seconds_per_forward), "seed": seed})
             if on_variant is not None:
                 on_variant(rows[-1])
@@ -300,9 +316,7 @@ def run_timeline_comparison(
     from cvstream.reporting.study_report import plot_frontier
     from cvstream.reporting.timeline_report import plot_timeline
     from cvstream.scenario import Scenario
-    from cvstream.simulator import Simulator
     from cvstream.simulator.outputs import write_parquet
-    from cvstream.timeline import run_timeline
 
     out_dir = Path(out_dir)
     if (out_dir / "timeline_comparison.parquet").exists():
@@ -334,14 +348,13 @@ def run_timeline_comparison(
         for seed in seed_values:
             for name in variants:
                 scenario = scenarios[budget, seed, name]
-                sim = Simulator(scenario, out_dir=_seed_folder(folder / name, seed, seeds), data_root=data_root, progress=progress,
-                                store=store)
-                result = run_timeline(sim)
+                result = run_in(_seed_folder(folder / name, seed, seeds), scenario, data_root=data_root, progress=progress, store=store)
                 if seed == seed_values[0]:
-                    frames[budget][name] = result.frame
+                    frames[budget][name] = result.timeline
                 preset = TIMELINE_VARIANTS[name]
                 rows.append({"backfill_accelerators": scenario.timeline.accelerators.backfill, "seed": seed, "variant": name, **preset,
-                             **{k: result.summary[k] for k in TIMELINE_COMPARISON_COLUMNS if k in result.summary}, "run_dir": str(sim.run_dir)})
+                             **{k: result.timeline_summary[k] for k in TIMELINE_COMPARISON_COLUMNS if k in result.timeline_summary},
+                             "run_dir": str(result.run_dir)})
                 if on_variant is not None:
                     on_variant(rows[-1])
     if not study:

@@ -122,3 +122,28 @@ def test_compare_timeline_lays_the_policies_on_one_table(tmp_path):
     assert (table.set_index("variant").accel_hours_backfill[["full-hot", "full-after-backfill", "dual"]] > 0).all()
     assert (out / "timeline.png").stat().st_size > 10_000
     assert main(["compare", str(path), "--timeline", "--variants", "nope", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_a_killed_timeline_study_is_taken_up_where_it_stopped(tmp_path):
+    import json
+    import shutil
+
+    path = write_scenario(tmp_path, tiny_dict(timeline=tiny_timeline(), stream={"sessions": 2}))
+    out = tmp_path / "cmp"
+    argv = ["compare", str(path), "--timeline", "--variants", "none,full-hot,dual", "--out", str(out), "--no-progress",
+            "--store", str(tmp_path / "store")]
+    assert main(argv) == 0
+    whole = pd.read_parquet(out / "timeline_comparison.parquet")
+    # As a killed study leaves it: no comparison table, one variant never started, one interrupted after its first session.
+    (out / "timeline_comparison.parquet").unlink()
+    shutil.rmtree(out / "dual")
+    info = json.loads((out / "full-hot" / "run.json").read_text())
+    (out / "full-hot" / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    assert main(argv) == 0
+    again = pd.read_parquet(out / "timeline_comparison.parquet")
+    pd.testing.assert_frame_equal(whole.drop(columns="run_dir"), again.drop(columns="run_dir"))
+    costs = pd.read_parquet(out / "dual" / "costs.parquet").query("phase == 'train'")
+    assert costs.reused.all()  # dual's learning side is full-hot's: taken from the store, not trained
+    other = write_scenario(tmp_path, tiny_dict(timeline=tiny_timeline(), stream={"sessions": 2}, seed=9), name="other.yaml")
+    (out / "timeline_comparison.parquet").unlink()
+    assert main(["compare", str(other), *argv[2:]]) == 2  # another scenario's runs are never taken up
