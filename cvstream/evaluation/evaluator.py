@@ -23,7 +23,7 @@ from cvstream.evaluation.metrics import (
     negative_flips,
     recall_at_k,
 )
-from cvstream.evaluation.retrieval import top_classes
+from cvstream.evaluation.retrieval import home_subsets, top_classes
 from cvstream.evaluation.rows import MetricRow
 from cvstream.models.trainer import embed
 
@@ -255,11 +255,7 @@ class Evaluator:
     # -- after a session ----------------------------------------------------------------
 
     def _subsets(self, session: int, query_classes: np.ndarray) -> dict[str, np.ndarray]:
-        home = self.stream.home_of(query_classes)
-        subsets = {"old": home < session, "new": home == session, "all": np.ones(len(query_classes), dtype=bool)}
-        for g in np.unique(home[home <= session]):
-            subsets[f"home:{int(g)}"] = home == g
-        return subsets
+        return home_subsets(self.stream.home_of(query_classes), session, per_home=True)
 
     def evaluate(
         self, *, session: int, model, images, gallery, generation: int, probed: Probed | None, anytime: Sequence[AnytimePoint]

@@ -1,4 +1,4 @@
-"""Nearest classes over stored gallery items plus items not stored yet: one function for every caller."""
+"""Retrieval: nearest classes over stored gallery items plus items not stored yet, and queries by their home session."""
 
 from __future__ import annotations
 
@@ -34,3 +34,18 @@ def top_classes(queries: np.ndarray, k: int, *, gallery=None, vectors: np.ndarra
     if not found:
         return np.full((n, k), -1, dtype=np.int64)
     return merge_top_k(found, k)[1]
+
+
+def home_subsets(home: np.ndarray, session: int, *, ahead: bool = False, per_home: bool = False) -> dict[str, np.ndarray]:
+    """Masks of queries by their class's home session against `session` (SPEC section 6): `old` (earlier), `new` (the
+    same), `all`; with `ahead`, classes whose home is later (the timeline's items that arrived before a generation
+    trained on them); with `per_home`, `home:<g>` for every home up to `session` (forgetting's groups)."""
+    home = np.asarray(home)
+    subsets = {"old": home < session, "new": home == session}
+    if ahead:
+        subsets["ahead"] = home > session
+    subsets["all"] = np.ones(len(home), dtype=bool)
+    if per_home:
+        for g in np.unique(home[home <= session]):
+            subsets[f"home:{int(g)}"] = home == g
+    return subsets

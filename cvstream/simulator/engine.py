@@ -27,7 +27,7 @@ import torch
 from cvstream.errors import ScenarioError, UserError
 from cvstream.evaluation.curve import backfill_curve
 from cvstream.evaluation.evaluator import AnytimePoint, Evaluator, Probed
-from cvstream.evaluation.retrieval import top_classes
+from cvstream.evaluation.retrieval import home_subsets, top_classes
 from cvstream.evaluation.rows import MetricRow, hook_row
 from cvstream.gallery import Gallery, ReplayBuffer
 from cvstream.gallery.backfill import BACKFILL_POLICIES, fit_transform, order_items, plan_backfill, stale_items, transform_pairs
@@ -619,7 +619,7 @@ class Simulator:
         curve = backfill_curve(
             gallery=gallery, order=order, new_vectors=self.embed(gallery.sample_ids_of(order)),
             queries=self.embed(session.query_ids), query_classes=query_classes,
-            subsets={"old": home < t, "new": home == t, "all": np.ones(len(home), dtype=bool)},
+            subsets=home_subsets(home, t),
             steps=s.backfill.curve_steps, session=t, order_name=s.backfill.curve_order,
         )
         return curve, len(order) + len(session.query_ids)

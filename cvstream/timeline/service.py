@@ -48,6 +48,7 @@ import torch
 
 from cvstream.errors import UserError
 from cvstream.evaluation.evaluator import neighbors_per_query, score_neighbors, score_queries
+from cvstream.evaluation.retrieval import home_subsets
 from cvstream.gallery import Gallery
 from cvstream.gallery.backfill import BACKFILL_POLICIES, fit_transform, plan_backfill, stale_items, transform_pairs
 from cvstream.gallery.index import IndexSpec, match_queries, merge_top_k
@@ -498,7 +499,7 @@ class Timeline:
         spec = self.scenario.evaluation
         per_query = self._score_served(asked, map_at_r=spec.map_at_r)
         home = self.query_home[asked]
-        masks = {"old": home < self.serving, "new": home == self.serving, "ahead": home > self.serving, "all": np.ones(len(home), bool)}
+        masks = home_subsets(home, self.serving, ahead=True)
         values = {}
         for subset, mask in masks.items():
             values[f"r1_{subset}"] = float(per_query["recall@1"][mask].mean()) if mask.any() else np.nan
