@@ -503,7 +503,8 @@ class Timeline:
         values = {}
         for subset, mask in masks.items():
             values[f"r1_{subset}"] = float(per_query["recall@1"][mask].mean()) if mask.any() else np.nan
-            values[f"map_{subset}"] = float(np.nanmean(per_query["map@r"][mask])) if spec.map_at_r and mask.any() else np.nan
+            defined = per_query["map@r"][mask][~np.isnan(per_query["map@r"][mask])] if spec.map_at_r else []  # NaN: no item of its class
+            values[f"map_{subset}"] = float(defined.mean()) if len(defined) else np.nan
         forced = why not in ("scheduled", "changed")
         full = self._reference_score(self.serving, asked, force=forced)
         best = full if self.newest == self.serving else self._reference_score(self.newest, asked, force=forced)
