@@ -58,10 +58,11 @@ def backfill_spans(frame: pd.DataFrame) -> list[tuple[float, float]]:
 
 
 def plot_timeline(frames: dict[str, pd.DataFrame], path: Path, *, title: str = "quality over simulated time") -> Path:
-    """Above: R@1 (all) of each timeline over time (steps: a value holds until the next evaluation), with its references
-    (the serving generation fully backfilled, dotted; the newest trained generation fully backfilled, dashed), deploys
-    as ticks and, for a single timeline, backfill spans shaded. Below: each timeline's cumulative accelerator-hours,
-    all jobs together (the summary table prices them)."""
+    """Above: R@1 (all) of each timeline over time (steps: a value holds until the next evaluation), deploys as ticks;
+    for a single timeline its references (the serving generation fully backfilled, dotted; the newest trained
+    generation fully backfilled, dashed) and its backfill spans shaded; for several, the newest-generation reference
+    of the first one that backfills (its learning side), dashed grey. Below: each timeline's cumulative
+    accelerator-hours, all jobs together (the summary table prices them)."""
     from cvstream.reporting.figures import pyplot
 
     plt = pyplot()
@@ -69,26 +70,27 @@ def plot_timeline(frames: dict[str, pd.DataFrame], path: Path, *, title: str = "
     single = len(frames) == 1
     longest = max((float(f.time_hours.max()) for f in frames.values() if len(f)), default=0.0)
     unit, per = ("days", 24.0) if longest > 24 * 14 else ("hours", 1.0)  # a year reads in days, a week in hours
+    served = {label: _served_evaluations(frame) for label, frame in frames.items()}
+    backfilling = [label for label, frame in frames.items() if len(frame) and frame.get("accel_hours_backfill", pd.Series([0])).iloc[-1] > 0]
+    reference = backfilling[0] if backfilling else next(iter(frames), None)
+    if reference is not None and "r1_best" in served[reference]:
+        best = served[reference]
+        ax.step(best.time_hours / per, best.r1_best, where="post", linestyle="--", color="tab:green" if single else "grey",
+                linewidth=0.9, label="newest generation, fully backfilled" + ("" if single else f" ({reference})"))
     for label, frame in frames.items():
-        evaluated = frame[(frame.kind == "evaluate") & frame.r1_all.notna()]
-        if "detail" in evaluated:  # the dip's baseline at a switch takes no time
-            evaluated = evaluated[~evaluated.detail.astype(str).str.contains('"before_switch"')]
+        evaluated = served[label]
         hours = evaluated.time_hours / per
-        (line,) = ax.step(hours, evaluated.r1_all, where="post", label=f"{label}", linewidth=1.1)
+        (line,) = ax.step(hours, evaluated.r1_all, where="post", label=label, linewidth=1.1)
         colour = line.get_color()
-        ax.step(hours, evaluated.r1_full, where="post", linestyle=":", color="black" if single else colour, linewidth=0.8, alpha=0.9 if single else 0.5)
-        if "r1_best" in evaluated:
-            ax.step(hours, evaluated.r1_best, where="post", linestyle="--", color="tab:green" if single else colour, linewidth=0.8,
-                    alpha=0.9 if single else 0.5)
         if single:
+            ax.step(hours, evaluated.r1_full, where="post", linestyle=":", color="black", linewidth=0.9,
+                    label="serving generation, fully backfilled")
             for start, end in backfill_spans(frame):
                 ax.axvspan(start / per, max(end / per, start / per + longest / per / 800), color="tab:orange", alpha=0.25, linewidth=0)
         deploys = frame[frame.kind == "deploy"].time_hours / per
         ax.plot(deploys, np.full(len(deploys), -0.02), marker="|", markersize=10, linestyle="none", color=colour)
         jobs = [c for c in frame.columns if c.startswith("accel_hours_")]
         cost_ax.step(frame.time_hours / per, frame[jobs].sum(axis=1), where="post", color=colour, linewidth=1.1, label=label)
-    ax.plot([], [], linestyle=":", color="black", label="reference: serving generation, fully backfilled")
-    ax.plot([], [], linestyle="--", color="tab:green" if single else "grey", label="reference: newest generation, fully backfilled")
     if single and any(backfill_spans(f) for f in frames.values()):
         ax.axvspan(np.nan, np.nan, color="tab:orange", alpha=0.25, label="backfill running")
     ax.plot([], [], marker="|", linestyle="none", color="black", label="deploy")
@@ -102,3 +104,11 @@ def plot_timeline(frames: dict[str, pd.DataFrame], path: Path, *, title: str = "
     cost_ax.grid(alpha=0.3)
     cost_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return save_figure(fig, path)
+
+
+def _served_evaluations(frame: pd.DataFrame) -> pd.DataFrame:
+    """The evaluations that hold for a while: the dip's baseline at a switch (`before_switch`) takes no time."""
+    evaluated = frame[(frame.kind == "evaluate") & frame.r1_all.notna()]
+    if "detail" in evaluated:
+        evaluated = evaluated[~evaluated.detail.astype(str).str.contains('"before_switch"')]
+    return evaluated
