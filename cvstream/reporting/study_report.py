@@ -8,6 +8,7 @@ a paired difference `diff_<key>` with `_low`, `_high` and `_resolved`; a frontie
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -99,6 +100,9 @@ def plot_frontier(frontier: pd.DataFrame, path: Path, *, title: str = "quality-t
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9.5, 6.0), dpi=110)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    x_span = float(np.ptp(frontier.accel_hours_total.to_numpy(float))) if len(frontier) else 0.0
+    y_span = float(np.ptp(frontier.quality_time_area.to_numpy(float))) if len(frontier) else 0.0
+    unresolved: list[str] = []
     for number, (budget, group) in enumerate(frontier.groupby("backfill_accelerators", sort=True)):
         colour = colours[number % len(colours)]
         x, y = group.accel_hours_total.to_numpy(float), group.quality_time_area.to_numpy(float)
@@ -109,9 +113,12 @@ def plot_frontier(frontier: pd.DataFrame, path: Path, *, title: str = "quality-t
         ax.plot(on.accel_hours_total, on.quality_time_area, marker="o", color=colour, linewidth=1.4, label=f"{budget:g} backfill accelerators")
         off = group[~group.on_frontier]
         ax.plot(off.accel_hours_total, off.quality_time_area, marker="o", linestyle="none", markerfacecolor="white", color=colour)
-        for row in group.itertuples(index=False):
-            ax.annotate(row.variant, (row.accel_hours_total, row.quality_time_area), textcoords="offset points", xytext=(5, 4),
-                        fontsize=8, color=colour)
+        for cluster in overlapping(group, x_span=x_span, y_span=y_span):
+            first = group.iloc[cluster[0]]
+            ax.annotate(" = ".join(group.variant.iloc[cluster]), (first.accel_hours_total, first.quality_time_area),
+                        textcoords="offset points", xytext=(5, 4 + 10 * number), fontsize=8, color=colour)
+            if len(cluster) > 1:
+                unresolved.append(f"{budget:g}: {', '.join(group.variant.iloc[cluster])}")
     if "cost_total" in frontier and frontier.cost_total.notna().any():
         priced = frontier[frontier.cost_total.notna() & (frontier.accel_hours_total > 0)]
         price = float((priced.cost_total / priced.accel_hours_total).median()) if len(priced) else 0.0
@@ -124,4 +131,29 @@ def plot_frontier(frontier: pd.DataFrame, path: Path, *, title: str = "quality-t
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    if unresolved:  # a figure that cannot separate variants says so, under its axis
+        note = ("this figure cannot separate (within 1% of either axis), by budget: " + "; ".join(unresolved)
+                + ". The paired differences can.")
+        ax.set_xlabel(ax.get_xlabel() + "\n\n" + "\n".join(textwrap.wrap(note, 130)), fontsize=9)
     return save_figure(fig, path)
+
+
+def overlapping(group: pd.DataFrame, *, x_span: float, y_span: float, share: float = 0.01) -> list[list[int]]:
+    """Rows of `group` (positions) in clusters whose points lie within `share` of either axis's span of one another in
+    both cost and area (chained): the points a plot cannot tell apart. Every row is in exactly one cluster."""
+    x, y = group.accel_hours_total.to_numpy(float), group.quality_time_area.to_numpy(float)
+    parent = list(range(len(group)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(len(group)):
+        for j in range(i + 1, len(group)):
+            if abs(x[i] - x[j]) <= share * x_span and abs(y[i] - y[j]) <= share * y_span:
+                parent[root(j)] = root(i)
+    clusters: dict[int, list[int]] = {}
+    for i in range(len(group)):
+        clusters.setdefault(root(i), []).append(i)
+    return list(clusters.values())

@@ -78,3 +78,14 @@ def test_frontier_plot_is_written(tmp_path):
     path = plot_frontier(_frontier(), tmp_path / "frontier.png", title="decision")
     assert path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size > 10_000
     assert not pyplot().get_fignums()  # closed
+
+
+def test_points_a_plot_cannot_separate_are_clustered():
+    from cvstream.reporting.study_report import overlapping
+
+    group = pd.DataFrame({"variant": ["none", "full-hot", "dual", "wait", "partial"],
+                          "accel_hours_total": [40.0, 102.7, 102.8, 103.0, 58.0],
+                          "quality_time_area": [0.38, 0.748, 0.749, 0.750, 0.69]})
+    # spans 63 h and 0.37: 1% is 0.63 h and 0.0037; the three full policies chain within it, the others stand alone
+    assert overlapping(group, x_span=63.0, y_span=0.37) == [[0], [1, 2, 3], [4]]
+    assert overlapping(group, x_span=63.0, y_span=0.37, share=0.001) == [[0], [1], [2], [3], [4]]
