@@ -476,6 +476,8 @@ def _compare_timeline(args, scenario, out: str, console: Console) -> int:
     def done(row: dict) -> None:
         budget = f" at {row['backfill_accelerators']} backfill accelerators" if args.budgets is not None else ""
         console.print(f"  {row['variant']}{budget}{_seed_label(row, args.seeds)}: R@1 area {row['quality_time_area']:.3f}")
+        for warning in row.get("warnings", []):
+            console.print(f"    warning: {warning}", highlight=False)
 
     table = run_timeline_comparison(
         args.scenario, variants, out_dir=out, overrides=args.overrides, data_root=args.data_root, partial_budget=args.partial_budget,

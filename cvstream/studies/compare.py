@@ -355,8 +355,8 @@ def run_timeline_comparison(
                 rows.append({"backfill_accelerators": scenario.timeline.accelerators.backfill, "seed": seed, "variant": name, **preset,
                              **{k: result.timeline_summary[k] for k in TIMELINE_COMPARISON_COLUMNS if k in result.timeline_summary},
                              "run_dir": str(result.run_dir)})
-                if on_variant is not None:
-                    on_variant(rows[-1])
+                if on_variant is not None:  # with the run's warnings (traffic beyond the serving capacity), which no table keeps
+                    on_variant({**rows[-1], "warnings": list(result.timeline_summary.get("warnings", []))})
     if not study:
         table = pd.DataFrame(rows, columns=TIMELINE_COMPARISON_COLUMNS)
     else:

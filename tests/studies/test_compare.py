@@ -147,3 +147,10 @@ def test_a_killed_timeline_study_is_taken_up_where_it_stopped(tmp_path):
     other = write_scenario(tmp_path, tiny_dict(timeline=tiny_timeline(), stream={"sessions": 2}, seed=9), name="other.yaml")
     (out / "timeline_comparison.parquet").unlink()
     assert main(["compare", str(other), *argv[2:]]) == 2  # another scenario's runs are never taken up
+
+
+def test_compare_timeline_says_when_traffic_exceeds_the_serving_capacity(tmp_path, capsys):
+    path = write_scenario(tmp_path, tiny_dict(timeline=tiny_timeline(queries_per_hour=3600), stream={"sessions": 2}))
+    assert main(["compare", str(path), "--timeline", "--variants", "none", "--out", str(tmp_path / "cmp"), "--no-progress"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "warning: 1.0 queries/s exceeds the serving capacity" in printed
