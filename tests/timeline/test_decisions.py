@@ -133,3 +133,21 @@ def test_training_scales_by_train_scale_alone_and_money_follows_accelerator_hour
     assert ten["accel_hours_ingest"] == pytest.approx(50 * one["accel_hours_ingest"], rel=1e-12)
     assert ten["cost_total"] == pytest.approx(3.0 * ten["accel_hours_total"]) and ten["cost_train"] == pytest.approx(3.0 * ten["accel_hours_train"])
     assert "cost_total" not in one
+
+
+def test_dual_queries_bill_a_search_of_each_part_while_the_gallery_is_mixed():
+    # IVF: each part's search pays its own coarse assignment (nlist x d) besides its share of the lists.
+    nlist, nprobe, dim, scale = 4, 2, 16, 1000.0
+    sim = Simulator(tiny_scenario(timeline=timeline(queries="dual", item_scale=scale), backfill={"policy": "none"},
+                                  gallery={"index": "ivf", "nlist": nlist, "nprobe": nprobe}), write=False)
+    frame = cvstream.timeline.run(sim).timeline
+    served = frame[frame.serving_generation >= 0]
+
+    def search(n):  # one IVF search over n simulated items; an empty part costs nothing
+        return np.where(n > 0, 2.0 * (nlist * dim + nprobe * n * scale / nlist * dim), 0.0)
+
+    total, stale = served.gallery_items.to_numpy(), served.stale_items.to_numpy()
+    mixed = (served.serving_generation >= 1).to_numpy() & (stale > 0)
+    expected = np.where(mixed, search(total - stale) + search(stale), search(total))
+    assert mixed.any() and (~mixed).any() and (mixed & (stale < total)).any()
+    assert np.allclose(served.search_flops_per_query.to_numpy(), expected, rtol=1e-12)
