@@ -14,6 +14,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+KILLED_MID_SESSION = """
+import os, signal, sys
+from cvstream.scenario import Scenario
+from cvstream.simulator import Hook, Simulator
+
+class KillMidSession(Hook):
+    def on_train_step(self, sim, step, total, terms):
+        if sim.generation == {deployed} and step == 2:  # the session after that generation's, in the middle of training
+            os.kill(os.getpid(), signal.SIGKILL)
+
+Simulator(Scenario.from_dict({scenario!r}), out_dir=sys.argv[1], hooks=[KillMidSession()]).run()
+"""
+
+
+def killed_mid_session(scenario: dict, *, deployed: int) -> str:
+    """A script (for `run_until_killed`) that runs `scenario` into argv[1] and dies by SIGKILL in the middle of the
+    training of the session after generation `deployed`'s."""
+    return KILLED_MID_SESSION.format(scenario=scenario, deployed=deployed)
+
+
 def run_until_killed(script: str, *args: str) -> None:
     """Run `script` in a fresh Python that imports this checkout; it must die by SIGKILL (a crash mid-run)."""
     done = subprocess.run([sys.executable, "-c", script, *args], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=300)

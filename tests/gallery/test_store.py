@@ -289,25 +289,11 @@ def test_a_checkpoint_links_a_segment_and_its_deltas_and_keeps_them_while_the_ru
     assert deltas_in(tmp_path / "run") == [] and Gallery.load(tmp_path / "checkpoint").metadata().equals(kept)
 
 
-# A run whose ivfpq gallery has a delta at the checkpoint it resumes from (default segment size: one open segment).
-KILLED_IN_SESSION_2 = """
-import os, signal, sys
-from cvstream.scenario import Scenario
-from cvstream.simulator import Hook, Simulator
-
-class KillMidSession(Hook):
-    def on_train_step(self, sim, step, total, terms):
-        if sim.generation == 1 and step == 2:  # session 2, in the middle of training
-            os.kill(os.getpid(), signal.SIGKILL)
-
-Simulator(Scenario.from_dict({scenario!r}), out_dir=sys.argv[1], hooks=[KillMidSession()]).run()
-"""
-
-
 def test_a_run_resumed_from_a_checkpoint_with_deltas_writes_what_the_uninterrupted_run_writes(tmp_path):
+    """An ivfpq gallery with a delta at the checkpoint the run resumes from (default segment size: one open segment)."""
     import pandas as pd
 
-    from conftest import run_until_killed, tiny_dict
+    from conftest import killed_mid_session, run_until_killed, tiny_dict
     from cvstream import cli
     from cvstream.scenario import Scenario
     from cvstream.simulator import Simulator, load_run
@@ -316,7 +302,7 @@ def test_a_run_resumed_from_a_checkpoint_with_deltas_writes_what_the_uninterrupt
     scenario = tiny_dict(gallery={"index": "ivfpq", "nlist": 4, "nprobe": 2, "pq_m": 4, "pq_bits": 4}, evaluation={"probe_items": 30})
     Simulator(Scenario.from_dict(scenario), out_dir=tmp_path / "whole").run()
     killed = tmp_path / "killed"
-    run_until_killed(KILLED_IN_SESSION_2.format(scenario=scenario), str(killed))
+    run_until_killed(killed_mid_session(scenario, deployed=1), str(killed))
     assert latest(killed)["session"] == 1
     assert deltas_in(killed / "checkpoint" / "session-1" / "gallery") == ["gallery-0000-delta-0001.npz"]
     assert cli.main(["run", "--resume", str(killed), "--no-progress"]) == 0

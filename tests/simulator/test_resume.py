@@ -11,7 +11,7 @@ import yaml
 from cvstream import cli
 from cvstream.simulator import Hook, Simulator, load_run
 from cvstream.simulator.checkpoint import latest
-from conftest import run_until_killed, tiny_dict
+from conftest import killed_mid_session, run_until_killed, tiny_dict
 
 # An IVF gallery in 25-item segments with a partial backfill: the checkpoint must keep each
 # segment as it was at its session's end while the run's own files move on.
@@ -21,18 +21,6 @@ SCENARIO = tiny_dict(
     backfill={"policy": "partial", "budget": 0.3, "order": "random"},
 )
 
-KILLER = """
-import os, signal, sys
-from cvstream.scenario import Scenario
-from cvstream.simulator import Hook, Simulator
-
-class KillMidSession(Hook):
-    def on_train_step(self, sim, step, total, terms):
-        if sim.generation == 0 and step == 2:  # session 1, in the middle of training
-            os.kill(os.getpid(), signal.SIGKILL)
-
-Simulator(Scenario.from_dict({scenario!r}), out_dir=sys.argv[1], hooks=[KillMidSession()]).run()
-"""
 
 
 def _frames(run_dir):
@@ -51,7 +39,7 @@ def uninterrupted(tmp_path_factory):
 
 def test_sigkill_mid_session_then_resume_gives_the_same_tables(uninterrupted, tmp_path):
     out = tmp_path / "killed"
-    run_until_killed(KILLER.format(scenario=SCENARIO), str(out))
+    run_until_killed(killed_mid_session(SCENARIO, deployed=0), str(out))
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "running" and info["completed_sessions"] == 1
     assert latest(out)["session"] == 0
