@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_until_killed, tiny_dict, tiny_scenario, write_scenario
+from conftest import killed_mid_session, run_until_killed, tiny_dict, tiny_scenario, write_scenario
 from cvstream.cli import main
 from cvstream.errors import ScenarioError
 from cvstream.evaluation.compat import ProbeSet
@@ -284,19 +284,6 @@ SCENARIO = tiny_dict(
     gallery={"index": "ivf", "nlist": 4, "nprobe": 2, "segment_size": 25}, backfill={"policy": "partial", "budget": 1},
 )
 
-KILLER = """
-import os, signal, sys
-from cvstream.scenario import Scenario
-from cvstream.simulator import Hook, Simulator
-
-class KillMidSession(Hook):
-    def on_train_step(self, sim, step, total, terms):
-        if sim.generation == 1 and step == 2:  # session 2, in the middle of training, after the upgrade
-            os.kill(os.getpid(), signal.SIGKILL)
-
-Simulator(Scenario.from_dict({scenario!r}), out_dir=sys.argv[1], hooks=[KillMidSession()]).run()
-"""
-
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
@@ -310,7 +297,7 @@ def test_a_run_with_an_upgrade_resumes_after_sigkill_and_writes_what_the_uninter
     assert info["dim"] == 32 and {entry.get("dim", 32) for entry in info["segments"]} == {16, 32}
     assert info["hnsw_rebuilds"] >= 1  # a backfilled item's narrower segment was stored again at 32-d
     out = tmp_path / "killed"
-    run_until_killed(KILLER.format(scenario=SCENARIO), str(out))
+    run_until_killed(killed_mid_session(SCENARIO, deployed=1), str(out))
     assert latest(out)["session"] == 1  # the checkpoint holds the upgraded network
     assert json.loads((out / "checkpoint" / "session-1" / "state.json").read_text())["model_spec"]["head"]["name"] == "basis"
     assert main(["run", "--resume", str(out), "--no-progress"]) == 0
