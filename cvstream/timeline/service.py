@@ -47,7 +47,7 @@ import simpy
 import torch
 
 from cvstream.errors import UserError
-from cvstream.evaluation.evaluator import neighbors_per_query, score_neighbors, score_queries
+from cvstream.evaluation.evaluator import neighbors_per_query, score_neighbors, score_queries, subset_means
 from cvstream.evaluation.retrieval import home_subsets
 from cvstream.gallery import Gallery
 from cvstream.gallery.backfill import BACKFILL_POLICIES, fit_transform, plan_backfill, stale_items, transform_pairs
@@ -167,8 +167,10 @@ class Timeline:
         self.gallery = Gallery(self.scenario.model.embedding_dim, self.scenario.gallery, seed=self.scenario.seed)
         # Per arrival, in admission order (= gallery item id): the generation whose embedding space its vector is in.
         self._space = np.full(len(self.arrival_ids), -1, np.int64)
-        # Under after-backfill the served vectors of re-embedded items, held until the switch: item -> (space, vector).
-        self.held: dict[int, tuple[int, np.ndarray]] = {}
+        # Under after-backfill the served vectors of re-embedded items, held until the switch: per arrival the space of
+        # its held vector (-1: none held), and the vectors by item.
+        self._held_space = np.full(len(self.arrival_ids), -1, np.int64)
+        self.held_vectors: dict[int, np.ndarray] = {}
         # The references: per generation, the present items all embedded by it (the serving one: r1_full; the newest
         # trained one: r1_best), and each one's last score with the gallery size and query count it was taken at.
         self.references: dict[int, Gallery] = {}
@@ -195,12 +197,15 @@ class Timeline:
         """Per gallery item (the admitted arrivals): the generation whose embedding space its vector is in (a view)."""
         return self._space[: self.admitted]
 
+    @property
+    def held_space(self) -> np.ndarray:
+        """Per gallery item: the space of its held vector, -1 where none is held (a view)."""
+        return self._held_space[: self.admitted]
+
     def served_space(self) -> np.ndarray:
         """Per gallery item: the space of the vector users' queries search (a held item's is its pre-backfill one)."""
-        space = self.space.copy()
-        for item, (held_space, _) in self.held.items():
-            space[item] = held_space
-        return space
+        held = self.held_space
+        return np.where(held >= 0, held, self.space)
 
     # -- the run ------------------------------------------------------------------------------------
 
@@ -339,11 +344,10 @@ class Timeline:
         (after-backfill), the served vectors of these items are held beside the new ones until the switch: users'
         queries still search them (two generations' vectors are alive, the memory column counts both)."""
         if self.target != self.serving and self.spec.deploy == "after-backfill":
-            fresh = [int(i) for i in items if int(i) not in self.held]
-            if fresh:
-                old = self.gallery.vectors(np.asarray(fresh, np.int64))
-                for row, item in enumerate(fresh):
-                    self.held[item] = (int(self.space[item]), old[row])
+            fresh = np.asarray(items, np.int64)[self.held_space[items] < 0]
+            if len(fresh):
+                self.held_vectors.update(zip(fresh.tolist(), self.gallery.vectors(fresh)))
+                self.held_space[fresh] = self.space[fresh]
         else:
             self.changed += len(items)
         self.gallery.replace(items, vectors, session=session, generation=generation, transformed=transformed)
@@ -384,7 +388,8 @@ class Timeline:
             arriving = self.arrival_ids[self.admitted : self._admission_end(through_session=generation)]
             self._evaluate("before_switch", also_classes=self.sim.labels_of(arriving))
         self.previous, self.serving = self.serving, generation
-        self.held = {}  # the switch: the re-embedded vectors serve, the old ones are dropped
+        self._held_space[:] = -1  # the switch: the re-embedded vectors serve, the old ones are dropped
+        self.held_vectors = {}
         if self.spec.ingest == "at-deploy":
             before = self.admitted
             self._admit(through_session=generation)
@@ -499,12 +504,9 @@ class Timeline:
         spec = self.scenario.evaluation
         per_query = self._score_served(asked, map_at_r=spec.map_at_r)
         home = self.query_home[asked]
-        masks = home_subsets(home, self.serving, ahead=True)
-        values = {}
-        for subset, mask in masks.items():
-            values[f"r1_{subset}"] = float(per_query["recall@1"][mask].mean()) if mask.any() else np.nan
-            defined = per_query["map@r"][mask][~np.isnan(per_query["map@r"][mask])] if spec.map_at_r else []  # NaN: no item of its class
-            values[f"map_{subset}"] = float(defined.mean()) if len(defined) else np.nan
+        prefix = {"recall@1": "r1", "map@r": "map"}
+        values = {f"{prefix[metric]}_{subset}": mean
+                  for subset, metric, mean, _ in subset_means(per_query, home_subsets(home, self.serving, ahead=True))}
         forced = why not in ("scheduled", "changed")
         full = self._reference_score(self.serving, asked, force=forced)
         best = full if self.newest == self.serving else self._reference_score(self.newest, asked, force=forced)
@@ -533,12 +535,12 @@ class Timeline:
         hnsw = self.index_spec.index == "hnsw"
         if hnsw:
             faiss.cvar.hnsw_stats.reset()
-        if other is None and not self.held:
+        if other is None and not self.held_vectors:
             per_query = score_queries(vectors, classes, self.gallery, recall_at=[1], map_at_r=map_at_r)
         else:
             k = int(neighbors_per_query(classes, self.gallery, recall_at=[1], map_at_r=map_at_r).max())
             parts = [(vectors, np.arange(len(self.gallery)))] if other is None else [(other, older), (vectors, np.flatnonzero(space == self.serving))]
-            ids = search_parts(self.gallery, parts, k, held=self.held, dims=self.dims)
+            ids = search_parts(self.gallery, parts, k, held_space=self.held_space, held_vectors=self.held_vectors, dims=self.dims)
             per_query = score_neighbors(ids, classes, self.gallery, recall_at=[1], map_at_r=map_at_r)
         if hnsw and len(classes):
             self._hnsw_visited = faiss.cvar.hnsw_stats.ndis / len(classes)
@@ -612,12 +614,16 @@ class Timeline:
         mapping = 2.0 * self.adapter.size if two and self.spec.queries == "adapter" else 0.0
         a = self.spec.accelerator
         seconds = forwards / self.throughput[self.serving].embed + (search + mapping) / (a.tflops * 1e12 * a.utilization)
-        counts = np.bincount(space + 1) if n else np.zeros(1, np.int64)
-        gallery_bytes = self.scale * sum(c * vector_bytes(self.index_spec, self.dims[g - 1]) for g, c in enumerate(counts) if c and g)
-        held_bytes = self.scale * sum(vector_bytes(self.index_spec, self.dims[self.space[i]]) for i in self.held)
+        gallery_bytes = self._bytes(space)
+        held_bytes = self._bytes(self.held_space[self.held_space >= 0])
         capacity = self.spec.accelerators.serve / seconds if seconds > 0 else np.inf
         return {"seconds_per_query": seconds, "search_flops": search, "forwards": forwards, "capacity_qps": capacity,
                 "gallery_bytes": gallery_bytes, "memory_bytes": gallery_bytes + held_bytes}
+
+    def _bytes(self, spaces: np.ndarray) -> float:
+        """Bytes the service's index holds for vectors in these spaces (`item_scale` each), by their widths."""
+        counts = np.bincount(spaces) if len(spaces) else np.zeros(0, np.int64)
+        return self.scale * sum(int(c) * vector_bytes(self.index_spec, self.dims[g]) for g, c in enumerate(counts) if c)
 
     def _bill_serving(self) -> None:
         """Bill the serving accelerators for the time since the last bill, at the cost of the state that held then."""
@@ -650,28 +656,27 @@ class Timeline:
 # -- searches of several parts, and the dual query ------------------------------------------------------------
 
 
-def search_parts(gallery: Gallery, parts: list[tuple[np.ndarray, np.ndarray]], k: int, *, held: dict | None = None,
-                 dims: dict | None = None) -> np.ndarray:
+def search_parts(gallery: Gallery, parts: list[tuple[np.ndarray, np.ndarray]], k: int, *, held_space: np.ndarray | None = None,
+                 held_vectors: dict | None = None, dims: dict | None = None) -> np.ndarray:
     """The top k item ids of queries that each search their own items (`parts`: (queries, item ids)), each through the
     gallery's own search (narrower segments as `gallery.narrow_queries` says), merged by score; on a tie the later
-    part's item comes first. `held`: items whose searched vector is not the gallery's but a held one (item -> (space,
-    vector)), searched at its space's width (`dims`: space -> width), as the gallery matches widths."""
+    part's item comes first. `held_space`: per gallery item, the space of a vector searched instead of the gallery's
+    (-1: none), `held_vectors` by item; searched at its space's width (`dims`: space -> width), as the gallery matches
+    widths."""
     k = min(k, len(gallery))
-    held = held or {}
     found = []
     for queries, items in parts:
         if not len(items):
             continue
-        in_held = np.fromiter((int(i) in held for i in items), bool, len(items)) if held else np.zeros(len(items), bool)
+        spaces = held_space[items] if held_space is not None else np.full(len(items), -1, np.int64)
+        in_held = spaces >= 0
         if not in_held.all():
             rest = items[~in_held]
             found.append(gallery.search(queries, k, items=None if len(rest) == len(gallery) else rest))
-        chosen = items[in_held]
-        spaces = np.array([held[int(i)][0] for i in chosen], np.int64)
-        for space in np.unique(spaces):
-            mine = chosen[spaces == space]
+        for space in np.unique(spaces[in_held]):
+            mine = items[spaces == space]
             dim = dims[int(space)]
-            stored = np.ascontiguousarray(np.stack([held[int(i)][1][:dim] for i in mine]), dtype=np.float32)
+            stored = np.ascontiguousarray(np.stack([held_vectors[int(i)][:dim] for i in mine]), dtype=np.float32)
             view = match_queries(queries, dim, gallery.spec.narrow_queries)
             scores, at = faiss.knn(view, stored, min(k, len(mine)), metric=faiss.METRIC_INNER_PRODUCT)
             found.append((scores, mine[at]))
