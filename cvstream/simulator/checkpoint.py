@@ -45,6 +45,22 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
     model.load_state_dict(state)
 
 
+def model_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The network's weights on the CPU, as a checkpoint (and a stored training) keeps them."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def restored_model(model: torch.nn.Module, spec: dict | None, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """`model` holding `weights`, or, where `spec` names another network (a model upgrade happened), a new network of
+    that spec on `model`'s device holding them. `spec` None: the network `model` is."""
+    if spec is not None and spec != model.spec:
+        device = model.weight.device
+        with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten below; keep the global RNG as it was
+            model = EmbeddingNet(**spec).to(device)
+    load_model_state(model, weights)
+    return model
+
+
 # -- save and restore ----------------------------------------------------------------------
 
 
@@ -64,7 +80,7 @@ def save(state: RunState, run_dir: Path, *, rows: dict[str, int]) -> None:
         folder.mkdir(parents=True)
     except OSError as exc:
         raise OutputError(f"cannot create {folder}: {exc.strerror or exc}; the files of completed sessions are intact") from None
-    tensors = {"model": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
+    tensors = {"model": model_weights(state.model),
                "train_generator": state.train_generator.get_state()}
     arrays = {f"replay.{k}": v for k, v in state.replay.state().items()}
     evaluation_arrays, evaluation_values = state.evaluator.state()
@@ -112,12 +128,8 @@ def restore(state: RunState, run_dir: Path) -> dict[str, list[dict]]:
     tensors = _load(folder / "state.pt", lambda path: torch.load(path, weights_only=True, map_location="cpu"))
     arrays = _load(folder / "arrays.npz", _read_npz)
     try:
-        spec = values.get("model_spec")  # absent in checkpoints of runs before model upgrades: the scenario's network
-        if spec is not None and spec != state.model.spec:  # a model upgrade happened before the checkpoint
-            device = state.model.weight.device
-            with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten below; keep the global RNG as it was
-                state.model = EmbeddingNet(**spec).to(device)
-        load_model_state(state.model, tensors["model"])
+        # model_spec is absent in checkpoints of runs before model upgrades: the scenario's network
+        state.model = restored_model(state.model, values.get("model_spec"), tensors["model"])
         state.train_generator.set_state(tensors["train_generator"])
         state.replay_rng.bit_generator.state = values["replay_rng"]
         state.generation, state.next_session = int(values["generation"]), int(values["next_session"])

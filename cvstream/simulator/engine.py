@@ -35,12 +35,11 @@ from cvstream.gallery.replay import REPLAY_SELECTIONS
 from cvstream.models import build_method, build_model, upgraded_model
 from cvstream.models.augment import channel_stats
 from cvstream.models.methods.base import TrainContext
-from cvstream.models.net import EmbeddingNet
 from cvstream.models.trainer import embed, train_session
 from cvstream.sessions import scenario_stream
 from cvstream.sessions.rng import numpy_rng, torch_generator, torch_seed
 from cvstream.simulator import checkpoint, memory
-from cvstream.simulator.checkpoint import load_model_state
+from cvstream.simulator.checkpoint import model_weights, restored_model
 from cvstream.simulator.generation_store import GenerationStore, StoredTraining, code_digest, digest, gallery_digest, module_digest
 from cvstream.simulator.events import Event, Outcome, SessionResult
 from cvstream.simulator.generations import Generation, frozen, save_generation
@@ -379,10 +378,7 @@ class Simulator:
         state, upgrade = self.state, self.scenario.model.upgrades.get(t)
         if upgrade is not None:
             state.gallery.widen(upgrade.embedding_dim)
-        if stored.model_spec != state.model.spec:
-            with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten: keep the global RNG as it was
-                state.model = EmbeddingNet(**stored.model_spec).to(self.device)
-        load_model_state(state.model, {k: v.to(self.device) for k, v in stored.model_state.items()})
+        state.model = restored_model(state.model, stored.model_spec, stored.model_state)
         state.train_generator.set_state(stored.train_generator)
         values = dict(stored.outcome)
         outcome = Outcome(generation=stored.generation, seconds=values["seconds"], backbone_forwards=values["backbone_forwards"],
@@ -395,7 +391,7 @@ class Simulator:
         generation, anytime = value
         model = self.state.model
         return StoredTraining(
-            generation=generation, model_spec=model.spec, model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            generation=generation, model_spec=model.spec, model_state=model_weights(model),
             train_generator=self.state.train_generator.get_state(),
             outcome={"seconds": outcome.seconds, "backbone_forwards": outcome.backbone_forwards, "items": outcome.items,
                      "detail": outcome.detail},
