@@ -16,7 +16,6 @@ A scenario that fixes `training.seed` keeps it: its seeds vary the stream and th
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,12 +176,12 @@ def run_in(folder: Path, scenario, *, data_root=None, progress: bool = False, st
     """Run `scenario` into `folder` (through the service timeline where it has one), or take up what a killed study
     left there: a completed run of the same scenario is read back, an interrupted one resumed. Returns its RunResult."""
     from cvstream.simulator import Simulator, load_run
+    from cvstream.simulator.run import read_info
     from cvstream.timeline import run
 
-    info = Path(folder) / "run.json"
-    if not info.is_file():
+    if not (Path(folder) / "run.json").is_file():
         return run(Simulator(scenario, out_dir=folder, data_root=data_root, progress=progress, store=store))
-    recorded = json.loads(info.read_text())
+    recorded = read_info(folder)  # a damaged run.json is a user error, as for `run --resume`
     if recorded.get("scenario_hash") != scenario.digest():
         raise UserError(f"{folder} holds a run of another scenario than this study's; choose another --out, or remove it")
     if recorded.get("status") == "completed":
