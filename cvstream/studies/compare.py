@@ -297,6 +297,12 @@ def parse_timeline_variants(text: str | None) -> list[str]:
     return names
 
 
+def budget_blind(variant: str) -> bool:
+    """Whether a timeline variant's run does not depend on the backfill accelerators: one that never backfills (`none`)
+    is the same run at every budget, so a study with `--budgets` runs it once and reports it under each budget."""
+    return TIMELINE_VARIANTS[variant]["policy"] == "none"
+
+
 def run_timeline_comparison(
     scenario_path: str | Path, variants: list[str], *, out_dir: str | Path, overrides: list[str] = (), data_root=None,
     partial_budget: float = 0.25, seeds: int = 1, budgets: list[int] | None = None, reference: str | None = None,
@@ -311,7 +317,9 @@ def run_timeline_comparison(
     With `seeds` > 1 or `budgets` (numbers of backfill accelerators), every variant runs at each budget and seed, into
     `[budget-<b>/]<variant>[/seed-<s>]`: `timeline_comparison_runs.parquet` keeps a row per run, the comparison one
     row per (budget, variant) with means, intervals and paired differences, and, with budgets, `frontier.parquet` and
-    `frontier.png` the Pareto frontier of quality-time area against cost per budget. Returns the comparison."""
+    `frontier.png` the Pareto frontier of quality-time area against cost per budget. A variant that never backfills
+    (`none`) is the same run at every budget: it runs once, at the first budget, and is reported under each (its
+    `run_dir` is that budget's). Returns the comparison."""
     from cvstream.reporting.study_report import plot_frontier
     from cvstream.reporting.timeline_report import plot_timeline
     from cvstream.scenario import Scenario
@@ -341,13 +349,18 @@ def run_timeline_comparison(
                     data["timeline"]["accelerators"] = {**timeline.get("accelerators", {}), "backfill": budget}
                 where = name + (f", seed {seed}" if seeds > 1 else "") + (f", {budget} backfill accelerators" if budget is not None else "")
                 scenarios[budget, seed, name] = Scenario.from_dict(data, source=f"{scenario_path} ({where})")
-    rows, frames = [], {budget: {} for budget in budget_values}
+    rows, frames, blind = [], {budget: {} for budget in budget_values}, {}
     for budget in budget_values:
         folder = out_dir / f"budget-{budget}" if budget is not None else out_dir
         for seed in seed_values:
             for name in variants:
                 scenario = scenarios[budget, seed, name]
-                result = run_in(_seed_folder(folder / name, seed, seeds), scenario, data_root=data_root, progress=progress, store=store)
+                if budget_blind(name) and (seed, name) in blind:  # the run at the first budget is this one
+                    result = blind[seed, name]
+                else:
+                    result = run_in(_seed_folder(folder / name, seed, seeds), scenario, data_root=data_root, progress=progress, store=store)
+                    if budget_blind(name):
+                        blind[seed, name] = result
                 if seed == seed_values[0]:
                     frames[budget][name] = result.timeline
                 preset = TIMELINE_VARIANTS[name]
@@ -363,7 +376,7 @@ def run_timeline_comparison(
         write_parquet(out_dir / "timeline_comparison_runs.parquet", runs)
         table = _over_seeds(runs, keys=["backfill_accelerators", "variant"], keep=["policy", "deploy", "queries"], figures=TIMELINE_FIGURES,
                             differences=TIMELINE_DIFFERENCES if seeds > 1 else [], reference=reference, within=["backfill_accelerators"])
-        table["run_dir"] = [str((out_dir / f"budget-{b}" if budgets is not None else out_dir) / v)
+        table["run_dir"] = [str((out_dir / f"budget-{budget_values[0] if budget_blind(v) else b}" if budgets is not None else out_dir) / v)
                             for b, v in zip(table.backfill_accelerators, table.variant)]
     write_parquet(out_dir / "timeline_comparison.parquet", table)
     for budget, by_variant in frames.items():  # the first seed's timelines, one plot per budget

@@ -132,14 +132,42 @@ def test_timeline_study_runs_every_budget_seed_and_variant(budgeted):
     assert code == 0
     for budget in (1, 4):
         assert (out / f"budget-{budget}" / "timeline.png").is_file()
-        for variant in ("none", "full-hot"):
-            for seed in (3, 4):
-                scenario = json.loads((out / f"budget-{budget}" / variant / f"seed-{seed}" / "run.json").read_text())["scenario"]
-                assert scenario["seed"] == seed and scenario["timeline"]["accelerators"]["backfill"] == budget
-                assert scenario["timeline"]["accelerators"]["train"] == 2  # the rest of the section as the scenario has it
+        for seed in (3, 4):
+            scenario = json.loads((out / f"budget-{budget}" / "full-hot" / f"seed-{seed}" / "run.json").read_text())["scenario"]
+            assert scenario["seed"] == seed and scenario["timeline"]["accelerators"]["backfill"] == budget
+            assert scenario["timeline"]["accelerators"]["train"] == 2  # the rest of the section as the scenario has it
+    # `none` never backfills: it ran once per seed, at the first budget, and is reported under both
+    assert (out / "budget-1" / "none" / "seed-3" / "run.json").is_file() and not (out / "budget-4" / "none").exists()
     runs = pd.read_parquet(out / "timeline_comparison_runs.parquet")
     assert len(runs) == 8 and set(runs.backfill_accelerators) == {1, 4} and set(runs.seed) == {3, 4}
     assert (runs.cost_total == runs.accel_hours_total * 2.5).all()
+    none = runs[runs.variant == "none"].set_index(["backfill_accelerators", "seed"])
+    assert none.loc[1].drop(columns="run_dir").equals(none.loc[4].drop(columns="run_dir"))
+    table = pd.read_parquet(out / "timeline_comparison.parquet").set_index(["backfill_accelerators", "variant"])
+    assert table.loc[(4, "none"), "run_dir"] == str(out / "budget-1" / "none")
+
+
+@pytest.mark.slow
+def test_a_variant_that_never_backfills_is_the_same_run_at_every_budget(tmp_path):
+    """What lets a study run `none` once for all its budgets: its timeline and summary do not move with the
+    backfill accelerators (while full-hot's do, so the comparison could tell)."""
+    from cvstream.scenario import Scenario
+    from cvstream.simulator import Simulator
+    from cvstream.studies.compare import budget_blind
+    from cvstream.timeline import run
+
+    timeline = tiny_timeline(chunk_items=60, eval_min_change=0.5, eval_every_hours=5)
+    summaries, frames = {}, {}
+    for policy in ("none", "full"):
+        for budget in (1, 4):
+            data = tiny_dict(method={"name": "finetune"}, stream={"sessions": 2}, backfill={"policy": policy},
+                             timeline={**timeline, "accelerators": {**timeline["accelerators"], "backfill": budget}})
+            result = run(Simulator(Scenario.from_dict(data), out_dir=tmp_path / f"{policy}-{budget}", progress=False))
+            summaries[policy, budget], frames[policy, budget] = result.timeline_summary, result.timeline
+    assert budget_blind("none") and not budget_blind("full-hot") and not budget_blind("transform")
+    assert summaries["none", 1] == summaries["none", 4]
+    pd.testing.assert_frame_equal(frames["none", 1], frames["none", 4])
+    assert summaries["full", 1] != summaries["full", 4]
 
 
 @pytest.mark.slow
