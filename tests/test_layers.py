@@ -16,7 +16,7 @@ PACKAGE = REPO / "cvstream"
 
 # Bottom first. A name is a module or a package (all its modules); `cvstream` alone is the package's own __init__.
 LAYERS = [
-    ("cvstream.errors", "cvstream.registry", "cvstream.files"),
+    ("cvstream.errors", "cvstream.registry", "cvstream.files", "cvstream.allocator"),
     ("cvstream.sessions",),
     ("cvstream.models",),
     ("cvstream.gallery",),
