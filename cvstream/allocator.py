@@ -10,13 +10,12 @@ measures both sides and checks the results equal).
 
 These settings are read when glibc initialises, so the command line sets them in its environment and starts itself
 again once (`entry`); `mallopt` from a running interpreter reaches only part of the gain. Opt out with
-`CVSTREAM_MALLOC=default`; anything already set in the environment is left as it is.
+`CVSTREAM_MALLOC=default`; a user who set any `MALLOC_*` variable or `GLIBC_TUNABLES` keeps the allocator as set.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import sys
 
 SETTINGS = {  # glibc tunables as environment variables (see mallopt(3))
@@ -27,17 +26,26 @@ SETTINGS = {  # glibc tunables as environment variables (see mallopt(3))
 OPT_OUT = "CVSTREAM_MALLOC"
 
 
+def on_glibc() -> bool:
+    """Whether this process runs on glibc (a system call away: no scan of the interpreter's binary)."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (AttributeError, ValueError, OSError):  # no such confstr name: not glibc
+        return False
+
+
+def allocator_chosen(environ) -> bool:
+    """Whether the user has set the C allocator up (any MALLOC_* variable, or GLIBC_TUNABLES): cvstream then leaves it."""
+    return "GLIBC_TUNABLES" in environ or any(name.startswith("MALLOC_") for name in environ)
+
+
 def tuned_environment(environ: dict[str, str] | None = None) -> dict[str, str] | None:
     """The environment to start the command line in, or None where it runs as it is: not glibc, opted out
-    (`CVSTREAM_MALLOC=default`), or already started with the settings (or with any of them chosen by the user)."""
+    (`CVSTREAM_MALLOC=default`), or the allocator already set up (by this restart, or by the user)."""
     environ = dict(os.environ if environ is None else environ)
-    if environ.get(OPT_OUT, "").lower() in ("default", "off", "0", "tuned"):
+    if environ.get(OPT_OUT, "").lower() in ("default", "off", "0") or allocator_chosen(environ) or not on_glibc():
         return None
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    if any(name in environ for name in SETTINGS):
-        return None
-    return {**environ, **SETTINGS, OPT_OUT: "tuned"}
+    return {**environ, **SETTINGS}
 
 
 def restart_tuned(module: str) -> None:

@@ -11,6 +11,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from cvstream.allocator import allocator_chosen, on_glibc, restart_tuned
 from cvstream.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -144,15 +145,13 @@ def tune_memory() -> None:
     Python imports) would have set it to twice the raised value, which a variable read at start-up never allows."""
     for name in ONEDNN_CACHES:
         os.environ.setdefault(name, "64")
-    if "GLIBC_TUNABLES" in os.environ or any(name.startswith("MALLOC_") for name in os.environ):
+    if allocator_chosen(os.environ) or not on_glibc():
         return
     try:
-        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
-            return
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-    except (AttributeError, ValueError, OSError):  # no such confstr name (not glibc), no libc.so.6
+    except OSError:  # no libc.so.6
         return
     libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
     libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
@@ -503,8 +502,6 @@ def _compare_timeline(args, scenario, out: str, console: Console) -> int:
 
 
 def entry() -> None:  # pragma: no cover - the console script: starts itself again once under the tuned allocator
-    from cvstream.allocator import restart_tuned
-
     restart_tuned("cvstream.cli")
     sys.exit(main())
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import cvstream.allocator as allocator
 from cvstream.allocator import OPT_OUT, SETTINGS, tuned_environment
 
 ROOT = Path(__file__).resolve().parent.parent
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+GLIBC = allocator.on_glibc()
 
 
 @pytest.mark.skipif(not GLIBC, reason="the allocator's settings are glibc's")
@@ -22,11 +22,12 @@ def test_the_environment_gets_the_settings_once_and_never_overrides_a_choice():
     assert tuned is not None and all(tuned[name] == value for name, value in SETTINGS.items()) and tuned["PATH"] == "/bin"
     assert tuned_environment(tuned) is None  # started with them: no second restart
     assert tuned_environment({"MALLOC_TRIM_THRESHOLD_": "0"}) is None  # the user's own choice stays
+    assert tuned_environment({"MALLOC_ARENA_MAX": "2"}) is None and tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}) is None
     assert tuned_environment({OPT_OUT: "default"}) is None
 
 
 def test_nothing_changes_off_glibc(monkeypatch):
-    monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("", ""))
+    monkeypatch.setattr(allocator, "on_glibc", lambda: False)
     assert tuned_environment({}) is None
 
 
