@@ -349,16 +349,24 @@ def run_timeline_comparison(
                     data["timeline"]["accelerators"] = {**timeline.get("accelerators", {}), "backfill": budget}
                 where = name + (f", seed {seed}" if seeds > 1 else "") + (f", {budget} backfill accelerators" if budget is not None else "")
                 scenarios[budget, seed, name] = Scenario.from_dict(data, source=f"{scenario_path} ({where})")
-    rows, frames, blind = [], {budget: {} for budget in budget_values}, {}
+
+    def budget_folder(budget) -> Path:
+        return out_dir / f"budget-{budget}" if budget is not None else out_dir
+
+    def ran_at(budget, name: str):
+        """The budget whose run a variant's row at `budget` is: its own, or the first for a budget-blind variant."""
+        return budget_values[0] if budget_blind(name) else budget
+
+    rows, frames, blind = [], {budget: {} for budget in budget_values}, {}  # blind: budget-blind runs by (seed, name)
     for budget in budget_values:
-        folder = out_dir / f"budget-{budget}" if budget is not None else out_dir
         for seed in seed_values:
             for name in variants:
-                scenario = scenarios[budget, seed, name]
-                if budget_blind(name) and (seed, name) in blind:  # the run at the first budget is this one
+                scenario, at = scenarios[budget, seed, name], ran_at(budget, name)
+                if (seed, name) in blind:
                     result = blind[seed, name]
                 else:
-                    result = run_in(_seed_folder(folder / name, seed, seeds), scenario, data_root=data_root, progress=progress, store=store)
+                    result = run_in(_seed_folder(budget_folder(at) / name, seed, seeds), scenarios[at, seed, name], data_root=data_root,
+                                    progress=progress, store=store)
                     if budget_blind(name):
                         blind[seed, name] = result
                 if seed == seed_values[0]:
@@ -376,13 +384,13 @@ def run_timeline_comparison(
         write_parquet(out_dir / "timeline_comparison_runs.parquet", runs)
         table = _over_seeds(runs, keys=["backfill_accelerators", "variant"], keep=["policy", "deploy", "queries"], figures=TIMELINE_FIGURES,
                             differences=TIMELINE_DIFFERENCES if seeds > 1 else [], reference=reference, within=["backfill_accelerators"])
-        table["run_dir"] = [str((out_dir / f"budget-{budget_values[0] if budget_blind(v) else b}" if budgets is not None else out_dir) / v)
+        table["run_dir"] = [str(budget_folder(ran_at(b if budgets is not None else None, v)) / v)
                             for b, v in zip(table.backfill_accelerators, table.variant)]
     write_parquet(out_dir / "timeline_comparison.parquet", table)
     for budget, by_variant in frames.items():  # the first seed's timelines, one plot per budget
         notes = ", ".join(([f"{budget} backfill accelerators"] if budget is not None else []) + ([f"seed {seed_values[0]}"] if seeds > 1 else []))
         title = f"{base.name}: quality over simulated time, by policy" + (f" ({notes})" if notes else "")
-        plot_timeline(by_variant, (out_dir / f"budget-{budget}" if budget is not None else out_dir) / "timeline.png", title=title)
+        plot_timeline(by_variant, budget_folder(budget) / "timeline.png", title=title)
     if budgets is not None:
         frontier = frontier_frame(table)
         write_parquet(out_dir / "frontier.parquet", frontier)
