@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(argv: list[str], allocator: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}  # as a user who set nothing
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT), CVSTREAM_MALLOC=allocator)
     wall = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "cvstream.cli", *argv], env=env, stdout=subprocess.DEVNULL)

@@ -36,7 +36,7 @@ def _environment_seen_by_a_plugin(tmp_path: Path, **extra: str) -> str:
     seen = tmp_path / "seen.txt"
     plugin = tmp_path / "plugin.py"
     plugin.write_text(f"import os\nopen({str(seen)!r}, 'w').write(os.environ.get('MALLOC_TRIM_THRESHOLD_', 'unset'))\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != OPT_OUT}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in (OPT_OUT, "GLIBC_TUNABLES")}
     env.update(PYTHONPATH=str(ROOT), **extra)
     done = subprocess.run([sys.executable, "-m", "cvstream.cli", "validate", str(ROOT / "experiments" / "demo.yaml"), "--plugin", str(plugin)],
                           env=env, capture_output=True, text=True, timeout=300)
