@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--budgets", type=_budget_list, default=None, metavar="B1,B2,...",
                          help="with --timeline: run the variants at each number of backfill accelerators and report, per budget, the "
                          "Pareto frontier of quality-time area against cost (frontier.parquet, frontier.png)")
+    compare.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                         help="run the study's runs in N processes of this machine, each on its share of the CPUs, then read them "
+                         "back in order (default 1: one run at a time)")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
     store_args(compare, default_on=True)
 
@@ -443,7 +446,7 @@ def _compare(args, console: Console) -> int:
         args.scenario, variants, out_dir=out, overrides=args.overrides, data_root=args.data_root,
         gallery_items=args.project_gallery, seconds_per_forward=args.seconds_per_forward,
         curve_session=args.curve_session, curve_order=args.curve_order, seeds=args.seeds, reference=args.reference,
-        progress=not args.no_progress and console.is_terminal, store=_store_folder(args),
+        progress=not args.no_progress and console.is_terminal, store=_store_folder(args), workers=args.workers, plugins=args.plugins,
         on_variant=lambda row: console.print(f"  {row['variant']}{_seed_label(row, args.seeds)}: AR@1 {row['ar@1']:.3f}, {row['seconds']:.1f} s"),
     )
     console.print(comparison_table(table, title=f"backfill policies on {scenario.name} ({scenario.method.name})"))
@@ -481,7 +484,7 @@ def _compare_timeline(args, scenario, out: str, console: Console) -> int:
     table = run_timeline_comparison(
         args.scenario, variants, out_dir=out, overrides=args.overrides, data_root=args.data_root, partial_budget=args.partial_budget,
         seeds=args.seeds, budgets=args.budgets, reference=args.reference, progress=not args.no_progress and console.is_terminal,
-        on_variant=done, store=_store_folder(args),
+        on_variant=done, store=_store_folder(args), workers=args.workers, plugins=args.plugins,
     )
     title = f"the service timeline of {scenario.name} ({scenario.method.name}), by policy"
     differences = [("quality_time_area", "R@1 area", "{:.3f}"), ("regret_area", "regret", "{:.3f}"),

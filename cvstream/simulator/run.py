@@ -99,6 +99,14 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _threads() -> dict[str, int]:
+    """The threads torch and Faiss compute with in this process."""
+    import faiss
+    import torch
+
+    return {"torch": torch.get_num_threads(), "faiss": faiss.omp_get_max_threads()}
+
+
 def _git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
@@ -121,6 +129,7 @@ def run_info(sim, *, status: str, record: dict | None = None) -> dict:
         "versions": _versions(),
         "git_commit": _git_commit(),
         "device": str(sim.device),
+        "threads": _threads(),  # torch's CPU kernels may round differently on another number of threads
         "platform": platform.platform(),
         "argv": sys.argv,
         "started_at": sim.started_at.isoformat() if sim.started_at else None,

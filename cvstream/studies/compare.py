@@ -30,6 +30,7 @@ from cvstream.reporting.study_report import interval_cell, seeds_note
 from cvstream.reporting.tables import Column, ReportTable
 from cvstream.studies.frontier import frontier_frame
 from cvstream.studies.intervals import paired_differences, summarize_seeds
+from cvstream.studies.workers import run_ahead
 
 COMPARISON_COLUMNS = [
     "variant", "policy", "budget", "order", "ar@1", "last_r@1_old", "last_r@1_new", "last_r@1_all", "last_map@r",
@@ -197,11 +198,13 @@ def run_comparison(
     scenario_path: str | Path, variants: list[Variant], *, out_dir: str | Path, overrides: list[str] = (), data_root=None,
     gallery_items: int = 10**9, seconds_per_forward: float | None = None, curve_session: int | None = None,
     curve_order: str = "random", seeds: int = 1, reference: str | None = None, progress: bool = False, on_variant=None,
-    store=None,
+    store=None, workers: int = 1, plugins=(),
 ) -> pd.DataFrame:
     """Run every variant on the same scenario, for each of `seeds` seeds; write each run and comparison.parquet under
     `out_dir` (and, over several seeds, comparison_runs.parquet). Returns the comparison: one row per variant.
-    `store`: the generation store (a folder) the runs share: a session that two runs train alike is trained once."""
+    `store`: the generation store (a folder) the runs share: a session that two runs train alike is trained once.
+    `workers` > 1: the runs go first in that many processes (`cvstream.studies.workers`; `plugins`, the plugin files
+    they load), then are read back in order."""
     from cvstream.scenario import Scenario
     from cvstream.sessions import scenario_stream
     from cvstream.simulator.outputs import write_parquet
@@ -226,11 +229,13 @@ def run_comparison(
             if variant is curve_variant and seed == seed_values[0]:  # the curve is measured once, on the first seed
                 extra += [f"backfill.curve_session={'null' if curve_session is None else curve_session}", f"backfill.curve_order={curve_order}"]
             scenarios[variant, seed] = Scenario.from_yaml(scenario_path, overrides=extra)
+    folders = {(variant, seed): _seed_folder(out_dir / variant.folder, seed, seeds) for seed in seed_values for variant in variants}
+    run_ahead([(folders[key], scenarios[key], key[1]) for key in folders], workers=workers, data_root=data_root, store=store,
+              plugins=plugins, progress=progress)
     rows = []
     for seed in seed_values:
         for variant in variants:
-            folder = _seed_folder(out_dir / variant.folder, seed, seeds)
-            result = run_in(folder, scenarios[variant, seed], data_root=data_root, progress=progress, store=store)
+            result = run_in(folders[variant, seed], scenarios[variant, seed], data_root=data_root, progress=progress, store=store)
             rows.append({**summarize(result, variant, gallery_items=gallery_items, seconds_per_forward=seconds_per_forward), "seed": seed})
             if on_variant is not None:
                 on_variant(rows[-1])
@@ -306,7 +311,7 @@ def budget_blind(variant: str) -> bool:
 def run_timeline_comparison(
     scenario_path: str | Path, variants: list[str], *, out_dir: str | Path, overrides: list[str] = (), data_root=None,
     partial_budget: float = 0.25, seeds: int = 1, budgets: list[int] | None = None, reference: str | None = None,
-    progress: bool = False, on_variant=None, store=None,
+    progress: bool = False, on_variant=None, store=None, workers: int = 1, plugins=(),
 ) -> pd.DataFrame:
     """Every variant on the same scenario, stream, seed and timeline settings (the scenario's `timeline` section, or
     every default): one run folder each, `timeline_comparison.parquet` and an overlaid `timeline.png` under `out_dir`.
@@ -319,7 +324,8 @@ def run_timeline_comparison(
     row per (budget, variant) with means, intervals and paired differences, and, with budgets, `frontier.parquet` and
     `frontier.png` the Pareto frontier of quality-time area against cost per budget. A variant that never backfills
     (`none`) is the same run at every budget: it runs once, at the first budget, and is reported under each (its
-    `run_dir` is that budget's). Returns the comparison."""
+    `run_dir` is that budget's). `workers` > 1: the runs go first in that many processes (`cvstream.studies.workers`;
+    `plugins`, the plugin files they load), then are read back in order. Returns the comparison."""
     from cvstream.reporting.study_report import plot_frontier
     from cvstream.reporting.timeline_report import plot_timeline
     from cvstream.scenario import Scenario
@@ -357,6 +363,10 @@ def run_timeline_comparison(
         """The budget whose run a variant's row at `budget` is: its own, or the first for a budget-blind variant."""
         return budget_values[0] if budget_blind(name) else budget
 
+    folders = {(at, seed, name): _seed_folder(budget_folder(at) / name, seed, seeds)
+               for budget, seed, name in scenarios for at in [ran_at(budget, name)]}  # a budget-blind variant's run once
+    run_ahead([(folders[key], scenarios[key], key[1]) for key in folders], workers=workers, data_root=data_root, store=store,
+              plugins=plugins, progress=progress)
     rows, frames, blind = [], {budget: {} for budget in budget_values}, {}  # blind: budget-blind runs by (seed, name)
     for budget in budget_values:
         for seed in seed_values:
@@ -365,8 +375,7 @@ def run_timeline_comparison(
                 if (seed, name) in blind:
                     result = blind[seed, name]
                 else:
-                    result = run_in(_seed_folder(budget_folder(at) / name, seed, seeds), scenarios[at, seed, name], data_root=data_root,
-                                    progress=progress, store=store)
+                    result = run_in(folders[at, seed, name], scenarios[at, seed, name], data_root=data_root, progress=progress, store=store)
                     if budget_blind(name):
                         blind[seed, name] = result
                 if seed == seed_values[0]:
