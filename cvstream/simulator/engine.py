@@ -366,8 +366,9 @@ class Simulator:
             sections += ["gallery"] if reads_gallery else []
             sections += ["evaluation"] if bool(s.evaluation.every_steps) else []
             frame = self.stream.to_frame()
+            threads = torch.get_num_threads() if self.device.type == "cpu" else 0  # the CPU kernels round by thread count
             self._root_key = digest(json.dumps({k: data.get(k) for k in sections}, sort_keys=True, default=str), s.training_seed,
-                                    self.device.type, code_digest(), module_digest(self.method),
+                                    self.device.type, threads, code_digest(), module_digest(self.method),
                                     *(frame[c].to_numpy() for c in frame.columns))
         gallery = gallery_digest(self.state.gallery) if reads_gallery and len(self.state.gallery) else ""
         return digest(self._root_key, self.state.lineage, t, gallery)

@@ -4,8 +4,9 @@ same generation twice (SPEC section 13).
 
 The key of session t chains: the digest of the training-relevant scenario sections (dataset, stream, model,
 training, method, replay, seeds; the gallery's section where training searches the gallery, the evaluation's where
-it evaluates anytime), the stream's content, the device kind and the code (cvstream's source, and a plugin method's
-module), then per session the key of the session before and, where training reads the gallery (`cvs`'s L_d reads
+it evaluates anytime), the stream's content, the device kind (and on the CPU torch's thread count: its kernels
+round differently on another count, so a generation trained on 1 thread is not what 2 threads train) and the code
+(cvstream's source, and a plugin method's module), then per session the key of the session before and, where training reads the gallery (`cvs`'s L_d reads
 its class means, validation and anytime points search it), the gallery's content. Two runs that reach the same key
 hold the same model, buffer, batching generator and gallery as far as training can tell: the stored generation is
 what training would give them, bit for bit on the CPU.

@@ -75,6 +75,25 @@ def test_a_method_that_does_not_read_the_gallery_shares_every_session_across_pol
     assert store.hits == 3 and store.misses == 3
 
 
+def test_another_torch_thread_count_trains_again(tmp_path):
+    """Torch's CPU kernels round differently on another number of threads (the trained networks differ): a generation
+    trained on one count is not what another trains, so the thread count is part of the key."""
+    store = GenerationStore(tmp_path / "store")
+    held = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_sim, _ = run(store)
+        torch.set_num_threads(2)
+        two_sim, _ = run(store)
+        assert store.hits == 0 and store.misses == 6
+        _, again = run(store)
+        assert store.hits == 3 and again.costs[again.costs.phase == "train"].reused.all()
+    finally:
+        torch.set_num_threads(held)
+    one, two = one_sim.state.model.state_dict(), two_sim.state.model.state_dict()
+    assert any(not torch.equal(one[name], two[name]) for name in one)  # why: one thread and two train apart
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "version"])
 def test_a_damaged_entry_is_trained_again_never_loaded(tmp_path, damage):
     store = GenerationStore(tmp_path / "store")
