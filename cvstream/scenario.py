@@ -285,6 +285,17 @@ class AcceleratorProfile(_Section):
     price_per_hour: float | None = Field(None, ge=0, description="money per accelerator-hour: the summary gives each job's cost")
 
 
+class MemoryProfile(_Section):
+    price_per_tb_hour: float | None = Field(
+        None, ge=0, description="money per TB-hour of serving memory (the gallery's vectors: two generations' while a waiting "
+        "deploy's backfill runs): the summary gives its cost, and cost_total and the frontier count it",
+    )
+    billing: Literal["provisioned", "used"] = Field(
+        "provisioned", description="provisioned: the peak memory for the whole horizon (a fleet sized for its peak); used: the "
+        "memory each hour holds (capacity added only while it is needed)",
+    )
+
+
 class GivenThroughput(_Section):
     train: float = Field(..., gt=0, description="training images per second per accelerator")
     embed: float = Field(..., gt=0, description="embedding forwards per second per accelerator")
@@ -294,6 +305,7 @@ class GivenThroughput(_Section):
 class TimelineSpec(_Section):
     """SPEC section 11: the service replayed on a simulated clock in hours."""
 
+    _omitted_at_default: ClassVar[frozenset[str]] = frozenset({"memory"})
     session_interval_hours: float = Field(168.0, gt=0, le=1e6, description="session t's data is complete at t x interval")
     ingest: Literal["continuous", "at-deploy"] = "continuous"
     deploy: Literal["hot", "after-backfill"] = "hot"
@@ -301,6 +313,7 @@ class TimelineSpec(_Section):
     accelerators: AcceleratorCounts = AcceleratorCounts()
     throughput: Literal["flops", "measured"] | GivenThroughput = "flops"
     accelerator: AcceleratorProfile = AcceleratorProfile()
+    memory: MemoryProfile = MemoryProfile()
     eval_every_hours: float = Field(6.0, gt=0, le=1e6, description="evaluate at every multiple (and after every deploy and backfill)")
     eval_min_change: float = Field(
         0.01, gt=0, le=1, description="also evaluate whenever the served gallery has changed (items added, re-embedded or mapped) "

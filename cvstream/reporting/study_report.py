@@ -25,6 +25,18 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
 
 
+def memory_priced(table: pd.DataFrame) -> bool:
+    """Whether a comparison's cost counts memory (`timeline.memory.price_per_tb_hour`): then its cost is money, not
+    accelerator-hours times one price."""
+    return "cost_memory" in table and bool(table.cost_memory.notna().any())
+
+
+def frontier_cost(table: pd.DataFrame) -> str:
+    """The cost a frontier ranks by: money where memory is priced, else accelerator-hours (where only accelerators are
+    priced, money is the accelerator-hours times that one price: the same frontier)."""
+    return "cost_total" if memory_priced(table) else "accel_hours_total"
+
+
 def interval_cell(row: Mapping, key: str, form: str | None = None, *, scale: float = 1.0) -> str:
     """The cell of `row[key]` (times `scale`), followed by ± the half-width of its interval where the row has `<key>_high`.
     A whole-number form shows a mean over seeds that is not whole to one decimal."""
@@ -77,6 +89,8 @@ def frontier_table(frontier: pd.DataFrame, *, title: str) -> ReportTable:
     the Pareto frontier (emphasised) and its place there; the caption lists each budget's frontier, cheapest first."""
     priced = "cost_total" in frontier and bool(frontier.cost_total.notna().any())
     figures = [("quality_time_area", "R@1 area", "{:.3f}"), ("accel_hours_total", "acc-hours", "{:,.1f}")]
+    if memory_priced(frontier):
+        figures.append(("cost_memory", "memory cost", "{:,.0f}"))
     if priced:
         figures.append(("cost_total", "cost", "{:,.0f}"))
     columns = [Column("backfill acc."), Column("variant", numeric=False)] + [Column(header) for _, header, _ in figures]
@@ -89,6 +103,7 @@ def frontier_table(frontier: pd.DataFrame, *, title: str) -> ReportTable:
              for budget, group in frontier.groupby("backfill_accelerators", sort=True)]
     over = seeds_note(frontier.seeds) if "seeds" in frontier else None
     on = "frontier of the means over seeds, cheapest first" if over else "frontier, cheapest first"
+    on += " in money, memory counted" if memory_priced(frontier) else ""
     out.caption = "; ".join([f"{on} (more area for more cost): " + "; ".join(lines)] + ([over] if over else [])) if lines else None
     return out
 
@@ -100,33 +115,36 @@ def plot_frontier(frontier: pd.DataFrame, path: Path, *, title: str = "quality-t
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9.5, 6.0), dpi=110)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    x_span = float(np.ptp(frontier.accel_hours_total.to_numpy(float))) if len(frontier) else 0.0
+    money = memory_priced(frontier)  # cost is money (accelerators and memory), not accelerator-hours times one price
+    cost = frontier_cost(frontier)
+    x_span = float(np.ptp(frontier[cost].to_numpy(float))) if len(frontier) else 0.0
     y_span = float(np.ptp(frontier.quality_time_area.to_numpy(float))) if len(frontier) else 0.0
     unresolved: list[str] = []
     for number, (budget, group) in enumerate(frontier.groupby("backfill_accelerators", sort=True)):
         colour = colours[number % len(colours)]
-        x, y = group.accel_hours_total.to_numpy(float), group.quality_time_area.to_numpy(float)
+        x, y = group[cost].to_numpy(float), group.quality_time_area.to_numpy(float)
         if "quality_time_area_high" in group and group.quality_time_area_high.notna().any():
             ax.errorbar(x, y, yerr=[y - group.quality_time_area_low.to_numpy(float), group.quality_time_area_high.to_numpy(float) - y],
                         fmt="none", ecolor=colour, alpha=0.5, capsize=3, linewidth=0.9)
         on = group[group.on_frontier]
-        ax.plot(on.accel_hours_total, on.quality_time_area, marker="o", color=colour, linewidth=1.4, label=f"{budget:g} backfill accelerators")
+        ax.plot(on[cost], on.quality_time_area, marker="o", color=colour, linewidth=1.4, label=f"{budget:g} backfill accelerators")
         off = group[~group.on_frontier]
-        ax.plot(off.accel_hours_total, off.quality_time_area, marker="o", linestyle="none", markerfacecolor="white", color=colour)
-        for cluster in overlapping(group, x_span=x_span, y_span=y_span):
+        ax.plot(off[cost], off.quality_time_area, marker="o", linestyle="none", markerfacecolor="white", color=colour)
+        for cluster in overlapping(group, x_span=x_span, y_span=y_span, cost=cost):
             first = group.iloc[cluster[0]]
-            ax.annotate(" = ".join(group.variant.iloc[cluster]), (first.accel_hours_total, first.quality_time_area),
+            ax.annotate(" = ".join(group.variant.iloc[cluster]), (first[cost], first.quality_time_area),
                         textcoords="offset points", xytext=(5, 4 + 10 * number), fontsize=8, color=colour)
             if len(cluster) > 1:
                 unresolved.append(f"{budget:g}: {', '.join(group.variant.iloc[cluster])}")
-    if "cost_total" in frontier and frontier.cost_total.notna().any():
+    if not money and "cost_total" in frontier and frontier.cost_total.notna().any():
         priced = frontier[frontier.cost_total.notna() & (frontier.accel_hours_total > 0)]
         price = float((priced.cost_total / priced.accel_hours_total).median()) if len(priced) else 0.0
         if price > 0:
             top = ax.secondary_xaxis("top", functions=(lambda h: h * price, lambda c: c / price))
             top.set_xlabel("cost (money)")
     ax.plot([], [], marker="o", linestyle="none", markerfacecolor="white", color="grey", label="dominated (off the frontier)")
-    ax.set_xlabel("accelerator-hours, all jobs (lower is better)")
+    ax.set_xlabel("cost (money): accelerator-hours and serving memory (lower is better)" if money
+                  else "accelerator-hours, all jobs (lower is better)")
     ax.set_ylabel("R@1 quality-time area (higher is better)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -138,10 +156,11 @@ def plot_frontier(frontier: pd.DataFrame, path: Path, *, title: str = "quality-t
     return save_figure(fig, path)
 
 
-def overlapping(group: pd.DataFrame, *, x_span: float, y_span: float, share: float = 0.01) -> list[list[int]]:
+def overlapping(group: pd.DataFrame, *, x_span: float, y_span: float, share: float = 0.01, cost: str = "accel_hours_total") -> list[list[int]]:
     """Rows of `group` (positions) in clusters whose points lie within `share` of either axis's span of one another in
-    both cost and area (chained): the points a plot cannot tell apart. Every row is in exactly one cluster."""
-    x, y = group.accel_hours_total.to_numpy(float), group.quality_time_area.to_numpy(float)
+    both cost (the column `cost`) and area (chained): the points a plot cannot tell apart. Every row is in exactly one
+    cluster."""
+    x, y = group[cost].to_numpy(float), group.quality_time_area.to_numpy(float)
     parent = list(range(len(group)))
 
     def root(i: int) -> int:

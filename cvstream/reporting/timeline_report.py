@@ -22,6 +22,7 @@ SUMMARY_COLUMNS = [
     ("accel_hours_train", "train acc-h", "{:,.1f}"),
     ("accel_hours_backfill", "backfill acc-h", "{:,.1f}"),
     ("accel_hours_serve", "serve acc-h", "{:,.1f}"),
+    ("cost_memory", "memory cost", "{:,.0f}"),  # only where memory is priced
     ("cost_total", "cost", "{:,.0f}"),
     ("serve_utilization_peak", "serve use (peak)", "{:.2f}"),
     ("memory_bytes_peak", "memory peak GB", "{:,.1f}"),
@@ -32,11 +33,13 @@ def summary_table(summaries: dict[str, dict], *, title: str) -> ReportTable:
     """One row per timeline: quality-time area and regret, worst dip, recovery hours over the deploys that recovered and
     how many never did, negative flips, accelerator-hours by job, cost, serving utilisation and peak memory. A summary
     averaged over seeds (a study's) shows each figure ± the half-width of its interval (`<key>_high`)."""
-    table = ReportTable(title, [Column("timeline", numeric=False)] + [Column(header) for _, header, _ in SUMMARY_COLUMNS])
+    priced = any(pd.notna(summary.get("cost_memory", float("nan"))) for summary in summaries.values())
+    columns = [c for c in SUMMARY_COLUMNS if c[0] != "cost_memory" or priced]
+    table = ReportTable(title, [Column("timeline", numeric=False)] + [Column(header) for _, header, _ in columns])
     warnings = []
     for label, summary in summaries.items():
         table.add_row(label, *[interval_cell(summary, key, form, scale=1e-9 if key == "memory_bytes_peak" else 1.0)
-                               for key, _, form in SUMMARY_COLUMNS])
+                               for key, _, form in columns])
         warnings += [f"{label}: {w}" for w in summary.get("warnings", [])]
     note = seeds_note(summary["seeds"] for summary in summaries.values() if "seeds" in summary)
     table.caption = "; ".join(([note] if note else []) + warnings) or None

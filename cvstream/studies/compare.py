@@ -283,7 +283,7 @@ TIMELINE_COMPARISON_COLUMNS = [
     "variant", "policy", "deploy", "queries", "quality_time_area", "best_area", "regret_area", "worst_dip", "dip_mean",
     "recovery_hours_mean", "recovery_hours_max", "recovered_deploys", "censored_deploys", "deploys", "negative_flips",
     "accel_hours_train", "accel_hours_backfill", "accel_hours_serve", "accel_hours_ingest", "accel_hours_adapter", "accel_hours_total",
-    "cost_total", "serve_utilization_peak", "memory_bytes_peak", "run_dir",
+    "cost_memory", "cost_total", "serve_utilization_peak", "memory_bytes_peak", "memory_tb_hours_used", "memory_tb_hours_provisioned", "run_dir",
 ]
 TIMELINE_FIGURES = TIMELINE_COMPARISON_COLUMNS[4:-1]  # averaged over seeds, each with its interval
 TIMELINE_DIFFERENCES = ["quality_time_area", "regret_area", "accel_hours_total", "cost_total"]  # cost_total where priced

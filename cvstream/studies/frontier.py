@@ -12,6 +12,8 @@ from typing import Sequence
 
 import pandas as pd
 
+from cvstream.reporting.study_report import frontier_cost
+
 
 def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the (area, cost) points on the frontier, in order of cost (the cheapest first, so area rises too)."""
@@ -26,12 +28,14 @@ def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[int]:
     return frontier
 
 
-def frontier_frame(table: pd.DataFrame, *, area: str = "quality_time_area", cost: str = "accel_hours_total",
+def frontier_frame(table: pd.DataFrame, *, area: str = "quality_time_area", cost: str | None = None,
                    budget: str = "backfill_accelerators") -> pd.DataFrame:
     """The decision view of a timeline comparison (a row per budget and variant, means over seeds): per budget, its
-    variants in order of cost with `on_frontier` and `frontier_rank` (1: the cheapest on the frontier). Money, where a
-    price is given, is the accelerator-hours times that one price, so its frontier is the same."""
-    keep = [c for c in (budget, "variant", area, f"{area}_low", f"{area}_high", "accel_hours_total", "cost_total", "seeds") if c in table]
+    variants in order of cost (`cost`, default `frontier_cost`) with `on_frontier` and `frontier_rank` (1: the cheapest
+    on the frontier)."""
+    cost = cost or frontier_cost(table)
+    keep = [c for c in (budget, "variant", area, f"{area}_low", f"{area}_high", "accel_hours_total", "cost_memory", "cost_total", "seeds")
+            if c in table]
     parts = []
     for _, group in table.groupby(budget, sort=True):
         group = group[keep].reset_index(drop=True)

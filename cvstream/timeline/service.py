@@ -220,7 +220,8 @@ class Timeline:
             self._evaluate("horizon")
         frame = pd.DataFrame(self.rows, columns=TIMELINE_COLUMNS)
         summary = summarize(frame, horizon=self.horizon, price_per_hour=self.spec.accelerator.price_per_hour,
-                            queries_per_hour=self.spec.queries_per_hour)
+                            queries_per_hour=self.spec.queries_per_hour, memory_price=self.spec.memory.price_per_tb_hour,
+                            memory_billing=self.spec.memory.billing)
         return TimelineResult(frame=frame, summary=summary, gallery=self.gallery)
 
     def _sessions(self):
@@ -736,11 +737,14 @@ def per_deploy(frame: pd.DataFrame, *, horizon: float) -> list[dict]:
     return out
 
 
-def summarize(frame: pd.DataFrame, *, horizon: float, price_per_hour: float | None = None, queries_per_hour: float | None = None) -> dict:
+def summarize(frame: pd.DataFrame, *, horizon: float, price_per_hour: float | None = None, queries_per_hour: float | None = None,
+              memory_price: float | None = None, memory_billing: str = "provisioned") -> dict:
     """The summary figures of SPEC section 11: the quality-time area of R@1 (all) and of `r1_best` (their difference is
     the regret), per deploy the dip, the recovery (the mean and max over deploys that recovered, and how many were
     censored: never a 0 for a deploy that did not recover) and the negative flips; accelerator-hours (and money) by
-    job, the serving accelerators' utilisation, and the gallery's memory.
+    job, the serving accelerators' utilisation, and the gallery's memory: its peak and its TB-hours, used (each row's
+    memory until the next row) and provisioned (the peak over the same hours). With `memory_price` (per TB-hour),
+    `cost_memory` bills the `memory_billing` TB-hours, and `cost_total` is the accelerators' cost (where priced) plus it.
 
     R@1 is a step function: each evaluation's value holds until the next one; the areas are its mean over [first
     evaluation, horizon]. The evaluations `before_switch` (the dip's baseline, at a deploy's instant) take no time.
@@ -755,6 +759,9 @@ def summarize(frame: pd.DataFrame, *, horizon: float, price_per_hour: float | No
             out[f"cost_{job}"] = out[f"accel_hours_{job}"] * price_per_hour
         out["cost_total"] = out["accel_hours_total"] * price_per_hour
     out.update(_serving_summary(frame, horizon=horizon, queries_per_hour=queries_per_hour))
+    if memory_price is not None:
+        out["cost_memory"] = out[f"memory_tb_hours_{memory_billing}"] * memory_price
+        out["cost_total"] = out.get("cost_total", 0.0) + out["cost_memory"]
     why = _why(frame)
     evaluated = frame[(frame.kind == "evaluate") & frame.r1_all.notna() & (why != "before_switch")]
     deploys = per_deploy(frame, horizon=horizon)
@@ -787,8 +794,8 @@ def _serving_summary(frame: pd.DataFrame, *, horizon: float, queries_per_hour: f
     """The serving accelerators' time-weighted and peak utilisation, the hours traffic exceeded their capacity (with a
     warning), the peak memory and the last search cost, from the rows (each row's state holds until the next row)."""
     out = {"serve_utilization_mean": float("nan"), "serve_utilization_peak": float("nan"), "serve_over_capacity_hours": 0.0,
-           "memory_bytes_peak": float("nan"), "gallery_bytes_horizon": float("nan"), "search_flops_per_query_horizon": float("nan"),
-           "warnings": []}
+           "memory_bytes_peak": float("nan"), "memory_tb_hours_used": float("nan"), "memory_tb_hours_provisioned": float("nan"),
+           "gallery_bytes_horizon": float("nan"), "search_flops_per_query_horizon": float("nan"), "warnings": []}
     if "serve_utilization" not in frame:
         return out
     rows = frame[frame.serve_utilization.notna()]
@@ -803,6 +810,8 @@ def _serving_summary(frame: pd.DataFrame, *, horizon: float, queries_per_hour: f
         serve_utilization_mean=float(np.sum(use * spans) / total) if total > 0 else float(use[-1]),
         serve_utilization_peak=float(use.max()), serve_over_capacity_hours=over,
         memory_bytes_peak=float(rows.memory_bytes.max()), gallery_bytes_horizon=float(rows.gallery_bytes.iloc[-1]),
+        memory_tb_hours_used=float(np.sum(rows.memory_bytes.to_numpy(float) * spans)) / 1e12,
+        memory_tb_hours_provisioned=float(rows.memory_bytes.max()) * float(total) / 1e12,
         search_flops_per_query_horizon=float(rows.search_flops_per_query.iloc[-1]),
     )
     if use.max() > 1:

@@ -151,3 +151,34 @@ def test_dual_queries_bill_a_search_of_each_part_while_the_gallery_is_mixed():
     expected = np.where(mixed, search(total - stale) + search(stale), search(total))
     assert mixed.any() and (~mixed).any() and (mixed & (stale < total)).any()
     assert np.allclose(served.search_flops_per_query.to_numpy(), expected, rtol=1e-12)
+
+
+def test_memory_is_billed_provisioned_or_as_used_and_counted_in_the_total():
+    """Waiting for a reindex holds both generations' vectors while it runs: priced per TB-hour, its memory costs what
+    hot deploy's does not. Provisioned bills the peak for every hour; used, each hour's memory."""
+    scale, price, per_hour = 1000.0, 5e6, 3.0  # a price that makes the tiny gallery's TB-hours show
+    frame, plain = run("full", deploy="after-backfill", item_scale=scale)
+    rows = frame[frame.serve_utilization.notna()]
+    spans = np.diff(np.append(rows.time_hours.to_numpy(), plain["horizon_hours"]))
+    used = float(np.sum(rows.memory_bytes.to_numpy() * spans)) / 1e12
+    assert plain["memory_tb_hours_used"] == pytest.approx(used, rel=1e-12)
+    assert plain["memory_tb_hours_provisioned"] == pytest.approx(rows.memory_bytes.max() * spans.sum() / 1e12, rel=1e-12)
+    assert plain["memory_tb_hours_used"] < plain["memory_tb_hours_provisioned"]  # the second copy lives only while backfilling
+    assert "cost_memory" not in plain and "cost_total" not in plain  # nothing priced: no money
+    accelerator = {"tflops": 400, "utilization": 0.35, "price_per_hour": per_hour}
+    _, provisioned = run("full", deploy="after-backfill", item_scale=scale, accelerator=accelerator, memory={"price_per_tb_hour": price})
+    assert provisioned["cost_memory"] == pytest.approx(price * plain["memory_tb_hours_provisioned"], rel=1e-12)
+    assert provisioned["cost_total"] == pytest.approx(per_hour * provisioned["accel_hours_total"] + provisioned["cost_memory"], rel=1e-12)
+    _, as_used = run("full", deploy="after-backfill", item_scale=scale, memory={"price_per_tb_hour": price, "billing": "used"})
+    assert as_used["cost_memory"] == pytest.approx(price * used, rel=1e-12) and as_used["cost_total"] == as_used["cost_memory"]
+    _, hot = run("full", deploy="hot", item_scale=scale, memory={"price_per_tb_hour": price, "billing": "used"})
+    assert hot["cost_memory"] < as_used["cost_memory"]  # one copy of the vectors (here both peak at the last gallery)
+
+
+def test_a_scenario_that_prices_no_memory_keeps_its_digest():
+    """The memory section came after timelines were first hashed: at its default it is left out of the digest (runs
+    and studies made before read back), and it changes the digest once set."""
+    plain = tiny_scenario(timeline=timeline())
+    assert "memory" not in plain.to_dict()["timeline"] and plain.to_dict(complete=True)["timeline"]["memory"]["billing"] == "provisioned"
+    assert tiny_scenario(timeline=timeline(memory={"billing": "provisioned"})).digest() == plain.digest()
+    assert tiny_scenario(timeline=timeline(memory={"price_per_tb_hour": 1.0})).digest() != plain.digest()
