@@ -8,8 +8,9 @@ the runs a killed study finished (`compare.run_in`): the tables are those of a s
   twice where two processes reach it at the same moment. The runs go in an order that puts different seeds side by
   side, since runs of one seed share their first sessions (and, for the variants of one learning side, all of them).
 - Each process runs torch and Faiss on its share of this process's CPUs (at least one thread), unless
-  OMP_NUM_THREADS is set. Torch's CPU kernels may round differently on another number of threads, so a run made
-  with `--workers` can differ from one made without in the last digits; rerun with the same `--workers` to compare.
+  OMP_NUM_THREADS is set. Torch's CPU kernels round differently on another number of threads and training carries
+  that on, so a run made with `--workers` is another draw of training than one made on every CPU without it (as
+  different as another seed); a study's runs all share one thread count, so its paired differences stand.
 - Plugin files travel by path and are loaded in each process before its scenario is read.
 - A run that fails stops the study: the runs in flight are stopped and the error is raised, naming the run's folder.
   What finished stays, and a rerun of the same command takes it up (an interrupted run resumes after its last
