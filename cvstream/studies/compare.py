@@ -16,6 +16,7 @@ A scenario that fixes `training.seed` keeps it: its seeds vary the stream and th
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from cvstream.reporting.tables import Column, ReportTable
 from cvstream.studies.frontier import frontier_frame
 from cvstream.studies.intervals import paired_differences, summarize_seeds
 from cvstream.studies.workers import run_ahead
+
+log = logging.getLogger(__name__)
 
 COMPARISON_COLUMNS = [
     "variant", "policy", "budget", "order", "ar@1", "last_r@1_old", "last_r@1_new", "last_r@1_all", "last_map@r",
@@ -190,6 +193,29 @@ def run_in(folder: Path, scenario, *, data_root=None, progress: bool = False, st
     return run(Simulator(scenario, out_dir=folder, resume=True, data_root=data_root, progress=progress, store=store))
 
 
+def mixed_threads(folders) -> str | None:
+    """Where a study's runs were made on different torch thread counts (each run's `run.json`; an older run has no
+    record), a warning, logged and returned: torch rounds differently on each count and training carries it on, so
+    such runs are different draws of training, and a paired difference between them mixes that in."""
+    from cvstream.simulator.run import read_info
+
+    counts: dict[int, int] = {}
+    for folder in dict.fromkeys(str(f) for f in folders):
+        try:
+            threads = (read_info(folder).get("threads") or {}).get("torch")
+        except UserError:
+            continue
+        if threads is not None:
+            counts[threads] = counts.get(threads, 0) + 1
+    if len(counts) < 2:
+        return None
+    listed = ", ".join(f"{n} on {threads} thread{'s' if threads > 1 else ''}" for threads, n in sorted(counts.items()))
+    message = (f"the study's runs were made on different torch thread counts ({listed} of them): each count is another draw "
+               "of training, so the paired differences mix that in; run them all on one count (OMP_NUM_THREADS, or --workers)")
+    log.warning(message)
+    return message
+
+
 def _seed_folder(folder: Path, seed: int, seeds: int) -> Path:
     return folder / f"seed-{seed}" if seeds > 1 else folder
 
@@ -239,6 +265,7 @@ def run_comparison(
             rows.append({**summarize(result, variant, gallery_items=gallery_items, seconds_per_forward=seconds_per_forward), "seed": seed})
             if on_variant is not None:
                 on_variant(rows[-1])
+    mixed_threads(folders.values())
     if seeds == 1:
         table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
     else:
@@ -386,6 +413,7 @@ def run_timeline_comparison(
                              "run_dir": str(result.run_dir)})
                 if on_variant is not None:  # with the run's warnings (traffic beyond the serving capacity), which no table keeps
                     on_variant({**rows[-1], "warnings": list(result.timeline_summary.get("warnings", []))})
+    mixed_threads(folders.values())
     if not study:
         table = pd.DataFrame(rows, columns=TIMELINE_COMPARISON_COLUMNS)
     else:

@@ -120,3 +120,24 @@ def test_a_run_that_fails_in_a_worker_stops_the_study_with_one_message(tmp_path,
     err = " ".join(capsys.readouterr().err.split())
     assert f"the run in {out / 'partial-0.5-explode'} failed: RuntimeError: the order broke" in err
     assert "Traceback" not in err and not (out / "comparison.parquet").exists()
+
+
+def test_a_study_whose_runs_ran_on_different_thread_counts_says_so(tmp_path, caplog):
+    """Runs gathered from two machines (or made with and without --workers) are different draws of training: the study
+    reads them back, and warns."""
+    path = write_scenario(tmp_path, tiny_dict(method={"name": "finetune"}, stream={"sessions": 2}))
+    out = tmp_path / "cmp"
+    argv = ["compare", str(path), "--backfill", "none,full", "--out", str(out), "--no-progress", "--no-store"]
+    with caplog.at_level("WARNING", logger="cvstream.studies.compare"):
+        assert quietly(argv) == 0
+    assert "thread counts" not in caplog.text  # one process, one count
+    record = out / "full" / "run.json"
+    info = json.loads(record.read_text())
+    info["threads"]["torch"] += 3
+    record.write_text(json.dumps(info))
+    (out / "comparison.parquet").unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cvstream.studies.compare"):
+        assert quietly(argv) == 0  # read back, not run again
+    text = " ".join(caplog.text.split())
+    assert "made on different torch thread counts" in text and "1 on" in text and "another draw of training" in text
