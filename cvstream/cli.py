@@ -447,7 +447,7 @@ def _compare(args, console: Console) -> int:
         gallery_items=args.project_gallery, seconds_per_forward=args.seconds_per_forward,
         curve_session=args.curve_session, curve_order=args.curve_order, seeds=args.seeds, reference=args.reference,
         progress=not args.no_progress and console.is_terminal, store=_store_folder(args), workers=args.workers, plugins=args.plugins,
-        on_variant=lambda row: console.print(f"  {row['variant']}{_seed_label(row, args.seeds)}: AR@1 {row['ar@1']:.3f}, {row['seconds']:.1f} s"),
+        on_run_done=_run_done(console, out), on_variant=lambda row: console.print(f"  {row['variant']}{_seed_label(row, args.seeds)}: AR@1 {row['ar@1']:.3f}, {row['seconds']:.1f} s"),
     )
     console.print(comparison_table(table, title=f"backfill policies on {scenario.name} ({scenario.method.name})"))
     if args.seeds > 1:
@@ -459,6 +459,11 @@ def _compare(args, console: Console) -> int:
                                        title=f"paired differences against {table.reference.iloc[0]}"))
     console.print(f"files in {out}")
     return 0
+
+
+def _run_done(console: Console, out: str):
+    """With --workers: a line as each run ends (its figures follow when the study reads the runs back)."""
+    return lambda folder: console.print(f"  ran {Path(folder).relative_to(out) if Path(folder).is_relative_to(out) else folder}", highlight=False)
 
 
 def _seed_label(row: dict, seeds: int) -> str:
@@ -484,7 +489,7 @@ def _compare_timeline(args, scenario, out: str, console: Console) -> int:
     table = run_timeline_comparison(
         args.scenario, variants, out_dir=out, overrides=args.overrides, data_root=args.data_root, partial_budget=args.partial_budget,
         seeds=args.seeds, budgets=args.budgets, reference=args.reference, progress=not args.no_progress and console.is_terminal,
-        on_variant=done, store=_store_folder(args), workers=args.workers, plugins=args.plugins,
+        on_variant=done, store=_store_folder(args), workers=args.workers, plugins=args.plugins, on_run_done=_run_done(console, out),
     )
     title = f"the service timeline of {scenario.name} ({scenario.method.name}), by policy"
     differences = [("quality_time_area", "R@1 area", "{:.3f}"), ("regret_area", "regret", "{:.3f}"),

@@ -224,13 +224,13 @@ def run_comparison(
     scenario_path: str | Path, variants: list[Variant], *, out_dir: str | Path, overrides: list[str] = (), data_root=None,
     gallery_items: int = 10**9, seconds_per_forward: float | None = None, curve_session: int | None = None,
     curve_order: str = "random", seeds: int = 1, reference: str | None = None, progress: bool = False, on_variant=None,
-    store=None, workers: int = 1, plugins=(),
+    store=None, workers: int = 1, plugins=(), on_run_done=None,
 ) -> pd.DataFrame:
     """Run every variant on the same scenario, for each of `seeds` seeds; write each run and comparison.parquet under
     `out_dir` (and, over several seeds, comparison_runs.parquet). Returns the comparison: one row per variant.
     `store`: the generation store (a folder) the runs share: a session that two runs train alike is trained once.
     `workers` > 1: the runs go first in that many processes (`cvstream.studies.workers`; `plugins`, the plugin files
-    they load), then are read back in order."""
+    they load; `on_run_done(folder)` as each ends), then are read back in order."""
     from cvstream.scenario import Scenario
     from cvstream.sessions import scenario_stream
     from cvstream.simulator.outputs import write_parquet
@@ -257,7 +257,7 @@ def run_comparison(
             scenarios[variant, seed] = Scenario.from_yaml(scenario_path, overrides=extra)
     folders = {(variant, seed): _seed_folder(out_dir / variant.folder, seed, seeds) for seed in seed_values for variant in variants}
     run_ahead([(folders[key], scenarios[key], key[1]) for key in folders], workers=workers, data_root=data_root, store=store,
-              plugins=plugins, progress=progress)
+              plugins=plugins, progress=progress, on_done=on_run_done)
     rows = []
     for seed in seed_values:
         for variant in variants:
@@ -338,7 +338,7 @@ def budget_blind(variant: str) -> bool:
 def run_timeline_comparison(
     scenario_path: str | Path, variants: list[str], *, out_dir: str | Path, overrides: list[str] = (), data_root=None,
     partial_budget: float = 0.25, seeds: int = 1, budgets: list[int] | None = None, reference: str | None = None,
-    progress: bool = False, on_variant=None, store=None, workers: int = 1, plugins=(),
+    progress: bool = False, on_variant=None, store=None, workers: int = 1, plugins=(), on_run_done=None,
 ) -> pd.DataFrame:
     """Every variant on the same scenario, stream, seed and timeline settings (the scenario's `timeline` section, or
     every default): one run folder each, `timeline_comparison.parquet` and an overlaid `timeline.png` under `out_dir`.
@@ -352,7 +352,8 @@ def run_timeline_comparison(
     `frontier.png` the Pareto frontier of quality-time area against cost per budget. A variant that never backfills
     (`none`) is the same run at every budget: it runs once, at the first budget, and is reported under each (its
     `run_dir` is that budget's). `workers` > 1: the runs go first in that many processes (`cvstream.studies.workers`;
-    `plugins`, the plugin files they load), then are read back in order. Returns the comparison."""
+    `plugins`, the plugin files they load; `on_run_done(folder)` as each ends), then are read back in order. Returns
+    the comparison."""
     from cvstream.reporting.study_report import plot_frontier
     from cvstream.reporting.timeline_report import plot_timeline
     from cvstream.scenario import Scenario
@@ -393,7 +394,7 @@ def run_timeline_comparison(
     folders = {(at, seed, name): _seed_folder(budget_folder(at) / name, seed, seeds)
                for budget, seed, name in scenarios for at in [ran_at(budget, name)]}  # a budget-blind variant's run once
     run_ahead([(folders[key], scenarios[key], key[1]) for key in folders], workers=workers, data_root=data_root, store=store,
-              plugins=plugins, progress=progress)
+              plugins=plugins, progress=progress, on_done=on_run_done)
     rows, frames, blind = [], {budget: {} for budget in budget_values}, {}  # blind: budget-blind runs by (seed, name)
     for budget in budget_values:
         for seed in seed_values:

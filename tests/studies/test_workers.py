@@ -91,7 +91,11 @@ def test_a_timeline_study_runs_a_budget_blind_variant_once_in_its_workers(tmp_pa
     out = tmp_path / "cmp"
     argv = ["compare", str(path), "--timeline", "--variants", "none,full-hot", "--budgets", "1,4", "--out", str(out), "--no-progress",
             "--workers", "2"]
-    assert quietly(argv) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    ran = sorted(line.split()[-1] for line in printed.getvalue().splitlines() if line.strip().startswith("ran "))
+    assert ran == ["budget-1/full-hot", "budget-1/none", "budget-4/full-hot"]  # a line as each run ends: three runs
     assert not (out / "budget-4" / "none").exists() and completed(out / "budget-1" / "none") and completed(out / "budget-4" / "full-hot")
     table = pd.read_parquet(out / "timeline_comparison.parquet").set_index(["backfill_accelerators", "variant"])
     assert table.loc[(4, "none"), "quality_time_area"] == table.loc[(1, "none"), "quality_time_area"]
