@@ -87,9 +87,9 @@ def difference_table(table: pd.DataFrame, figures: list[tuple[str, str, str]], *
 def frontier_table(frontier: pd.DataFrame, *, title: str) -> ReportTable:
     """Per budget, every variant in order of cost: its quality-time area, accelerator-hours (and money), whether it is on
     the Pareto frontier (emphasised) and its place there; the caption lists each budget's frontier, cheapest first."""
-    priced = "cost_total" in frontier and bool(frontier.cost_total.notna().any())
+    priced, money = "cost_total" in frontier and bool(frontier.cost_total.notna().any()), memory_priced(frontier)
     figures = [("quality_time_area", "R@1 area", "{:.3f}"), ("accel_hours_total", "acc-hours", "{:,.1f}")]
-    if memory_priced(frontier):
+    if money:
         figures.append(("cost_memory", "memory cost", "{:,.0f}"))
     if priced:
         figures.append(("cost_total", "cost", "{:,.0f}"))
@@ -103,7 +103,7 @@ def frontier_table(frontier: pd.DataFrame, *, title: str) -> ReportTable:
              for budget, group in frontier.groupby("backfill_accelerators", sort=True)]
     over = seeds_note(frontier.seeds) if "seeds" in frontier else None
     on = "frontier of the means over seeds, cheapest first" if over else "frontier, cheapest first"
-    on += " in money, memory counted" if memory_priced(frontier) else ""
+    on += " in money, memory counted" if money else ""
     out.caption = "; ".join([f"{on} (more area for more cost): " + "; ".join(lines)] + ([over] if over else [])) if lines else None
     return out
 

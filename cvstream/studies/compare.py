@@ -395,17 +395,14 @@ def run_timeline_comparison(
                for budget, seed, name in scenarios for at in [ran_at(budget, name)]}  # a budget-blind variant's run once
     run_ahead([(folders[key], scenarios[key], key[1]) for key in folders], workers=workers, data_root=data_root, store=store,
               plugins=plugins, progress=progress, on_done=on_run_done)
-    rows, frames, blind = [], {budget: {} for budget in budget_values}, {}  # blind: budget-blind runs by (seed, name)
+    rows, frames, results = [], {budget: {} for budget in budget_values}, {}  # results: by folder key, a budget-blind run read once
     for budget in budget_values:
         for seed in seed_values:
             for name in variants:
-                scenario, at = scenarios[budget, seed, name], ran_at(budget, name)
-                if (seed, name) in blind:
-                    result = blind[seed, name]
-                else:
-                    result = run_in(folders[at, seed, name], scenarios[at, seed, name], data_root=data_root, progress=progress, store=store)
-                    if budget_blind(name):
-                        blind[seed, name] = result
+                scenario, key = scenarios[budget, seed, name], (ran_at(budget, name), seed, name)
+                if key not in results:
+                    results[key] = run_in(folders[key], scenarios[key], data_root=data_root, progress=progress, store=store)
+                result = results[key]
                 if seed == seed_values[0]:
                     frames[budget][name] = result.timeline
                 preset = TIMELINE_VARIANTS[name]

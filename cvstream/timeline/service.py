@@ -806,12 +806,12 @@ def _serving_summary(frame: pd.DataFrame, *, horizon: float, queries_per_hour: f
     use = rows.serve_utilization.to_numpy()
     total = spans.sum()
     over = float(spans[use > 1].sum())
+    memory = rows.memory_bytes.to_numpy(float)
     out.update(
         serve_utilization_mean=float(np.sum(use * spans) / total) if total > 0 else float(use[-1]),
         serve_utilization_peak=float(use.max()), serve_over_capacity_hours=over,
-        memory_bytes_peak=float(rows.memory_bytes.max()), gallery_bytes_horizon=float(rows.gallery_bytes.iloc[-1]),
-        memory_tb_hours_used=float(np.sum(rows.memory_bytes.to_numpy(float) * spans)) / 1e12,
-        memory_tb_hours_provisioned=float(rows.memory_bytes.max()) * float(total) / 1e12,
+        memory_bytes_peak=float(memory.max()), gallery_bytes_horizon=float(rows.gallery_bytes.iloc[-1]),
+        memory_tb_hours_used=float(np.sum(memory * spans)) / 1e12, memory_tb_hours_provisioned=float(memory.max() * total) / 1e12,
         search_flops_per_query_horizon=float(rows.search_flops_per_query.iloc[-1]),
     )
     if use.max() > 1:
